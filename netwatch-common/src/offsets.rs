@@ -1,0 +1,51 @@
+//! Kernel struct offsets the programs need, resolved from the running kernel's BTF at load
+//! time and passed in as a read-only global. Rust eBPF objects carry no CO-RE relocations,
+//! so this is what keeps the programs right on kernels whose struct layouts differ.
+
+/// Byte offsets into kernel structs. A field of `u32::MAX` was not found in BTF; the
+/// programs then leave the corresponding record field zeroed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `sock_common.skc_daddr`
+    pub skc_daddr: u32,
+    /// `sock_common.skc_rcv_saddr`
+    pub skc_rcv_saddr: u32,
+    /// `sock_common.skc_dport`
+    pub skc_dport: u32,
+    /// `sock_common.skc_family`
+    pub skc_family: u32,
+    /// `sock_common.skc_net` (a `possible_net_t`, i.e. a `struct net *`)
+    pub skc_net: u32,
+    /// `sock_common.skc_v6_daddr`
+    pub skc_v6_daddr: u32,
+    /// `sock_common.skc_v6_rcv_saddr`
+    pub skc_v6_rcv_saddr: u32,
+    /// `inet_sock.inet_sport`: the local port even where `skc_num` reads 0.
+    pub inet_sport: u32,
+    /// `net.ns.inum`
+    pub net_ns_inum: u32,
+    /// `sock.sk_protocol` (a `u16` since 5.6)
+    pub sk_protocol: u32,
+}
+
+impl KernelOffsets {
+    pub const MISSING: u32 = u32::MAX;
+
+    /// The layout of the 6.18 x86_64 kernel this project is developed on; only a placeholder
+    /// in the object file, always overwritten by the loader.
+    pub const fn placeholder() -> Self {
+        Self {
+            skc_daddr: 0,
+            skc_rcv_saddr: 4,
+            skc_dport: 12,
+            skc_family: 16,
+            skc_net: 48,
+            skc_v6_daddr: 56,
+            skc_v6_rcv_saddr: 72,
+            inet_sport: Self::MISSING,
+            net_ns_inum: Self::MISSING,
+            sk_protocol: Self::MISSING,
+        }
+    }
+}

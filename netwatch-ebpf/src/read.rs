@@ -1,0 +1,91 @@
+//! Reads of kernel socket fields at offsets the loader resolved from BTF.
+//!
+//! Every read goes through `bpf_probe_read_kernel`, so a wrong offset yields a wrong value,
+//! never a verifier rejection or a fault; an offset BTF did not have reads as zero.
+
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+use netwatch_common::{offsets::KernelOffsets, AF_INET6};
+
+#[inline(always)]
+fn at<T: Default>(base: *const u8, off: u32) -> T {
+    if off == KernelOffsets::MISSING {
+        return T::default();
+    }
+    // SAFETY: probe_read tolerates any address; `base` is a kernel object pointer.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize) as *const T) }
+        .unwrap_or_default()
+}
+
+#[inline(always)]
+pub fn protocol(sk: *const u8, off: &KernelOffsets) -> u16 {
+    if off.sk_protocol == KernelOffsets::MISSING {
+        // Without the offset, trust the tracepoint: the kernel calls it for TCP sockets.
+        return 6;
+    }
+    at(sk, off.sk_protocol)
+}
+
+#[inline(always)]
+pub fn family(sk: *const u8, off: &KernelOffsets) -> u16 {
+    at(sk, off.skc_family)
+}
+
+/// Inode of the socket's network namespace (0 when unreadable).
+#[inline(always)]
+pub fn netns(sk: *const u8, off: &KernelOffsets) -> u32 {
+    let net: u64 = at(sk, off.skc_net);
+    if net == 0 {
+        return 0;
+    }
+    at(net as *const u8, off.net_ns_inum)
+}
+
+/// (local, remote) ports in host byte order. The local port comes from `inet_sport`, which
+/// holds it at the transitions where `skc_num` already reads 0.
+#[inline(always)]
+pub fn ports(sk: *const u8, off: &KernelOffsets) -> (u16, u16) {
+    let sport: u16 = at(sk, off.inet_sport);
+    let dport: u16 = at(sk, off.skc_dport);
+    (u16::from_be(sport), u16::from_be(dport))
+}
+
+/// Fills (local, remote) addresses; false if a read failed.
+#[inline(always)]
+pub fn addresses(
+    sk: *const u8,
+    off: &KernelOffsets,
+    family: u16,
+    saddr: &mut [u8; 16],
+    daddr: &mut [u8; 16],
+) -> bool {
+    // SAFETY: as in `at`.
+    unsafe {
+        if family == AF_INET6 {
+            match (
+                bpf_probe_read_kernel(
+                    sk.wrapping_add(off.skc_v6_rcv_saddr as usize) as *const [u8; 16]
+                ),
+                bpf_probe_read_kernel(sk.wrapping_add(off.skc_v6_daddr as usize) as *const [u8; 16]),
+            ) {
+                (Ok(s), Ok(d)) => {
+                    *saddr = s;
+                    *daddr = d;
+                    true
+                }
+                _ => false,
+            }
+        } else {
+            match (
+                bpf_probe_read_kernel(sk.wrapping_add(off.skc_rcv_saddr as usize) as *const [u8; 4]),
+                bpf_probe_read_kernel(sk.wrapping_add(off.skc_daddr as usize) as *const [u8; 4]),
+            ) {
+                (Ok(s), Ok(d)) => {
+                    saddr[..4].copy_from_slice(&s);
+                    daddr[..4].copy_from_slice(&d);
+                    true
+                }
+                _ => false,
+            }
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! The validated configuration of a trace: everything resolved and checked before a single
+//! program is loaded, so bad input fails fast and nothing is half-attached.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::cli::TraceArgs;
+use crate::core::filter::AddrFilter;
+
+pub enum OutputTarget {
+    Stdout,
+    File { path: PathBuf, file: File },
+}
+
+pub struct TraceConfig {
+    pub duration: Option<Duration>,
+    pub ports: Vec<u16>,
+    pub netns: Vec<u32>,
+    pub addrs: AddrFilter,
+    pub output: Option<OutputTarget>,
+    /// Print one line per transition on stdout.
+    pub lines: bool,
+}
+
+/// A network namespace named like `ip netns`, given as a path, or as its inode number.
+pub fn resolve_netns(spec: &str) -> Result<u32> {
+    if !spec.is_empty() && spec.bytes().all(|b| b.is_ascii_digit()) {
+        return spec
+            .parse::<u32>()
+            .with_context(|| format!("netns inode `{spec}` is out of range"));
+    }
+    let path = if spec.contains('/') {
+        PathBuf::from(spec)
+    } else {
+        Path::new("/run/netns").join(spec)
+    };
+    let meta = std::fs::metadata(&path).with_context(|| {
+        format!(
+            "network namespace `{spec}` not found at {} (list them with `ip netns list`, or \
+             give /proc/PID/ns/net or an inode number)",
+            path.display()
+        )
+    })?;
+    u32::try_from(meta.ino())
+        .with_context(|| format!("{} does not look like a namespace file", path.display()))
+}
+
+/// Opens the trace file now, so a missing directory or a permission problem is reported
+/// before tracing starts. Never follows a symlink at the final component (a link planted in
+/// a shared directory must not redirect a root-owned write), and never truncates an existing
+/// trace unless asked.
+pub fn open_output(path: &Path, force: bool) -> Result<File> {
+    let mut opts = OpenOptions::new();
+    opts.write(true).custom_flags(libc::O_NOFOLLOW);
+    if force {
+        opts.create(true).truncate(true);
+    } else {
+        opts.create_new(true);
+    }
+    opts.open(path).map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::AlreadyExists => "it exists; pass --force to overwrite it",
+            std::io::ErrorKind::NotFound => "its directory does not exist",
+            std::io::ErrorKind::PermissionDenied => "permission denied",
+            _ if e.raw_os_error() == Some(libc::ELOOP) => "it is a symlink, which is not followed",
+            _ => "check the path",
+        };
+        anyhow::Error::new(e).context(format!(
+            "cannot create trace file {}: {hint}",
+            path.display()
+        ))
+    })
+}
+
+impl TraceConfig {
+    pub fn from_args(args: TraceArgs) -> Result<Self> {
+        let mut netns = Vec::new();
+        for spec in &args.netns {
+            netns.push(resolve_netns(spec)?);
+        }
+        if netns.len() > netwatch_common::names::limits::FILTER_ENTRIES as usize
+            || args.ports.len() > netwatch_common::names::limits::FILTER_ENTRIES as usize
+        {
+            bail!(
+                "at most {} --port and {} --netns filters",
+                netwatch_common::names::limits::FILTER_ENTRIES,
+                netwatch_common::names::limits::FILTER_ENTRIES
+            );
+        }
+        let output = match args.output.as_deref() {
+            None => None,
+            Some(p) if p == Path::new("-") => Some(OutputTarget::Stdout),
+            Some(p) => Some(OutputTarget::File {
+                path: p.to_owned(),
+                file: open_output(p, args.force)?,
+            }),
+        };
+        let lines = !args.quiet && !matches!(output, Some(OutputTarget::Stdout));
+        Ok(Self {
+            duration: args.duration,
+            ports: args.ports,
+            netns,
+            addrs: AddrFilter::new(args.addrs),
+            output,
+            lines,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn netns_by_inode_path_and_missing_name() {
+        assert_eq!(resolve_netns("4026531840").unwrap(), 4026531840);
+        assert!(resolve_netns("99999999999").is_err());
+        let own = resolve_netns("/proc/self/ns/net").unwrap();
+        assert!(own > 0);
+        let err = resolve_netns("surely-not-a-namespace").unwrap_err();
+        assert!(format!("{err:#}").contains("ip netns list"));
+    }
+
+    #[test]
+    fn output_is_not_overwritten_without_force_and_links_are_not_followed() {
+        let dir = std::env::temp_dir().join(format!("netwatch-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("t.jsonl");
+        let _ = std::fs::remove_file(&p);
+        open_output(&p, false).unwrap();
+        let err = open_output(&p, false).unwrap_err();
+        assert!(format!("{err:#}").contains("--force"));
+        open_output(&p, true).unwrap();
+
+        let link = dir.join("link.jsonl");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&p, &link).unwrap();
+        let err = open_output(&link, true).unwrap_err();
+        assert!(format!("{err:#}").contains("symlink"), "{err:#}");
+
+        let err = open_output(&dir.join("missing/t.jsonl"), false).unwrap_err();
+        assert!(format!("{err:#}").contains("directory does not exist"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

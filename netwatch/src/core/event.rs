@@ -1,0 +1,52 @@
+//! The decoded event type every sink and aggregator consumes.
+
+use std::net::IpAddr;
+
+use netwatch_common::state;
+
+/// One decoded record from the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Transition(Transition),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "ipv4",
+            Family::Ipv6 => "ipv6",
+        }
+    }
+}
+
+/// A TCP state change of one socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub mono_ns: u64,
+    pub sock_id: u64,
+    pub family: Family,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    pub old: u8,
+    pub new: u8,
+    /// Time spent in `old`; `None` when netwatch did not see the socket enter it.
+    pub dwell_ns: Option<u64>,
+    pub netns: u32,
+}
+
+impl Transition {
+    pub fn old_name(&self) -> &'static str {
+        state::name(self.old)
+    }
+    pub fn new_name(&self) -> &'static str {
+        state::name(self.new)
+    }
+}

@@ -1,0 +1,101 @@
+//! The JSON Lines trace format: one object per line, told apart by `"type"`.
+//!
+//! These are the serde types of the format, deliberately separate from the kernel records:
+//! the kernel layout can change without changing what users and tests parse.
+//!
+//! `"type":"transition"`: one TCP state change.
+//! - `ts`: RFC 3339 UTC with nanoseconds; `mono_ns`: the kernel's CLOCK_MONOTONIC stamp.
+//! - `sock_id`: the socket cookie, stable for the socket's whole life.
+//! - `family`: `"ipv4"` or `"ipv6"`; `saddr`/`sport` the local end, `daddr`/`dport` the remote.
+//!   The local port reads 0 at `CLOSE -> SYN_SENT`: the kernel picks it just after.
+//! - `old`, `new`: kernel state names (`"SYN_SENT"`, `"FIN_WAIT2"`, `"TIME_WAIT"`, ...).
+//! - `dwell_ns`: nanoseconds spent in `old`, `null` when netwatch did not see it begin.
+//! - `netns`: inode of the socket's network namespace.
+
+use serde::Serialize;
+
+use super::{clock::WallClock, event::Transition};
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Record<'a> {
+    Transition(TransitionJson<'a>),
+}
+
+#[derive(Debug, Serialize)]
+pub struct TransitionJson<'a> {
+    pub ts: String,
+    pub mono_ns: u64,
+    pub sock_id: u64,
+    pub family: &'a str,
+    pub saddr: String,
+    pub sport: u16,
+    pub daddr: String,
+    pub dport: u16,
+    pub old: &'a str,
+    pub new: &'a str,
+    pub dwell_ns: Option<u64>,
+    pub netns: u32,
+}
+
+impl<'a> TransitionJson<'a> {
+    pub fn new(t: &'a Transition, clock: WallClock) -> Self {
+        Self {
+            ts: clock.rfc3339(t.mono_ns),
+            mono_ns: t.mono_ns,
+            sock_id: t.sock_id,
+            family: t.family.as_str(),
+            saddr: t.saddr.to_string(),
+            sport: t.sport,
+            daddr: t.daddr.to_string(),
+            dport: t.dport,
+            old: t.old_name(),
+            new: t.new_name(),
+            dwell_ns: t.dwell_ns,
+            netns: t.netns,
+        }
+    }
+}
+
+/// Appends one record and its newline to `out`.
+pub fn write_line(out: &mut Vec<u8>, record: &Record<'_>) {
+    // Serializing these plain structs into a Vec cannot fail.
+    serde_json::to_writer(&mut *out, record).expect("serializing a trace record");
+    out.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::decode::{
+        decode,
+        tests::{bytes_of, raw_v4},
+    };
+    use crate::core::event::Event;
+
+    #[test]
+    fn transition_json_has_the_documented_fields() {
+        let Event::Transition(t) = decode(&bytes_of(&raw_v4())).unwrap();
+        let mut out = Vec::new();
+        write_line(
+            &mut out,
+            &Record::Transition(TransitionJson::new(&t, WallClock::with_offset(0))),
+        );
+        let line = String::from_utf8(out).unwrap();
+        assert!(line.ends_with('\n'));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["type"], "transition");
+        assert_eq!(v["ts"], "1970-01-01T00:00:00.000001Z");
+        assert_eq!(v["mono_ns"], 1000);
+        assert_eq!(v["sock_id"], 7);
+        assert_eq!(v["family"], "ipv4");
+        assert_eq!(v["saddr"], "10.0.0.1");
+        assert_eq!(v["sport"], 40000);
+        assert_eq!(v["daddr"], "10.0.0.2");
+        assert_eq!(v["dport"], 80);
+        assert_eq!(v["old"], "SYN_SENT");
+        assert_eq!(v["new"], "ESTABLISHED");
+        assert_eq!(v["dwell_ns"], 42);
+        assert_eq!(v["netns"], 4026531840u64);
+    }
+}

@@ -1,0 +1,9 @@
+//! The pure core: decoding, filtering and formatting of records. It knows nothing of eBPF,
+//! terminals or files, so `trace` and (later) `report` share it and it is tested without root.
+
+pub mod clock;
+pub mod decode;
+pub mod event;
+pub mod filter;
+pub mod json;
+pub mod text;

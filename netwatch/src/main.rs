@@ -1,0 +1,41 @@
+//! netwatch: an eBPF tracer of the TCP lifecycle for on-call engineers.
+
+mod btf;
+mod cli;
+mod config;
+mod core;
+mod loader;
+mod offsets;
+mod preflight;
+mod sink;
+mod trace;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Trace(args) => config::TraceConfig::from_args(args).and_then(trace::run),
+    };
+    match result {
+        Ok(outcome) => {
+            eprintln!(
+                "netwatch: {} transitions; lost {} records (ring buffer full), {} undecodable",
+                outcome.transitions, outcome.lost, outcome.undecodable
+            );
+            if outcome.lost > 0 || outcome.undecodable > 0 {
+                ExitCode::from(3)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("netwatch: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

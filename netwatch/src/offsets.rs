@@ -1,0 +1,55 @@
+//! Resolves the kernel struct offsets the programs read, from this kernel's BTF.
+
+use netwatch_common::offsets::KernelOffsets;
+
+use crate::btf::Btf;
+
+/// Offsets for the running kernel, and the fields BTF did not have (reported to the user:
+/// records then carry zeros there rather than wrong values).
+pub fn resolve(btf: &Btf) -> (KernelOffsets, Vec<String>) {
+    let mut missing = Vec::new();
+    let mut get = |strukt: &str, path: &str| match btf.member_offset(strukt, path) {
+        Ok(off) => off,
+        Err(_) => {
+            missing.push(format!("{strukt}.{path}"));
+            KernelOffsets::MISSING
+        }
+    };
+    let offsets = KernelOffsets {
+        skc_daddr: get("sock_common", "skc_daddr"),
+        skc_rcv_saddr: get("sock_common", "skc_rcv_saddr"),
+        skc_dport: get("sock_common", "skc_dport"),
+        skc_family: get("sock_common", "skc_family"),
+        skc_net: get("sock_common", "skc_net"),
+        skc_v6_daddr: get("sock_common", "skc_v6_daddr"),
+        skc_v6_rcv_saddr: get("sock_common", "skc_v6_rcv_saddr"),
+        inet_sport: get("inet_sock", "inet_sport"),
+        net_ns_inum: get("net", "ns.inum"),
+        sk_protocol: get("sock", "sk_protocol"),
+    };
+    (offsets, missing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_kernel_resolves_every_field() {
+        let Ok(btf) = Btf::from_file(crate::btf::VMLINUX) else {
+            return;
+        };
+        let (off, missing) = resolve(&btf);
+        assert!(missing.is_empty(), "missing: {missing:?}");
+        // The stable head of sock_common, which has not moved in a decade.
+        assert_eq!(
+            (
+                off.skc_daddr,
+                off.skc_rcv_saddr,
+                off.skc_dport,
+                off.skc_family
+            ),
+            (0, 4, 12, 16)
+        );
+    }
+}

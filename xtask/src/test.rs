@@ -1,0 +1,55 @@
+//! Tests need the built netwatch binary: the root-only tests in `netwatch-tests` run it against
+//! real sockets in namespaces, and find it through NETWATCH_BIN.
+
+use std::{ffi::OsString, process::ExitCode};
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    build, say, setup,
+    util::{cargo, describe, exit_code, run_checked},
+};
+
+pub fn test(args: &[OsString]) -> Result<ExitCode> {
+    setup::ensure(true)?;
+    let bin = build::build_netwatch(false)?;
+    let mut cmd = cargo();
+    // netwatch-ebpf only builds for bpfel-unknown-none; its own build is covered by netwatch's.
+    cmd.args(["test", "--workspace", "--exclude", "netwatch-ebpf"]);
+    if !args.is_empty() {
+        cmd.arg("--").args(args);
+    }
+    cmd.env("NETWATCH_BIN", &bin);
+    say!("running  NETWATCH_BIN={} {}", bin.display(), describe(&cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {}", describe(&cmd)))?;
+    if !status.success() {
+        say!("tests failed ({status})");
+    }
+    Ok(exit_code(status))
+}
+
+pub fn ci(args: &[OsString]) -> Result<ExitCode> {
+    say!("running  cargo fmt --all -- --check");
+    run_checked(
+        cargo().args(["fmt", "--all", "--", "--check"]),
+        "formatting differs; run `cargo fmt --all`",
+    )?;
+    // Clippy needs the eBPF object too (netwatch/build.rs embeds it).
+    setup::ensure(true)?;
+    let mut clippy = cargo();
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "netwatch-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    say!("running  {}", describe(&clippy));
+    run_checked(&mut clippy, "clippy found problems; fix the warnings above")?;
+    test(args)
+}
