@@ -1,0 +1,28 @@
+//! Integration-test harness for netwatch: real eBPF, real TCP, between network namespaces.
+//!
+//! These tests need root (loading eBPF programs, creating namespaces and veth links). They
+//! run through `sudo cargo xtask test`, which builds `netwatch` and points `NETWATCH_BIN` at
+//! it. Each test builds its own little network: two namespaces ("client" and "server")
+//! joined by a veth pair, with addresses that exist only inside them, so the machine's own
+//! traffic (there is always some) never reaches the assertions, and no packet leaves the
+//! test namespaces.
+//!
+//! The pieces:
+//! - [`privilege`]: skip (locally) or fail (under CI) when not root.
+//! - [`netns`]: namespace guards, veth links, running code inside a namespace.
+//! - [`tcp`]: small blocking-socket helpers with bounded waits.
+//! - [`tracer`]: runs `netwatch trace`, waits until it is attached, stops it, reads its output.
+//! - [`records`]: typed, validated view of the JSON Lines records and selection helpers.
+//! - [`expected`]: the kernel's `inet_sock_set_state` sequences the tests expect, in one place.
+
+pub mod expected;
+pub mod netns;
+pub mod privilege;
+pub mod records;
+pub mod tcp;
+pub mod tracer;
+
+pub use netns::{in_netns, spawn_in_netns, veth_pair, Netns, NetnsThread, TestNet, Veth};
+pub use privilege::require_root;
+pub use records::{transitions, Transition};
+pub use tracer::{TraceOutput, Tracer};
