@@ -12,8 +12,21 @@ pub mod state;
 
 /// Record kinds, the first field of every ring-buffer record.
 pub mod kind {
-    /// A full socket changed state (`inet_sock_set_state`).
+    /// A socket changed state: a full socket (`inet_sock_set_state`), or a timewait socket
+    /// that died (flag [`super::flag::TIMEWAIT`]).
     pub const TRANSITION: u16 = 1;
+    /// A request socket (server-side SYN_RECV) was freed: see [`super::RequestEnd`].
+    pub const REQUEST_END: u16 = 2;
+}
+
+/// Bits of `Transition::flags`.
+pub mod flag {
+    /// The record is about an `inet_timewait_sock`, the object that replaces a closing
+    /// socket in TIME_WAIT (and in orphaned FIN_WAIT2).
+    pub const TIMEWAIT: u8 = 1;
+    /// The socket moved into a timewait socket whose substate was FIN_WAIT2 and later
+    /// became TIME_WAIT; the kernel gives no moment for that change, so dwell is unknown.
+    pub const SUBSTATE_CHANGED: u8 = 2;
 }
 
 /// `dwell_ns` value meaning "netwatch did not see the socket enter the state".
@@ -62,11 +75,76 @@ pub struct Transition {
     /// Kernel TCP state numbers, see [`state`].
     pub old: u8,
     pub new: u8,
-    pub _pad: u32,
+    /// Bits of [`flag`].
+    pub flags: u8,
+    pub _pad: [u8; 3],
 }
 
 impl Transition {
     pub const SIZE: usize = core::mem::size_of::<Self>();
+}
+
+/// The end of a request socket: the kernel's object for a connection in server-side
+/// SYN_RECV. It is allocated at the SYN and freed only when the application accepts the
+/// child (or the request is dropped or times out), so its life is the SYN_RECV dwell
+/// (`syn_ns` -> `child_ns`) plus the accept-queue wait (`child_ns` -> `header.mono_ns`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestEnd {
+    pub header: RecordHeader,
+    /// Cookie of the child socket, 0 when no child was created.
+    pub sock_id: u64,
+    /// When the SYN arrived (request socket allocated); 0 if before netwatch started.
+    pub syn_ns: u64,
+    /// When the final ACK created the child socket; 0 if none (dropped, timed out) or
+    /// unseen.
+    pub child_ns: u64,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub netns: u32,
+    /// Listener's port.
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    /// SYN-ACKs sent again because the final ACK did not come.
+    pub synack_retransmits: u8,
+    pub _pad: [u8; 5],
+}
+
+impl RequestEnd {
+    pub const SIZE: usize = core::mem::size_of::<Self>();
+}
+
+/// The slab caches of timewait and request sockets, learned by the kernel side from
+/// listening sockets (`sk_prot`), so the slab hooks can discard other caches with one
+/// compare. Index 0 is IPv4 (`tcp_prot`), 1 is IPv6 (`tcpv6_prot`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KnownCaches {
+    pub timewait: [u64; 2],
+    pub request: [u64; 2],
+}
+
+/// Timewait sockets allocated lately on one CPU: the state change that follows the
+/// allocation (`FIN_WAIT2 -> CLOSE` of the socket it replaces) runs on the same CPU right
+/// after, and finds its timewait socket here by cookie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecentTimewaits {
+    pub ptrs: [u64; names::limits::RECENT_TW_SLOTS],
+    pub next: u32,
+    pub _pad: u32,
+}
+
+/// What a timewait socket is known by while it lives.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimewaitEntry {
+    /// When the socket entered `state` (0: unknown).
+    pub since_ns: u64,
+    /// TIME_WAIT, or FIN_WAIT2 for an orphan waiting out `tcp_fin_timeout`.
+    pub state: u8,
+    pub _pad: [u8; 7],
 }
 
 /// Slots of the per-CPU `COUNTERS` array: what the kernel side could not do, never silent.
@@ -108,5 +186,6 @@ mod tests {
         assert_eq!(core::mem::size_of::<RecordHeader>(), 16);
         assert_eq!(Transition::SIZE, 80);
         assert_eq!(Transition::SIZE % 8, 0);
+        assert_eq!(RequestEnd::SIZE, 88);
     }
 }

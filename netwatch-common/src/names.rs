@@ -7,16 +7,27 @@ pub mod map {
     pub const COUNTERS: &str = "COUNTERS";
     pub const FILTER_NETNS: &str = "FILTER_NETNS";
     pub const FILTER_PORTS: &str = "FILTER_PORTS";
+    pub const CACHES: &str = "CACHES";
+    pub const RECENT_TW: &str = "RECENT_TW";
+    pub const TW_STATE: &str = "TW_STATE";
+    pub const REQ_BORN: &str = "REQ_BORN";
+    pub const CHILD_BORN: &str = "CHILD_BORN";
 }
 
 pub mod program {
     /// tp_btf on `inet_sock_set_state`.
     pub const SET_STATE: &str = "set_state";
+    /// tp_btf on `kmem_cache_alloc`: births of timewait and request sockets.
+    pub const SLAB_ALLOC: &str = "slab_alloc";
+    /// tp_btf on `kmem_cache_free`: deaths of timewait and request sockets.
+    pub const SLAB_FREE: &str = "slab_free";
 }
 
 /// The kernel hook each program attaches to, for preflight checks against BTF.
 pub mod hook {
     pub const SET_STATE: &str = "inet_sock_set_state";
+    pub const SLAB_ALLOC: &str = "kmem_cache_alloc";
+    pub const SLAB_FREE: &str = "kmem_cache_free";
 }
 
 pub mod global {
@@ -31,4 +42,13 @@ pub mod limits {
     /// Ring buffer size: at ~80 B a record, ~100k records of headroom between 20 ms drains.
     pub const EVENTS_BYTES: u32 = 8 << 20;
     pub const FILTER_ENTRIES: u32 = 64;
+    /// Timewait sockets tracked at once; the default `tcp_max_tw_buckets` is 262144 on
+    /// large machines.
+    pub const TW_ENTRIES: u32 = 1 << 18;
+    /// Request sockets and just-born children tracked at once (SYN floods beyond this
+    /// lose SYN_RECV dwell, counted in `counter::STATE_MAP_FULL`).
+    pub const REQ_ENTRIES: u32 = 1 << 16;
+    /// Timewait sockets remembered per CPU between their allocation and the state change
+    /// that follows it.
+    pub const RECENT_TW_SLOTS: usize = 4;
 }

@@ -27,6 +27,27 @@ pub struct KernelOffsets {
     pub net_ns_inum: u32,
     /// `sock.sk_protocol` (a `u16` since 5.6)
     pub sk_protocol: u32,
+    /// `sock_common.skc_num`: local port of timewait and request sockets, host order.
+    pub skc_num: u32,
+    /// `sock_common.skc_cookie`: read from timewait sockets (the kernel copies it there)
+    /// and from a request socket's child.
+    pub skc_cookie: u32,
+    /// `sock_common.skc_prot`
+    pub skc_prot: u32,
+    /// `proto.twsk_prot`
+    pub proto_twsk_prot: u32,
+    /// `timewait_sock_ops.twsk_slab`
+    pub twsk_slab: u32,
+    /// `proto.rsk_prot`
+    pub proto_rsk_prot: u32,
+    /// `request_sock_ops.slab`
+    pub rsk_slab: u32,
+    /// `inet_timewait_sock.tw_substate`
+    pub tw_substate: u32,
+    /// `request_sock.sk`: the child, once the handshake completed.
+    pub req_sk: u32,
+    /// `request_sock.num_retrans`
+    pub req_num_retrans: u32,
 }
 
 impl KernelOffsets {
@@ -46,6 +67,16 @@ impl KernelOffsets {
             inet_sport: Self::MISSING,
             net_ns_inum: Self::MISSING,
             sk_protocol: Self::MISSING,
+            skc_num: 14,
+            skc_cookie: Self::MISSING,
+            skc_prot: Self::MISSING,
+            proto_twsk_prot: Self::MISSING,
+            twsk_slab: Self::MISSING,
+            proto_rsk_prot: Self::MISSING,
+            rsk_slab: Self::MISSING,
+            tw_substate: Self::MISSING,
+            req_sk: Self::MISSING,
+            req_num_retrans: Self::MISSING,
         }
     }
 }

@@ -6,19 +6,19 @@
 #![no_std]
 #![no_main]
 
+mod emit;
 mod read;
+mod slab;
+mod transition;
 
 use aya_ebpf::{
-    bindings::BPF_RB_NO_WAKEUP,
-    cty::c_void,
-    helpers::{bpf_ktime_get_ns, generated::bpf_get_socket_cookie},
     macros::{btf_tracepoint, map},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
 };
 use netwatch_common::{
-    counter, kind, names::limits, offsets::KernelOffsets, state, Filters, RecordHeader, Transition,
-    AF_INET, AF_INET6, DWELL_UNKNOWN,
+    counter, names::limits, offsets::KernelOffsets, Filters, KnownCaches, RecentTimewaits,
+    TimewaitEntry,
 };
 
 #[map(name = "EVENTS")]
@@ -39,6 +39,26 @@ static FILTER_NETNS: HashMap<u32, u8> = HashMap::with_max_entries(limits::FILTER
 #[map(name = "FILTER_PORTS")]
 static FILTER_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(limits::FILTER_ENTRIES, 0);
 
+/// Slab caches of timewait and request sockets, learned from listening sockets.
+#[map(name = "CACHES")]
+static CACHES: Array<KnownCaches> = Array::with_max_entries(1, 0);
+
+#[map(name = "RECENT_TW")]
+static RECENT_TW: PerCpuArray<RecentTimewaits> = PerCpuArray::with_max_entries(1, 0);
+
+/// Socket cookie -> the timewait socket's state and since when.
+#[map(name = "TW_STATE")]
+static TW_STATE: LruHashMap<u64, TimewaitEntry> =
+    LruHashMap::with_max_entries(limits::TW_ENTRIES, 0);
+
+/// Request socket pointer -> when its SYN arrived.
+#[map(name = "REQ_BORN")]
+static REQ_BORN: LruHashMap<u64, u64> = LruHashMap::with_max_entries(limits::REQ_ENTRIES, 0);
+
+/// Child socket pointer -> when the final ACK created it.
+#[map(name = "CHILD_BORN")]
+static CHILD_BORN: LruHashMap<u64, u64> = LruHashMap::with_max_entries(limits::REQ_ENTRIES, 0);
+
 #[no_mangle]
 static FILTERS: Filters = Filters {
     by_netns: 0,
@@ -48,8 +68,6 @@ static FILTERS: Filters = Filters {
 
 #[no_mangle]
 static OFFSETS: KernelOffsets = KernelOffsets::placeholder();
-
-const IPPROTO_TCP: u16 = 6;
 
 #[inline(always)]
 fn bump(slot: u32) {
@@ -74,80 +92,20 @@ fn filters() -> Filters {
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn set_state(ctx: BtfTracePointContext) -> i32 {
-    try_set_state(&ctx);
+    transition::try_set_state(&ctx);
     0
 }
 
-#[inline(always)]
-fn try_set_state(ctx: &BtfTracePointContext) {
-    let sk: *const u8 = ctx.arg(0);
-    let old: i32 = ctx.arg(1);
-    let new: i32 = ctx.arg(2);
-    let off = offsets();
-    if read::protocol(sk, &off) != IPPROTO_TCP {
-        return;
-    }
-    let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer, which the helper accepts.
-    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+#[btf_tracepoint(function = "kmem_cache_alloc")]
+pub fn slab_alloc(ctx: BtfTracePointContext) -> i32 {
+    slab::try_alloc(&ctx);
+    0
+}
 
-    // Keep the entry map right for every socket, filtered or not: the filters look at ports,
-    // and a socket's local port is still 0 when it enters SYN_SENT.
-    let dwell_ns = match unsafe { SOCK_STATE.get(&cookie) } {
-        Some(&since) => now.wrapping_sub(since),
-        None => DWELL_UNKNOWN,
-    };
-    if new as u8 == state::CLOSE {
-        let _ = SOCK_STATE.remove(&cookie);
-    } else if SOCK_STATE.insert(&cookie, &now, 0).is_err() {
-        bump(counter::STATE_MAP_FULL);
-    }
-
-    let f = filters();
-    let netns = read::netns(sk, &off);
-    if f.by_netns != 0 && unsafe { FILTER_NETNS.get(&netns) }.is_none() {
-        return;
-    }
-    let (sport, dport) = read::ports(sk, &off);
-    if f.by_port != 0
-        && unsafe { FILTER_PORTS.get(&sport) }.is_none()
-        && unsafe { FILTER_PORTS.get(&dport) }.is_none()
-    {
-        return;
-    }
-    let family = read::family(sk, &off);
-    if family != AF_INET && family != AF_INET6 {
-        return;
-    }
-
-    let mut rec = Transition {
-        header: RecordHeader {
-            kind: kind::TRANSITION,
-            size: Transition::SIZE as u16,
-            _pad: 0,
-            mono_ns: now,
-        },
-        sock_id: cookie,
-        dwell_ns,
-        saddr: [0; 16],
-        daddr: [0; 16],
-        netns,
-        sport,
-        dport,
-        family,
-        old: old as u8,
-        new: new as u8,
-        _pad: 0,
-    };
-    if !read::addresses(sk, &off, family, &mut rec.saddr, &mut rec.daddr) {
-        bump(counter::READ_ERRORS);
-    }
-    if EVENTS
-        .output::<Transition>(&rec, BPF_RB_NO_WAKEUP as u64)
-        .is_err()
-    {
-        bump(counter::LOST_RECORDS);
-    }
+#[btf_tracepoint(function = "kmem_cache_free")]
+pub fn slab_free(ctx: BtfTracePointContext) -> i32 {
+    slab::try_free(&ctx);
+    0
 }
 
 #[cfg(not(test))]

@@ -7,7 +7,7 @@ use aya_ebpf::helpers::bpf_probe_read_kernel;
 use netwatch_common::{offsets::KernelOffsets, AF_INET6};
 
 #[inline(always)]
-fn at<T: Default>(base: *const u8, off: u32) -> T {
+pub fn at<T: Default>(base: *const u8, off: u32) -> T {
     if off == KernelOffsets::MISSING {
         return T::default();
     }
@@ -88,4 +88,19 @@ pub fn addresses(
             }
         }
     }
+}
+
+/// The cookie stored in a socket-like object (`sock`, `inet_timewait_sock`), 0 if unset.
+#[inline(always)]
+pub fn cookie(obj: *const u8, off: &KernelOffsets) -> u64 {
+    at(obj, off.skc_cookie)
+}
+
+/// (local, remote) ports of a timewait or request socket, whose `sock_common` holds the
+/// local port in `skc_num` (host order).
+#[inline(always)]
+pub fn mini_ports(obj: *const u8, off: &KernelOffsets) -> (u16, u16) {
+    let sport: u16 = at(obj, off.skc_num);
+    let dport: u16 = at(obj, off.skc_dport);
+    (sport, u16::from_be(dport))
 }

@@ -24,6 +24,9 @@ pub struct Probes {
     pub events: RingBuf<MapData>,
     /// Things worth telling the user about how this kernel limited the trace.
     pub warnings: Vec<String>,
+    /// Cookies of the sockets netwatch itself opened to teach the kernel side the slab
+    /// caches; their records are not the user's traffic.
+    pub own_sockets: Vec<u64>,
 }
 
 /// Loss and error counts the kernel side kept, summed over CPUs.
@@ -90,19 +93,47 @@ impl Probes {
         }
 
         let aya_btf = aya::Btf::from_sys_fs().context("aya cannot read the kernel's BTF")?;
-        let prog: &mut BtfTracePoint = ebpf
-            .program_mut(program::SET_STATE)
-            .ok_or_else(|| anyhow!("object lacks program {}", program::SET_STATE))?
-            .try_into()?;
-        prog.load(hook::SET_STATE, &aya_btf).with_context(|| {
-            format!(
-                "the verifier rejected {} (tp_btf/{})",
-                program::SET_STATE,
-                hook::SET_STATE
-            )
-        })?;
-        prog.attach()
-            .with_context(|| format!("attaching to tracepoint {}", hook::SET_STATE))?;
+        attach_tp(&mut ebpf, &aya_btf, program::SET_STATE, hook::SET_STATE)?;
+        // Timewait and request sockets only show through the slab hooks: without them
+        // TIME_WAIT, orphaned FIN_WAIT2 and server SYN_RECV dwell are unknown, the rest works.
+        let slab_hooks = [hook::SLAB_ALLOC, hook::SLAB_FREE];
+        let slab_fields_missing = missing.iter().any(|m| {
+            [
+                "skc_cookie",
+                "skc_prot",
+                "twsk",
+                "rsk",
+                "tw_substate",
+                "request_sock",
+            ]
+            .iter()
+            .any(|f| m.contains(f))
+        });
+        if let Some(h) = slab_hooks
+            .iter()
+            .find(|h| !preflight::has_tracepoint(btf, h))
+        {
+            warnings.push(format!(
+                "this kernel has no `{h}` tracepoint: TIME_WAIT, orphaned FIN_WAIT2 and \
+                 server-side SYN_RECV dwell times are not available"
+            ));
+        } else if slab_fields_missing {
+            warnings.push(
+                "this kernel's BTF lacks fields of timewait/request sockets: TIME_WAIT and \
+                 server-side SYN_RECV dwell times are not available"
+                    .to_owned(),
+            );
+        } else {
+            attach_tp(&mut ebpf, &aya_btf, program::SLAB_ALLOC, hook::SLAB_ALLOC)?;
+            attach_tp(&mut ebpf, &aya_btf, program::SLAB_FREE, hook::SLAB_FREE)?;
+        }
+        let own_sockets = teach_caches().unwrap_or_else(|e| {
+            warnings.push(format!(
+                "could not open the loopback listeners that locate the timewait and request \
+                 socket caches ({e:#}); they are learned from the first listener seen instead"
+            ));
+            Vec::new()
+        });
 
         let events = RingBuf::try_from(
             ebpf.take_map(map::EVENTS)
@@ -112,6 +143,7 @@ impl Probes {
             ebpf,
             events,
             warnings,
+            own_sockets,
         })
     }
 
@@ -130,6 +162,55 @@ impl Probes {
     }
 }
 
+fn attach_tp(ebpf: &mut Ebpf, btf: &aya::Btf, name: &str, hook: &str) -> Result<()> {
+    let prog: &mut BtfTracePoint = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("object lacks program {name}"))?
+        .try_into()?;
+    prog.load(hook, btf)
+        .with_context(|| format!("the verifier rejected {name} (tp_btf/{hook})"))?;
+    prog.attach()
+        .with_context(|| format!("attaching {name} to tracepoint {hook}"))?;
+    Ok(())
+}
+
+/// The socket cookie, the id our kernel records carry.
+fn socket_cookie(fd: &impl std::os::fd::AsRawFd) -> std::io::Result<u64> {
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: valid fd, out pointer and length.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if r == 0 {
+        Ok(cookie)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Opens and closes one listener per address family: its CLOSE -> LISTEN lets the kernel
+/// side read the protocol's timewait and request slab caches, so TIME_WAIT and SYN_RECV are
+/// followed from the first second even on a host where no listener opens during the trace.
+fn teach_caches() -> Result<Vec<u64>> {
+    let mut cookies = Vec::new();
+    for addr in ["127.0.0.1:0", "[::1]:0"] {
+        match std::net::TcpListener::bind(addr) {
+            Ok(l) => cookies.push(socket_cookie(&l).context("SO_COOKIE")?),
+            // A host without IPv6 loopback is fine: IPv6 caches are learned later.
+            Err(_) if addr.starts_with('[') => {}
+            Err(e) => return Err(e).with_context(|| format!("listening on {addr}")),
+        }
+    }
+    Ok(cookies)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,9 +226,16 @@ mod tests {
             map::COUNTERS,
             map::FILTER_NETNS,
             map::FILTER_PORTS,
+            map::CACHES,
+            map::RECENT_TW,
+            map::TW_STATE,
+            map::REQ_BORN,
+            map::CHILD_BORN,
         ] {
             assert!(obj.maps.contains_key(m), "map {m} missing");
         }
-        assert!(obj.programs.contains_key(program::SET_STATE));
+        for p in [program::SET_STATE, program::SLAB_ALLOC, program::SLAB_FREE] {
+            assert!(obj.programs.contains_key(p), "program {p} missing");
+        }
     }
 }

@@ -26,6 +26,16 @@ pub fn resolve(btf: &Btf) -> (KernelOffsets, Vec<String>) {
         inet_sport: get("inet_sock", "inet_sport"),
         net_ns_inum: get("net", "ns.inum"),
         sk_protocol: get("sock", "sk_protocol"),
+        skc_num: get("sock_common", "skc_num"),
+        skc_cookie: get("sock_common", "skc_cookie"),
+        skc_prot: get("sock_common", "skc_prot"),
+        proto_twsk_prot: get("proto", "twsk_prot"),
+        twsk_slab: get("timewait_sock_ops", "twsk_slab"),
+        proto_rsk_prot: get("proto", "rsk_prot"),
+        rsk_slab: get("request_sock_ops", "slab"),
+        tw_substate: get("inet_timewait_sock", "tw_substate"),
+        req_sk: get("request_sock", "sk"),
+        req_num_retrans: get("request_sock", "num_retrans"),
     };
     (offsets, missing)
 }

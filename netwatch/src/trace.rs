@@ -35,7 +35,9 @@ impl Tracer {
     fn drain(&mut self) -> Result<(), SinkError> {
         while let Some(item) = self.probes.events.next() {
             match decode(&item) {
-                Ok(Event::Transition(t)) if !self.cfg.addrs.matches(&t) => {}
+                Ok(Event::Transition(t))
+                    if !self.cfg.addrs.matches(&t)
+                        || self.probes.own_sockets.contains(&t.sock_id) => {}
                 Ok(ev) => self.sinks.push(&ev),
                 Err(_) => self.undecodable += 1,
             }

@@ -154,8 +154,12 @@ pub fn transitions(records: &[Value]) -> Result<Vec<Transition>> {
 }
 
 /// The records of one socket, in file order.
+/// One socket's records in kernel time order: records are written as they arrive, and a
+/// request socket's SYN_RECV record arrives at accept(), after its child's own may have.
 pub fn of_sock(ts: &[Transition], sock_id: u64) -> Vec<&Transition> {
-    ts.iter().filter(|t| t.sock_id == sock_id).collect()
+    let mut mine: Vec<&Transition> = ts.iter().filter(|t| t.sock_id == sock_id).collect();
+    mine.sort_by_key(|t| t.mono_ns);
+    mine
 }
 
 /// Distinct sock_ids of the records matching `pred`, in order of first appearance.

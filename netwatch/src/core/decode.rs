@@ -3,7 +3,10 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use netwatch_common::{kind, RecordHeader, Transition as RawTransition, AF_INET6, DWELL_UNKNOWN};
+use netwatch_common::{
+    flag, kind, state, RecordHeader, RequestEnd, Transition as RawTransition, AF_INET6,
+    DWELL_UNKNOWN,
+};
 use thiserror::Error;
 
 use super::event::{Event, Family, Transition};
@@ -37,6 +40,10 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             let raw: RawTransition = read_record(bytes)?;
             Ok(Event::Transition(transition(&raw)))
         }
+        kind::REQUEST_END => {
+            let raw: RequestEnd = read_record(bytes)?;
+            Ok(Event::Transition(request_end(&raw)))
+        }
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
@@ -48,12 +55,44 @@ fn addr(family: Family, raw: &[u8; 16]) -> IpAddr {
     }
 }
 
-fn transition(raw: &RawTransition) -> Transition {
-    let family = if raw.family == AF_INET6 {
+fn family(raw: u16) -> Family {
+    if raw == AF_INET6 {
         Family::Ipv6
     } else {
         Family::Ipv4
+    }
+}
+
+/// A request socket's end, told as the transition it stands for: SYN_RECV -> ESTABLISHED
+/// at the moment the child was created, or SYN_RECV -> CLOSE when no child came of it.
+fn request_end(raw: &RequestEnd) -> Transition {
+    let family = family(raw.family);
+    let freed = raw.header.mono_ns;
+    let (at, new) = if raw.child_ns != 0 {
+        (raw.child_ns, state::ESTABLISHED)
+    } else {
+        (freed, state::CLOSE)
     };
+    Transition {
+        mono_ns: at,
+        sock_id: raw.sock_id,
+        family,
+        saddr: addr(family, &raw.saddr),
+        sport: raw.sport,
+        daddr: addr(family, &raw.daddr),
+        dport: raw.dport,
+        old: state::SYN_RECV,
+        new,
+        dwell_ns: (raw.syn_ns != 0 && raw.syn_ns <= at).then(|| at - raw.syn_ns),
+        netns: raw.netns,
+        timewait: false,
+        synack_retransmits: Some(raw.synack_retransmits),
+        accept_wait_ns: (raw.child_ns != 0).then(|| freed.saturating_sub(raw.child_ns)),
+    }
+}
+
+fn transition(raw: &RawTransition) -> Transition {
+    let family = family(raw.family);
     Transition {
         mono_ns: raw.header.mono_ns,
         sock_id: raw.sock_id,
@@ -66,13 +105,16 @@ fn transition(raw: &RawTransition) -> Transition {
         new: raw.new,
         dwell_ns: (raw.dwell_ns != DWELL_UNKNOWN).then_some(raw.dwell_ns),
         netns: raw.netns,
+        timewait: raw.flags & flag::TIMEWAIT != 0,
+        synack_retransmits: None,
+        accept_wait_ns: None,
     }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use netwatch_common::{state, AF_INET};
+    use netwatch_common::AF_INET;
 
     pub fn raw_v4() -> RawTransition {
         RawTransition {
@@ -92,7 +134,8 @@ pub(crate) mod tests {
             family: AF_INET,
             old: state::SYN_SENT,
             new: state::ESTABLISHED,
-            _pad: 0,
+            flags: 0,
+            _pad: [0; 3],
         }
     }
 
@@ -129,6 +172,51 @@ pub(crate) mod tests {
         assert_eq!(t.saddr.to_string(), "fd00::1");
         assert_eq!(t.daddr.to_string(), "::ffff:10.0.0.2");
         assert_eq!(t.dwell_ns, None);
+    }
+
+    #[test]
+    fn request_end_becomes_syn_recv_transition() {
+        let raw = RequestEnd {
+            header: RecordHeader {
+                kind: kind::REQUEST_END,
+                size: RequestEnd::SIZE as u16,
+                _pad: 0,
+                mono_ns: 5_000_000_000,
+            },
+            sock_id: 9,
+            syn_ns: 1_000_000_000,
+            child_ns: 4_020_000_000,
+            family: netwatch_common::AF_INET,
+            sport: 80,
+            dport: 40000,
+            synack_retransmits: 2,
+            ..Default::default()
+        };
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&raw as *const RequestEnd).cast::<u8>(), RequestEnd::SIZE)
+        };
+        let Event::Transition(t) = decode(bytes).unwrap();
+        assert_eq!((t.old_name(), t.new_name()), ("SYN_RECV", "ESTABLISHED"));
+        assert_eq!(t.mono_ns, 4_020_000_000);
+        assert_eq!(t.dwell_ns, Some(3_020_000_000));
+        assert_eq!(t.accept_wait_ns, Some(980_000_000));
+        assert_eq!(t.synack_retransmits, Some(2));
+
+        let dropped = RequestEnd {
+            child_ns: 0,
+            sock_id: 0,
+            ..raw
+        };
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&dropped as *const RequestEnd).cast::<u8>(),
+                RequestEnd::SIZE,
+            )
+        };
+        let Event::Transition(t) = decode(bytes).unwrap();
+        assert_eq!(t.new_name(), "CLOSE");
+        assert_eq!(t.dwell_ns, Some(4_000_000_000));
+        assert_eq!(t.accept_wait_ns, None);
     }
 
     #[test]

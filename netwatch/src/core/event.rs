@@ -40,6 +40,13 @@ pub struct Transition {
     /// Time spent in `old`; `None` when netwatch did not see the socket enter it.
     pub dwell_ns: Option<u64>,
     pub netns: u32,
+    /// The record is about a timewait socket (TIME_WAIT, or an orphan's FIN_WAIT2).
+    pub timewait: bool,
+    /// Set on the end of a server-side SYN_RECV (a request socket): SYN-ACKs resent.
+    pub synack_retransmits: Option<u8>,
+    /// Set on the end of a server-side SYN_RECV: how long the child waited in the accept
+    /// queue for the application's accept().
+    pub accept_wait_ns: Option<u64>,
 }
 
 impl Transition {

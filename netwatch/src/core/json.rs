@@ -11,6 +11,13 @@
 //! - `old`, `new`: kernel state names (`"SYN_SENT"`, `"FIN_WAIT2"`, `"TIME_WAIT"`, ...).
 //! - `dwell_ns`: nanoseconds spent in `old`, `null` when netwatch did not see it begin.
 //! - `netns`: inode of the socket's network namespace.
+//! - `timewait`: `true` when about a timewait socket, the object that replaces a socket in
+//!   TIME_WAIT (and an orphan in FIN_WAIT2): its death is `"old":"TIME_WAIT","new":"CLOSE"`.
+//! - Server-side SYN_RECV is the request socket's life, reported when the kernel frees it
+//!   (at accept()): `"old":"SYN_RECV","new":"ESTABLISHED"` stamped when the final ACK made the
+//!   child (or `"new":"CLOSE"` if none came), with `synack_retransmits` and `accept_wait_ns`
+//!   (child created -> accept()). Records are written as they arrive, so sort by `mono_ns`
+//!   for one socket's story.
 
 use serde::Serialize;
 
@@ -36,6 +43,15 @@ pub struct TransitionJson<'a> {
     pub new: &'a str,
     pub dwell_ns: Option<u64>,
     pub netns: u32,
+    /// Only on the end of a server-side SYN_RECV (request socket).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub synack_retransmits: Option<u8>,
+    /// Only on the end of a server-side SYN_RECV: time the child then waited for accept().
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accept_wait_ns: Option<u64>,
+    /// Present (true) when the record is about a timewait socket.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub timewait: bool,
 }
 
 impl<'a> TransitionJson<'a> {
@@ -53,6 +69,9 @@ impl<'a> TransitionJson<'a> {
             new: t.new_name(),
             dwell_ns: t.dwell_ns,
             netns: t.netns,
+            synack_retransmits: t.synack_retransmits,
+            accept_wait_ns: t.accept_wait_ns,
+            timewait: t.timewait,
         }
     }
 }

@@ -6,4 +6,5 @@ pub mod decode;
 pub mod event;
 pub mod filter;
 pub mod json;
+pub mod snapshot;
 pub mod text;

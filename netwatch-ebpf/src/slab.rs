@@ -1,0 +1,165 @@
+//! `kmem_cache_alloc` / `kmem_cache_free`: births and deaths of timewait and request
+//! sockets, which `inet_sock_set_state` never reports. These hooks fire for every slab
+//! object in the kernel, so each starts with a pointer compare against the learned caches
+//! and leaves at once for anything else.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::BtfTracePointContext};
+use netwatch_common::{
+    counter, flag, kind, state, KnownCaches, RecordHeader, RequestEnd, Transition, DWELL_UNKNOWN,
+};
+
+use crate::{bump, emit, offsets, read, CACHES, CHILD_BORN, RECENT_TW, REQ_BORN, TW_STATE};
+
+enum Cache {
+    Timewait,
+    Request,
+    Other,
+}
+
+#[inline(always)]
+fn classify(cache: u64) -> Cache {
+    let Some(c) = CACHES.get(0) else {
+        return Cache::Other;
+    };
+    let c: &KnownCaches = c;
+    if cache == c.timewait[0] || cache == c.timewait[1] {
+        Cache::Timewait
+    } else if cache == c.request[0] || cache == c.request[1] {
+        Cache::Request
+    } else {
+        Cache::Other
+    }
+}
+
+#[inline(always)]
+pub fn try_alloc(ctx: &BtfTracePointContext) {
+    let obj: u64 = ctx.arg(1);
+    let cache: u64 = ctx.arg(2);
+    match classify(cache) {
+        Cache::Timewait => {
+            let Some(recent) = RECENT_TW.get_ptr_mut(0) else {
+                return;
+            };
+            // SAFETY: per-CPU value, only touched by programs on this CPU.
+            let recent = unsafe { &mut *recent };
+            let i = (recent.next as usize) % recent.ptrs.len();
+            recent.ptrs[i] = obj;
+            recent.next = recent.next.wrapping_add(1);
+        }
+        Cache::Request => {
+            let now = unsafe { bpf_ktime_get_ns() };
+            if REQ_BORN.insert(&obj, &now, 0).is_err() {
+                bump(counter::STATE_MAP_FULL);
+            }
+        }
+        Cache::Other => {}
+    }
+}
+
+#[inline(always)]
+pub fn try_free(ctx: &BtfTracePointContext) {
+    let obj: u64 = ctx.arg(1);
+    let cache: u64 = ctx.arg(2);
+    match classify(cache) {
+        Cache::Timewait => timewait_died(obj as *const u8),
+        Cache::Request => request_died(obj as *const u8),
+        Cache::Other => {}
+    }
+}
+
+#[inline(always)]
+fn timewait_died(tw: *const u8) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let off = offsets();
+    let cookie = read::cookie(tw, &off);
+    let substate: u8 = read::at(tw, off.tw_substate);
+    let entry = unsafe { TW_STATE.get(&cookie) }.copied();
+    let _ = TW_STATE.remove(&cookie);
+
+    let (old, dwell_ns, flags) = match entry {
+        Some(e) if e.state == state::FIN_WAIT2 && substate == state::TIME_WAIT => (
+            state::TIME_WAIT,
+            DWELL_UNKNOWN,
+            flag::TIMEWAIT | flag::SUBSTATE_CHANGED,
+        ),
+        Some(e) if e.since_ns != 0 => (e.state, now.wrapping_sub(e.since_ns), flag::TIMEWAIT),
+        Some(e) => (e.state, DWELL_UNKNOWN, flag::TIMEWAIT),
+        None => (substate, DWELL_UNKNOWN, flag::TIMEWAIT),
+    };
+    let family = read::family(tw, &off);
+    let netns = read::netns(tw, &off);
+    let (sport, dport) = read::mini_ports(tw, &off);
+    if !emit::wanted(netns, sport, dport) {
+        return;
+    }
+    let mut rec = Transition {
+        header: RecordHeader {
+            kind: kind::TRANSITION,
+            size: Transition::SIZE as u16,
+            _pad: 0,
+            mono_ns: now,
+        },
+        sock_id: cookie,
+        dwell_ns,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        netns,
+        sport,
+        dport,
+        family,
+        old,
+        new: state::CLOSE,
+        flags,
+        _pad: [0; 3],
+    };
+    if !read::addresses(tw, &off, family, &mut rec.saddr, &mut rec.daddr) {
+        bump(counter::READ_ERRORS);
+    }
+    emit::send(&rec);
+}
+
+#[inline(always)]
+fn request_died(req: *const u8) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let off = offsets();
+    let key = req as u64;
+    let syn_ns = unsafe { REQ_BORN.get(&key) }.copied().unwrap_or(0);
+    let _ = REQ_BORN.remove(&key);
+    let child: u64 = read::at(req, off.req_sk);
+    let (child_ns, sock_id) = if child != 0 {
+        let born = unsafe { CHILD_BORN.get(&child) }.copied().unwrap_or(0);
+        let _ = CHILD_BORN.remove(&child);
+        (born, read::cookie(child as *const u8, &off))
+    } else {
+        (0, 0)
+    };
+    let family = read::family(req, &off);
+    let netns = read::netns(req, &off);
+    let (sport, dport) = read::mini_ports(req, &off);
+    if !emit::wanted(netns, sport, dport) {
+        return;
+    }
+    let mut rec = RequestEnd {
+        header: RecordHeader {
+            kind: kind::REQUEST_END,
+            size: RequestEnd::SIZE as u16,
+            _pad: 0,
+            mono_ns: now,
+        },
+        sock_id,
+        syn_ns,
+        child_ns,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        netns,
+        sport,
+        dport,
+        family,
+        synack_retransmits: read::at(req, off.req_num_retrans),
+        _pad: [0; 5],
+    };
+    if !read::addresses(req, &off, family, &mut rec.saddr, &mut rec.daddr) {
+        bump(counter::READ_ERRORS);
+    }
+    emit::send(&rec);
+}

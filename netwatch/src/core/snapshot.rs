@@ -1,0 +1,86 @@
+//! A point-in-time view of the aggregator: what the live views render and what the JSON
+//! `"type":"snapshot"` records carry. Plain data, so renderers are tested without a kernel.
+
+use std::net::IpAddr;
+
+use netwatch_common::state;
+
+/// count/p50/p90/p99/max of a set of durations, in nanoseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+/// One bar of a dwell histogram: how many dwells were at most `upper_ns` (and above the
+/// previous bar's bound).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bucket {
+    pub upper_ns: u64,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StateStats {
+    /// Sockets in this state now.
+    pub now: u64,
+    /// Sockets that entered the state during the last interval.
+    pub entered: u64,
+    /// Completed dwells in this state since the trace began.
+    pub dwell: Percentiles,
+    /// Ages of the sockets still in the state (a leak shows as ages that keep growing).
+    pub age: Percentiles,
+    /// Completed dwells as power-of-two-ish buckets, smallest first, empty ones left out.
+    pub buckets: Vec<Bucket>,
+}
+
+/// Sockets per key in one state, biggest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Talker<K> {
+    pub key: K,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// CLOCK_MONOTONIC of the snapshot.
+    pub mono_ns: u64,
+    /// Length of the interval `entered` counts cover.
+    pub interval_ns: u64,
+    /// Indexed by kernel state number ([`state::COUNT`] entries).
+    pub states: Vec<StateStats>,
+    /// Per state: local ports with the most sockets in it (listening port for accepted
+    /// sockets), top N.
+    pub top_local_ports: Vec<Vec<Talker<u16>>>,
+    /// Per state: remote addresses with the most sockets in it, top N.
+    pub top_remotes: Vec<Vec<Talker<IpAddr>>>,
+    pub transitions: u64,
+    /// Records the kernel could not send (ring buffer full) plus undecodable ones.
+    pub lost: u64,
+}
+
+impl Snapshot {
+    pub fn empty() -> Self {
+        Self {
+            states: vec![StateStats::default(); state::COUNT],
+            top_local_ports: vec![Vec::new(); state::COUNT],
+            top_remotes: vec![Vec::new(); state::COUNT],
+            ..Default::default()
+        }
+    }
+
+    pub fn state(&self, s: u8) -> &StateStats {
+        &self.states[s as usize]
+    }
+
+    /// Per-second rate of entries into a state over the last interval.
+    pub fn rate(&self, s: u8) -> f64 {
+        if self.interval_ns == 0 {
+            return 0.0;
+        }
+        self.state(s).entered as f64 * 1e9 / self.interval_ns as f64
+    }
+}
