@@ -11,7 +11,9 @@ use crate::core::filter::Cidr;
 
 const EXAMPLES: &str = "\
 EXAMPLES:
-    sudo netwatch trace                         every TCP transition, live, until Ctrl-C
+    sudo netwatch trace                         live dashboard of TCP states and dwell times
+    sudo netwatch trace --events                one line per TCP transition
+    sudo netwatch trace --plain --interval 10s  a text summary every 10 s (also when piped)
     sudo netwatch trace --port 443 --duration 30s
     sudo netwatch trace --addr 10.0.0.0/8 --output trace.jsonl
     sudo netwatch trace --netns blue --output - | jq .
@@ -58,8 +60,21 @@ pub struct TraceArgs {
     #[arg(long)]
     pub force: bool,
 
-    /// Do not print one line per transition.
-    #[arg(short, long)]
+    /// Print one line per transition instead of the dashboard or summaries.
+    #[arg(long, conflicts_with = "plain")]
+    pub events: bool,
+
+    /// Print a text summary every interval instead of the full-screen dashboard (the
+    /// default when stdout is not a terminal).
+    #[arg(long)]
+    pub plain: bool,
+
+    /// How often the dashboard, text summaries and JSON snapshot records are produced.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    /// Print nothing on stdout (JSON to --output only).
+    #[arg(short, long, conflicts_with_all = ["events", "plain"])]
     pub quiet: bool,
 }
 

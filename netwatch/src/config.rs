@@ -2,6 +2,7 @@
 //! program is loaded, so bad input fails fast and nothing is half-attached.
 
 use std::fs::{File, OpenOptions};
+use std::io::IsTerminal;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,14 +17,43 @@ pub enum OutputTarget {
     File { path: PathBuf, file: File },
 }
 
+/// What stdout shows while tracing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    Dashboard,
+    Plain,
+    Events,
+    /// Nothing: stdout carries JSON, or the user asked for quiet.
+    None,
+}
+
 pub struct TraceConfig {
     pub duration: Option<Duration>,
+    pub interval: Duration,
     pub ports: Vec<u16>,
     pub netns: Vec<u32>,
+    /// Paths of the namespaces in `netns`, where one was found, for the census.
+    pub netns_paths: Vec<PathBuf>,
     pub addrs: AddrFilter,
     pub output: Option<OutputTarget>,
-    /// Print one line per transition on stdout.
-    pub lines: bool,
+    pub view: View,
+}
+
+/// A file for a namespace known only by inode: named ones first, then processes'.
+fn find_netns_path(inode: u32) -> Option<PathBuf> {
+    let named = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path());
+    let procs = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("ns/net"));
+    named
+        .chain(procs)
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.ino() == inode as u64))
 }
 
 /// A network namespace named like `ip netns`, given as a path, or as its inode number.
@@ -79,8 +109,11 @@ pub fn open_output(path: &Path, force: bool) -> Result<File> {
 impl TraceConfig {
     pub fn from_args(args: TraceArgs) -> Result<Self> {
         let mut netns = Vec::new();
+        let mut netns_paths = Vec::new();
         for spec in &args.netns {
-            netns.push(resolve_netns(spec)?);
+            let inode = resolve_netns(spec)?;
+            netns.push(inode);
+            netns_paths.extend(find_netns_path(inode));
         }
         if netns.len() > netwatch_common::names::limits::FILTER_ENTRIES as usize
             || args.ports.len() > netwatch_common::names::limits::FILTER_ENTRIES as usize
@@ -99,14 +132,28 @@ impl TraceConfig {
                 file: open_output(p, args.force)?,
             }),
         };
-        let lines = !args.quiet && !matches!(output, Some(OutputTarget::Stdout));
+        let json_on_stdout = matches!(output, Some(OutputTarget::Stdout));
+        let view = if args.quiet || (json_on_stdout && !args.events && !args.plain) {
+            View::None
+        } else if args.events {
+            View::Events
+        } else if args.plain || !std::io::stdout().is_terminal() {
+            View::Plain
+        } else {
+            View::Dashboard
+        };
+        if json_on_stdout && view != View::None {
+            bail!("--output - puts JSON on stdout; drop --events/--plain or write JSON to a file");
+        }
         Ok(Self {
             duration: args.duration,
+            interval: args.interval,
             ports: args.ports,
             netns,
+            netns_paths,
             addrs: AddrFilter::new(args.addrs),
             output,
-            lines,
+            view,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! netwatch: an eBPF tracer of the TCP lifecycle for on-call engineers.
 
 mod btf;
+mod census;
 mod cli;
 mod config;
 mod core;
@@ -9,6 +10,7 @@ mod offsets;
 mod preflight;
 mod sink;
 mod trace;
+mod ui;
 
 use std::process::ExitCode;
 

@@ -14,7 +14,8 @@ use crate::config::OutputTarget;
 use crate::core::{
     clock::WallClock,
     event::{Event, Transition},
-    json::{self, Record, TransitionJson},
+    json::{self, Record, SnapshotJson, TransitionJson},
+    snapshot::Snapshot,
     text,
 };
 
@@ -26,6 +27,8 @@ enum JsonDest {
 pub struct Sinks {
     clock: WallClock,
     lines: Option<Vec<u8>>,
+    /// Summaries for stdout; shares the flush path with `lines`.
+    text: Option<Vec<u8>>,
     header_printed: bool,
     json: Option<(JsonDest, Vec<u8>)>,
     pub transitions: u64,
@@ -44,7 +47,7 @@ fn is_closed_pipe(e: &io::Error) -> bool {
 }
 
 impl Sinks {
-    pub fn new(clock: WallClock, lines: bool, output: Option<OutputTarget>) -> Self {
+    pub fn new(clock: WallClock, lines: bool, text: bool, output: Option<OutputTarget>) -> Self {
         let json = output.map(|o| {
             let dest = match o {
                 OutputTarget::Stdout => JsonDest::Stdout,
@@ -55,6 +58,7 @@ impl Sinks {
         Self {
             clock,
             lines: lines.then(|| Vec::with_capacity(1 << 16)),
+            text: text.then(Vec::new),
             header_printed: false,
             json,
             transitions: 0,
@@ -83,9 +87,25 @@ impl Sinks {
         }
     }
 
+    pub fn snapshot(&mut self, snap: &Snapshot) {
+        if let Some((_, buf)) = self.json.as_mut() {
+            json::write_line(buf, &Record::Snapshot(SnapshotJson::new(snap, self.clock)));
+        }
+    }
+
+    /// Text for stdout outside the per-transition lines (plain summaries).
+    pub fn print(&mut self, text: &str) {
+        if let Some(buf) = self.text.as_mut() {
+            buf.extend_from_slice(text.as_bytes());
+        }
+    }
+
     /// Writes out what the last drain produced.
     pub fn flush(&mut self) -> Result<(), SinkError> {
-        if let Some(buf) = self.lines.as_mut() {
+        for buf in [self.lines.as_mut(), self.text.as_mut()]
+            .into_iter()
+            .flatten()
+        {
             if !buf.is_empty() {
                 let mut out = io::stdout().lock();
                 let r = out.write_all(buf).and_then(|_| out.flush());

@@ -1,16 +1,27 @@
-//! `netwatch trace`: attach, drain the ring buffer on a timer, and hand records to the sinks
-//! until Ctrl-C, SIGTERM, `--duration`, or a closed stdout.
+//! `netwatch trace`: attach, drain the ring buffer on a timer, feed the dwell engine and the
+//! sinks, and show the live view, until Ctrl-C, SIGTERM, `--duration`, `q` in the
+//! dashboard, or a closed stdout.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::config::TraceConfig;
-use crate::core::{clock::WallClock, decode::decode, event::Event};
+use crate::census;
+use crate::config::{TraceConfig, View};
+use netwatch_common::state;
+
+use crate::core::{
+    aggregate::{Aggregator, Existing},
+    clock::{mono_now_ns, WallClock},
+    decode::decode,
+    event::Event,
+    plain,
+};
 use crate::loader::Probes;
 use crate::preflight;
 use crate::sink::{SinkError, Sinks};
+use crate::ui;
 
 /// How often the ring buffer is drained. The kernel side never wakes us, so this bounds the
 /// latency of the live view; 8 MiB holds ~100k records, far more than 20 ms of any churn
@@ -28,7 +39,15 @@ struct Tracer {
     probes: Probes,
     cfg: TraceConfig,
     sinks: Sinks,
+    agg: Aggregator,
+    clock: WallClock,
+    dashboard: Option<(ui::Tui, ui::Dashboard)>,
     undecodable: u64,
+}
+
+enum Stop {
+    Done,
+    ClosedPipe,
 }
 
 impl Tracer {
@@ -38,43 +57,67 @@ impl Tracer {
                 Ok(Event::Transition(t))
                     if !self.cfg.addrs.matches(&t)
                         || self.probes.own_sockets.contains(&t.sock_id) => {}
-                Ok(ev) => self.sinks.push(&ev),
+                Ok(ev) => {
+                    let Event::Transition(t) = &ev;
+                    self.agg.apply(t);
+                    self.sinks.push(&ev);
+                }
                 Err(_) => self.undecodable += 1,
             }
         }
         self.sinks.flush()
     }
-}
 
-pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
-    preflight::check_privileges()?;
-    let btf = preflight::kernel_btf()?;
-    let probes = Probes::attach(&cfg, &btf)?;
-    for w in &probes.warnings {
-        eprintln!("netwatch: warning: {w}");
+    fn lost(&self) -> u64 {
+        self.probes.counters().map(|c| c.lost_records).unwrap_or(0) + self.undecodable
     }
-    let clock = WallClock::now();
-    let sinks = Sinks::new(clock, cfg.lines, cfg.output.take());
-    let duration = cfg.duration;
-    let mut tracer = Tracer {
-        probes,
-        cfg,
-        sinks,
-        undecodable: 0,
-    };
-    eprintln!(
-        "netwatch: attached to {}; tracing{} (Ctrl-C to stop)",
-        netwatch_common::names::hook::SET_STATE,
-        duration.map(|d| format!(" for {d:?}")).unwrap_or_default()
-    );
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let stopped: Result<(), SinkError> = rt.block_on(async {
+    fn snapshot(&mut self) -> Result<(), SinkError> {
+        let lost = self.lost();
+        let snap = self.agg.snapshot(mono_now_ns(), lost);
+        self.sinks.snapshot(&snap);
+        match self.cfg.view {
+            View::Plain => self.sinks.print(&plain::summary(&snap, self.clock)),
+            View::Dashboard => {
+                if let Some((tui, dash)) = self.dashboard.as_mut() {
+                    tui.draw(dash, &snap).map_err(SinkError::Io)?;
+                }
+            }
+            View::Events | View::None => {}
+        }
+        self.sinks.flush()
+    }
+
+    /// Handles pending keys; true when the user asked to quit.
+    fn keys(&mut self) -> Result<bool, SinkError> {
+        if self.dashboard.is_none() {
+            return Ok(false);
+        }
+        let lost = self.lost();
+        let Some((tui, dash)) = self.dashboard.as_mut() else {
+            return Ok(false);
+        };
+        let mut redraw = false;
+        while let Some(key) = tui.poll_key(Duration::ZERO).map_err(SinkError::Io)? {
+            match dash.handle_key(key) {
+                ui::Action::Quit => return Ok(true),
+                ui::Action::None => redraw = true,
+            }
+        }
+        if redraw {
+            // Show the new selection at once rather than at the next interval.
+            let snap = self.agg.peek(mono_now_ns(), lost);
+            tui.draw(dash, &snap).map_err(SinkError::Io)?;
+        }
+        Ok(false)
+    }
+
+    async fn run(&mut self, duration: Option<Duration>) -> Result<Stop, SinkError> {
         let mut tick = tokio::time::interval(DRAIN_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut every = tokio::time::interval(self.cfg.interval);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every.tick().await;
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
         let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
         let deadline = async {
@@ -84,19 +127,134 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
             }
         };
         tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => tracer.drain()?,
-                _ = int.recv() => break,
-                _ = term.recv() => break,
-                _ = &mut deadline => break,
+        let r = loop {
+            let step = tokio::select! {
+                _ = tick.tick() => self.drain().and_then(|_| self.keys()),
+                _ = every.tick() => self.snapshot().map(|_| false),
+                _ = int.recv() => Ok(true),
+                _ = term.recv() => Ok(true),
+                _ = &mut deadline => Ok(true),
+            };
+            match step {
+                Ok(false) => {}
+                Ok(true) => break Ok(()),
+                Err(e) => break Err(e),
             }
+        };
+        // What the kernel sent before we were told to stop, and a last snapshot.
+        match r.and_then(|_| self.drain()).and_then(|_| self.snapshot()) {
+            Ok(()) => Ok(Stop::Done),
+            Err(SinkError::ClosedPipe) => Ok(Stop::ClosedPipe),
+            Err(e) => Err(e),
         }
-        // What the kernel sent before we were told to stop.
-        tracer.drain()
-    });
+    }
+}
+
+/// Seeds the engine with the sockets that exist now, in the traced namespaces (or this
+/// one), so gauges are right from the first second.
+fn take_census(cfg: &TraceConfig, agg: &mut Aggregator) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let spaces: Vec<Option<&std::path::Path>> = if cfg.netns.is_empty() {
+        vec![None]
+    } else {
+        cfg.netns_paths.iter().map(|p| Some(p.as_path())).collect()
+    };
+    if !cfg.netns.is_empty() && cfg.netns_paths.len() < cfg.netns.len() {
+        warnings.push(
+            "some --netns inodes have no file to enter; their existing sockets are not counted"
+                .to_owned(),
+        );
+    }
+    let now = mono_now_ns();
+    for ns in spaces {
+        match census::dump_tcp(ns) {
+            Ok(socks) => agg.seed(
+                now,
+                socks
+                    .into_iter()
+                    .filter(|s| census_wanted(cfg, s))
+                    .map(|s| existing(&s)),
+            ),
+            Err(e) => warnings.push(format!(
+                "census of existing sockets failed ({e:#}); counts start from zero"
+            )),
+        }
+    }
+    warnings
+}
+
+/// TIME_WAIT lasts TCP_TIMEWAIT_LEN, so the timer's remaining time tells a census socket's
+/// age; for other states the kernel keeps no entry time.
+const TIMEWAIT_LEN_MS: u64 = 60_000;
+const TIMER_TIMEWAIT: u8 = 3;
+
+fn existing(s: &census::CensusSocket) -> Existing {
+    let age_ns = (s.state == state::TIME_WAIT && s.timer == TIMER_TIMEWAIT)
+        .then(|| TIMEWAIT_LEN_MS.saturating_sub(s.expires_ms as u64) * 1_000_000);
+    Existing {
+        sock_id: s.cookie,
+        state: s.state,
+        sport: s.sport,
+        daddr: s.daddr,
+        dport: s.dport,
+        age_ns,
+    }
+}
+
+fn census_wanted(cfg: &TraceConfig, s: &census::CensusSocket) -> bool {
+    (cfg.ports.is_empty() || cfg.ports.contains(&s.sport) || cfg.ports.contains(&s.dport))
+        && cfg.addrs.matches_addrs(s.saddr, s.daddr)
+}
+
+pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
+    preflight::check_privileges()?;
+    let btf = preflight::kernel_btf()?;
+    let probes = Probes::attach(&cfg, &btf)?;
+    let mut agg = Aggregator::new();
+    let mut warnings = probes.warnings.clone();
+    warnings.extend(take_census(&cfg, &mut agg));
+    for w in &warnings {
+        eprintln!("netwatch: warning: {w}");
+    }
+    let clock = WallClock::now();
+    let sinks = Sinks::new(
+        clock,
+        cfg.view == View::Events,
+        cfg.view == View::Plain,
+        cfg.output.take(),
+    );
+    let duration = cfg.duration;
+    eprintln!(
+        "netwatch: attached to {}; tracing{} (Ctrl-C to stop)",
+        netwatch_common::names::hook::SET_STATE,
+        duration.map(|d| format!(" for {d:?}")).unwrap_or_default()
+    );
+    let dashboard = if cfg.view == View::Dashboard {
+        ui::install_panic_hook();
+        Some((ui::Tui::enter()?, ui::Dashboard::new()))
+    } else {
+        None
+    };
+    let mut tracer = Tracer {
+        probes,
+        cfg,
+        sinks,
+        agg,
+        clock,
+        dashboard,
+        undecodable: 0,
+    };
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let stopped = rt.block_on(tracer.run(duration));
+    // Leave the alternate screen before anything is printed on the way out.
+    tracer.dashboard = None;
     match stopped {
-        Ok(()) | Err(SinkError::ClosedPipe) => {}
+        Ok(Stop::Done) | Ok(Stop::ClosedPipe) => {}
+        Err(SinkError::ClosedPipe) => {}
         Err(SinkError::Io(e)) => return Err(e),
     }
     tracer.sinks.finish()?;

@@ -20,7 +20,6 @@ fn now_ns(clock: libc::clockid_t) -> i128 {
 }
 
 /// CLOCK_MONOTONIC now, the clock of `bpf_ktime_get_ns`.
-#[cfg(test)]
 pub fn mono_now_ns() -> u64 {
     now_ns(libc::CLOCK_MONOTONIC) as u64
 }

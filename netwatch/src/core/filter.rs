@@ -91,11 +91,11 @@ impl AddrFilter {
     }
 
     pub fn matches(&self, t: &Transition) -> bool {
-        self.cidrs.is_empty()
-            || self
-                .cidrs
-                .iter()
-                .any(|c| c.contains(t.saddr) || c.contains(t.daddr))
+        self.matches_addrs(t.saddr, t.daddr)
+    }
+
+    pub fn matches_addrs(&self, a: IpAddr, b: IpAddr) -> bool {
+        self.cidrs.is_empty() || self.cidrs.iter().any(|c| c.contains(a) || c.contains(b))
     }
 }
 

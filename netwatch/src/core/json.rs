@@ -19,14 +19,104 @@
 //!   (child created -> accept()). Records are written as they arrive, so sort by `mono_ns`
 //!   for one socket's story.
 
+//!
+//! `"type":"snapshot"`: every `--interval`, the engine's view.
+//! - `states`: sockets in each state now (every state, zeros included).
+//! - `entered`: entries into each state during the interval (`interval_ns` long).
+//! - `dwell`: per state with completed dwells since the start: `count`, `p50`, `p90`,
+//!   `p99`, `max` in ns. `age`: the same over the sockets still in the state.
+//! - `transitions`: records so far; `lost`: records the kernel could not send.
+
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
-use super::{clock::WallClock, event::Transition};
+use netwatch_common::state;
+
+use super::{
+    clock::WallClock,
+    event::Transition,
+    snapshot::{Percentiles, Snapshot},
+};
 
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Record<'a> {
     Transition(TransitionJson<'a>),
+    Snapshot(SnapshotJson),
+}
+
+#[derive(Debug, Serialize)]
+pub struct PercentilesJson {
+    pub count: u64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+impl From<Percentiles> for PercentilesJson {
+    fn from(p: Percentiles) -> Self {
+        Self {
+            count: p.count,
+            p50: p.p50,
+            p90: p.p90,
+            p99: p.p99,
+            max: p.max,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct SnapshotJson {
+    pub ts: String,
+    pub mono_ns: u64,
+    pub interval_ns: u64,
+    pub states: BTreeMap<&'static str, u64>,
+    pub entered: BTreeMap<&'static str, u64>,
+    pub dwell: BTreeMap<&'static str, PercentilesJson>,
+    pub age: BTreeMap<&'static str, PercentilesJson>,
+    pub transitions: u64,
+    pub lost: u64,
+}
+
+/// The states a snapshot names: every real one (CLOSE is the absence of a socket).
+pub fn reported_states() -> impl Iterator<Item = u8> {
+    (1..state::COUNT as u8).filter(|&s| {
+        !matches!(
+            s,
+            state::CLOSE | state::NEW_SYN_RECV | state::BOUND_INACTIVE
+        )
+    })
+}
+
+impl SnapshotJson {
+    pub fn new(s: &Snapshot, clock: WallClock) -> Self {
+        let mut out = Self {
+            ts: clock.rfc3339(s.mono_ns),
+            mono_ns: s.mono_ns,
+            interval_ns: s.interval_ns,
+            states: BTreeMap::new(),
+            entered: BTreeMap::new(),
+            dwell: BTreeMap::new(),
+            age: BTreeMap::new(),
+            transitions: s.transitions,
+            lost: s.lost,
+        };
+        for st in reported_states() {
+            let name = state::name(st);
+            let stats = s.state(st);
+            out.states.insert(name, stats.now);
+            out.entered.insert(name, stats.entered);
+            if stats.dwell.count > 0 {
+                out.dwell.insert(name, stats.dwell.into());
+            }
+            if stats.age.count > 0 {
+                out.age.insert(name, stats.age.into());
+            }
+        }
+        out
+    }
 }
 
 #[derive(Debug, Serialize)]

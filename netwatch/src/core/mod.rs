@@ -1,10 +1,12 @@
 //! The pure core: decoding, filtering and formatting of records. It knows nothing of eBPF,
 //! terminals or files, so `trace` and (later) `report` share it and it is tested without root.
 
+pub mod aggregate;
 pub mod clock;
 pub mod decode;
 pub mod event;
 pub mod filter;
 pub mod json;
+pub mod plain;
 pub mod snapshot;
 pub mod text;

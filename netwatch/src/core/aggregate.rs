@@ -1,0 +1,455 @@
+//! The dwell-time engine: folds transitions into per-state histograms of completed dwells,
+//! a mirror of the sockets alive now (for gauges, ages and top talkers), and turns that into
+//! [`Snapshot`]s. Pure and synchronous: `trace` and `report` feed it the same way.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use hdrhistogram::Histogram;
+use netwatch_common::state;
+
+use super::event::Transition;
+use super::snapshot::{Bucket, Percentiles, Snapshot, StateStats, Talker};
+
+/// Longest dwell a histogram records exactly (ten days); longer ones are clamped, so a
+/// five-day conntrack-style ESTABLISHED still lands in the top bucket.
+const MAX_TRACKABLE_NS: u64 = 10 * 24 * 3600 * 1_000_000_000;
+
+/// Bar-chart bounds: decades below a second, then the marks that matter for TCP timers
+/// (tcp_fin_timeout's 60 s, TIME_WAIT's 60 s plus timer slack, SYN-ACK backoff 1-3-7 s).
+const BUCKET_BOUNDS_NS: &[u64] = &[
+    100_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+    1_000_000_000,
+    2_000_000_000,
+    4_000_000_000,
+    8_000_000_000,
+    16_000_000_000,
+    32_000_000_000,
+    59_000_000_000,
+    61_000_000_000,
+    66_000_000_000,
+    120_000_000_000,
+    600_000_000_000,
+    3_600_000_000_000,
+    MAX_TRACKABLE_NS,
+];
+
+const TOP_N: usize = 5;
+
+/// What the engine remembers of a socket that is alive.
+#[derive(Debug, Clone, Copy)]
+struct Live {
+    state: u8,
+    /// When it entered `state`; `None` if netwatch did not see it (census, or started before).
+    since: Option<u64>,
+    /// The port that names the service: the local port of accepted sockets, the remote
+    /// port of connecting ones.
+    service_port: u16,
+    remote: IpAddr,
+}
+
+/// A socket that existed when tracing began, from the census.
+#[derive(Debug, Clone)]
+pub struct Existing {
+    pub sock_id: u64,
+    pub state: u8,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    /// How long it has been in `state`, when the kernel tells (TIME_WAIT's timer does).
+    pub age_ns: Option<u64>,
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_TRACKABLE_NS, 3).expect("static histogram bounds")
+}
+
+fn percentiles(h: &Histogram<u64>) -> Percentiles {
+    if h.is_empty() {
+        return Percentiles::default();
+    }
+    Percentiles {
+        count: h.len(),
+        p50: h.value_at_quantile(0.50),
+        p90: h.value_at_quantile(0.90),
+        p99: h.value_at_quantile(0.99),
+        max: h.max(),
+    }
+}
+
+fn buckets(h: &Histogram<u64>) -> Vec<Bucket> {
+    let mut counts = [0u64; BUCKET_BOUNDS_NS.len()];
+    // Each recorded value lands in exactly one bar (hdrhistogram's own range queries
+    // overlap at bucket edges).
+    for v in h.iter_recorded() {
+        let value = v.value_iterated_to();
+        let i = BUCKET_BOUNDS_NS
+            .iter()
+            .position(|&upper| value <= upper)
+            .unwrap_or(BUCKET_BOUNDS_NS.len() - 1);
+        counts[i] += v.count_at_value();
+    }
+    BUCKET_BOUNDS_NS
+        .iter()
+        .zip(counts)
+        .filter(|(_, c)| *c > 0)
+        .map(|(&upper_ns, count)| Bucket { upper_ns, count })
+        .collect()
+}
+
+pub struct Aggregator {
+    dwell: Vec<Histogram<u64>>,
+    live: HashMap<u64, Live>,
+    /// Sockets in each state now, kept in step with `live`.
+    counts: [u64; state::COUNT],
+    entered: [u64; state::COUNT],
+    /// Local ports of listeners alive now: a socket with such a local port was accepted.
+    listening: HashMap<u16, u32>,
+    transitions: u64,
+    last_snapshot_ns: Option<u64>,
+}
+
+impl Default for Aggregator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Aggregator {
+    pub fn new() -> Self {
+        Self {
+            dwell: (0..state::COUNT).map(|_| new_histogram()).collect(),
+            live: HashMap::new(),
+            counts: [0; state::COUNT],
+            entered: [0; state::COUNT],
+            listening: HashMap::new(),
+            transitions: 0,
+            last_snapshot_ns: None,
+        }
+    }
+
+    fn service_port(&self, state: u8, sport: u16, dport: u16, accepted: bool) -> u16 {
+        if state == state::LISTEN || accepted || self.listening.contains_key(&sport) {
+            sport
+        } else {
+            dport
+        }
+    }
+
+    fn remove(&mut self, sock_id: u64) -> Option<Live> {
+        let old = self.live.remove(&sock_id)?;
+        self.counts[old.state as usize] -= 1;
+        if old.state == state::LISTEN {
+            if let Some(n) = self.listening.get_mut(&old.service_port) {
+                *n -= 1;
+                if *n == 0 {
+                    self.listening.remove(&old.service_port);
+                }
+            }
+        }
+        Some(old)
+    }
+
+    fn insert(&mut self, sock_id: u64, live: Live) {
+        self.remove(sock_id);
+        self.counts[live.state as usize] += 1;
+        if live.state == state::LISTEN {
+            *self.listening.entry(live.service_port).or_default() += 1;
+        }
+        self.live.insert(sock_id, live);
+    }
+
+    /// Seeds the live mirror with the sockets that existed at start (the census).
+    pub fn seed(&mut self, now_ns: u64, sockets: impl IntoIterator<Item = Existing>) {
+        let sockets: Vec<Existing> = sockets.into_iter().collect();
+        for s in sockets.iter().filter(|s| s.state == state::LISTEN) {
+            *self.listening.entry(s.sport).or_default() += 1;
+        }
+        for s in sockets {
+            let live = Live {
+                state: s.state,
+                since: s.age_ns.map(|a| now_ns.saturating_sub(a)),
+                service_port: self.service_port(s.state, s.sport, s.dport, false),
+                remote: s.daddr,
+            };
+            if s.state == state::LISTEN {
+                // Already counted in `listening` above.
+                self.counts[live.state as usize] += 1;
+                self.live.insert(s.sock_id, live);
+            } else {
+                self.insert(s.sock_id, live);
+            }
+        }
+    }
+
+    pub fn apply(&mut self, t: &Transition) {
+        self.transitions += 1;
+        if let Some(d) = t.dwell_ns {
+            if (t.old as usize) < state::COUNT && t.old != state::CLOSE {
+                self.dwell[t.old as usize].saturating_record(d.min(MAX_TRACKABLE_NS));
+            }
+        }
+        // A request socket's record arrives at accept(), stamped with the child's creation;
+        // the child may have moved on since. Only the newest news updates the mirror.
+        if let Some(cur) = self.live.get(&t.sock_id) {
+            if cur.since.is_some_and(|s| s > t.mono_ns) {
+                return;
+            }
+        }
+        if (t.new as usize) < state::COUNT && t.new != state::CLOSE {
+            self.entered[t.new as usize] += 1;
+        }
+        if t.new == state::CLOSE {
+            self.remove(t.sock_id);
+            return;
+        }
+        let accepted = t.synack_retransmits.is_some()
+            || self
+                .live
+                .get(&t.sock_id)
+                .is_some_and(|l| l.service_port == t.sport && t.sport != 0);
+        let live = Live {
+            state: t.new,
+            since: Some(t.mono_ns),
+            service_port: self.service_port(t.new, t.sport, t.dport, accepted),
+            remote: t.daddr,
+        };
+        self.insert(t.sock_id, live);
+    }
+
+    /// Sockets in `s` now.
+    pub fn count(&self, s: u8) -> u64 {
+        self.counts[s as usize]
+    }
+
+    /// Completed-dwell histogram of one state, for reports that want more than percentiles.
+    pub fn dwell_histogram(&self, s: u8) -> &Histogram<u64> {
+        &self.dwell[s as usize]
+    }
+
+    pub fn transitions(&self) -> u64 {
+        self.transitions
+    }
+
+    /// The view at `now_ns`; starts a new interval for the entry counts.
+    pub fn snapshot(&mut self, now_ns: u64, lost: u64) -> Snapshot {
+        let snap = self.peek(now_ns, lost);
+        self.last_snapshot_ns = Some(now_ns);
+        self.entered = [0; state::COUNT];
+        snap
+    }
+
+    /// The view at `now_ns` without ending the interval (for redraws between snapshots).
+    pub fn peek(&self, now_ns: u64, lost: u64) -> Snapshot {
+        let mut snap = Snapshot::empty();
+        snap.mono_ns = now_ns;
+        snap.interval_ns = self
+            .last_snapshot_ns
+            .map_or(0, |last| now_ns.saturating_sub(last));
+        snap.transitions = self.transitions;
+        snap.lost = lost;
+
+        let mut ages: Vec<Histogram<u64>> = (0..state::COUNT).map(|_| new_histogram()).collect();
+        let mut by_port: Vec<HashMap<u16, u64>> = vec![HashMap::new(); state::COUNT];
+        let mut by_remote: Vec<HashMap<IpAddr, u64>> = vec![HashMap::new(); state::COUNT];
+        for l in self.live.values() {
+            let i = l.state as usize;
+            if let Some(since) = l.since {
+                ages[i].saturating_record(now_ns.saturating_sub(since).clamp(1, MAX_TRACKABLE_NS));
+            }
+            *by_port[i].entry(l.service_port).or_default() += 1;
+            if l.state != state::LISTEN {
+                *by_remote[i].entry(l.remote).or_default() += 1;
+            }
+        }
+        for i in 0..state::COUNT {
+            snap.states[i] = StateStats {
+                now: self.counts[i],
+                entered: self.entered[i],
+                dwell: percentiles(&self.dwell[i]),
+                age: percentiles(&ages[i]),
+                buckets: buckets(&self.dwell[i]),
+            };
+            snap.top_local_ports[i] = top(std::mem::take(&mut by_port[i]));
+            snap.top_remotes[i] = top(std::mem::take(&mut by_remote[i]));
+        }
+        snap
+    }
+}
+
+fn top<K: Ord + Copy>(counts: HashMap<K, u64>) -> Vec<Talker<K>> {
+    let mut v: Vec<Talker<K>> = counts
+        .into_iter()
+        .map(|(key, count)| Talker { key, count })
+        .collect();
+    v.sort_by(|a, b| b.count.cmp(&a.count).then(a.key.cmp(&b.key)));
+    v.truncate(TOP_N);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::event::Family;
+    use netwatch_common::state::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn t(sock: u64, at: u64, old: u8, new: u8, dwell: Option<u64>) -> Transition {
+        Transition {
+            mono_ns: at,
+            sock_id: sock,
+            family: Family::Ipv4,
+            saddr: "10.0.0.1".parse().unwrap(),
+            sport: 40000 + sock as u16,
+            daddr: "10.0.0.2".parse().unwrap(),
+            dport: 80,
+            old,
+            new,
+            dwell_ns: dwell,
+            netns: 1,
+            timewait: false,
+            synack_retransmits: None,
+            accept_wait_ns: None,
+        }
+    }
+
+    #[test]
+    fn dwell_percentiles_per_state() {
+        let mut a = Aggregator::new();
+        for i in 0..100u64 {
+            a.apply(&t(
+                i,
+                i * S,
+                TIME_WAIT,
+                CLOSE,
+                Some(60 * S + i * 10_000_000),
+            ));
+        }
+        let snap = a.snapshot(200 * S, 0);
+        let tw = snap.state(TIME_WAIT).dwell;
+        assert_eq!(tw.count, 100);
+        // 60.00 .. 60.99 s: p50 ~60.5 s within hdrhistogram's 3 significant digits.
+        assert!((60_400_000_000..60_600_000_000).contains(&tw.p50), "{tw:?}");
+        assert!(
+            tw.max >= 60_980_000_000 && tw.max <= 61_050_000_000,
+            "{tw:?}"
+        );
+        assert_eq!(
+            snap.state(TIME_WAIT)
+                .buckets
+                .iter()
+                .map(|b| b.count)
+                .sum::<u64>(),
+            100
+        );
+        assert_eq!(snap.state(ESTABLISHED).dwell.count, 0);
+    }
+
+    #[test]
+    fn gauges_follow_sockets_in_and_out() {
+        let mut a = Aggregator::new();
+        a.apply(&t(1, S, CLOSE, SYN_SENT, None));
+        a.apply(&t(1, 2 * S, SYN_SENT, ESTABLISHED, Some(S)));
+        a.apply(&t(2, 2 * S, CLOSE, SYN_SENT, None));
+        assert_eq!((a.count(ESTABLISHED), a.count(SYN_SENT)), (1, 1));
+        a.apply(&t(2, 3 * S, SYN_SENT, CLOSE, Some(S)));
+        a.apply(&t(1, 4 * S, ESTABLISHED, CLOSE_WAIT, Some(2 * S)));
+        let snap = a.snapshot(10 * S, 0);
+        assert_eq!(snap.state(SYN_SENT).now, 0);
+        assert_eq!(snap.state(ESTABLISHED).now, 0);
+        assert_eq!(snap.state(CLOSE_WAIT).now, 1);
+        // The CLOSE_WAIT socket has aged 6 s and is still there.
+        let age = snap.state(CLOSE_WAIT).age;
+        assert_eq!(age.count, 1);
+        assert!((5_990_000_000..6_010_000_000).contains(&age.max), "{age:?}");
+        assert_eq!(snap.state(CLOSE_WAIT).entered, 1);
+        assert_eq!(snap.transitions, 5);
+        // Entries reset per interval.
+        assert_eq!(a.snapshot(11 * S, 0).state(CLOSE_WAIT).entered, 0);
+    }
+
+    #[test]
+    fn late_request_record_does_not_rewind_the_socket() {
+        let mut a = Aggregator::new();
+        // The child went on to CLOSE_WAIT before the application accepted it.
+        a.apply(&t(7, 5 * S, ESTABLISHED, CLOSE_WAIT, Some(S)));
+        let mut req = t(7, 4 * S, SYN_RECV, ESTABLISHED, Some(3 * S));
+        req.synack_retransmits = Some(2);
+        a.apply(&req);
+        assert_eq!(a.count(CLOSE_WAIT), 1);
+        assert_eq!(a.count(ESTABLISHED), 0);
+        assert_eq!(a.snapshot(6 * S, 0).state(SYN_RECV).dwell.count, 1);
+    }
+
+    #[test]
+    fn census_seed_counts_and_known_ages() {
+        let mut a = Aggregator::new();
+        let remote: IpAddr = "192.0.2.9".parse().unwrap();
+        a.seed(
+            100 * S,
+            [
+                Existing {
+                    sock_id: 1,
+                    state: LISTEN,
+                    sport: 80,
+                    daddr: "0.0.0.0".parse().unwrap(),
+                    dport: 0,
+                    age_ns: None,
+                },
+                Existing {
+                    sock_id: 2,
+                    state: ESTABLISHED,
+                    sport: 80,
+                    daddr: remote,
+                    dport: 5555,
+                    age_ns: None,
+                },
+                Existing {
+                    sock_id: 3,
+                    state: TIME_WAIT,
+                    sport: 80,
+                    daddr: remote,
+                    dport: 5556,
+                    age_ns: Some(20 * S),
+                },
+            ],
+        );
+        let snap = a.snapshot(100 * S, 0);
+        assert_eq!(snap.state(LISTEN).now, 1);
+        assert_eq!(snap.state(ESTABLISHED).now, 1);
+        assert_eq!(snap.state(TIME_WAIT).now, 1);
+        assert_eq!(
+            snap.state(ESTABLISHED).age.count,
+            0,
+            "age unknown for census sockets"
+        );
+        assert_eq!(snap.state(TIME_WAIT).age.count, 1);
+        // Accepted sockets are keyed by the listening port, remote by address.
+        assert_eq!(snap.top_local_ports[TIME_WAIT as usize][0].key, 80);
+        assert_eq!(snap.top_remotes[ESTABLISHED as usize][0].key, remote);
+        // The census socket's end is counted out, and a dwell with unknown start is not
+        // invented.
+        a.apply(&t(3, 140 * S, TIME_WAIT, CLOSE, None));
+        assert_eq!(a.count(TIME_WAIT), 0);
+        assert_eq!(a.snapshot(141 * S, 0).state(TIME_WAIT).dwell.count, 0);
+    }
+
+    #[test]
+    fn top_talkers_are_sorted_and_bounded() {
+        let mut a = Aggregator::new();
+        for i in 0..20u64 {
+            let mut tr = t(i, S, FIN_WAIT2, TIME_WAIT, Some(1));
+            tr.daddr = IpAddr::from([10, 0, 0, (i % 7) as u8]);
+            a.apply(&tr);
+        }
+        let snap = a.snapshot(2 * S, 0);
+        let top = &snap.top_remotes[TIME_WAIT as usize];
+        assert_eq!(top.len(), TOP_N);
+        assert!(top.windows(2).all(|w| w[0].count >= w[1].count));
+        assert_eq!(top[0].count, 3);
+    }
+}

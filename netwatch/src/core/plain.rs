@@ -1,0 +1,112 @@
+//! The plain-text summary printed every interval when stdout is not a terminal (or with
+//! `--plain`): gauges on one line, then one line per state that has dwell data.
+
+use std::fmt::Write as _;
+
+use netwatch_common::state;
+
+use super::{
+    clock::WallClock,
+    json::reported_states,
+    snapshot::{Percentiles, Snapshot},
+    text::duration,
+};
+
+/// States whose dwell and age an on-call engineer asks about first, in that order.
+const FOCUS: &[u8] = &[
+    state::TIME_WAIT,
+    state::FIN_WAIT2,
+    state::SYN_RECV,
+    state::CLOSE_WAIT,
+    state::SYN_SENT,
+    state::FIN_WAIT1,
+    state::LAST_ACK,
+    state::CLOSING,
+    state::ESTABLISHED,
+];
+
+fn pct(p: &Percentiles) -> String {
+    format!(
+        "n={} p50={} p90={} p99={} max={}",
+        p.count,
+        duration(Some(p.p50)),
+        duration(Some(p.p90)),
+        duration(Some(p.p99)),
+        duration(Some(p.max))
+    )
+}
+
+pub fn summary(s: &Snapshot, clock: WallClock) -> String {
+    let dt = clock.to_datetime(s.mono_ns);
+    let mut out = format!("[{:02}:{:02}:{:02}]", dt.hour(), dt.minute(), dt.second());
+    for st in reported_states() {
+        let now = s.state(st).now;
+        let rate = s.rate(st);
+        if now == 0 && rate == 0.0 {
+            continue;
+        }
+        let _ = write!(out, " {} {}", state::name(st), now);
+        if rate >= 0.5 {
+            let _ = write!(out, " (+{rate:.0}/s)");
+        }
+    }
+    let _ = write!(out, " | transitions {} lost {}", s.transitions, s.lost);
+    if s.lost > 0 {
+        out.push_str(" (RECORDS LOST)");
+    }
+    out.push('\n');
+    for &st in FOCUS {
+        let stats = s.state(st);
+        if stats.dwell.count > 0 {
+            let _ = writeln!(out, "  dwell {:<11} {}", state::name(st), pct(&stats.dwell));
+        }
+        if stats.age.count > 0 && st != state::ESTABLISHED {
+            let _ = writeln!(
+                out,
+                "  age   {:<11} {} (still in state)",
+                state::name(st),
+                pct(&stats.age)
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_names_states_rates_and_percentiles() {
+        let mut s = Snapshot::empty();
+        s.mono_ns = 10_000_000_000;
+        s.interval_ns = 1_000_000_000;
+        s.states[state::TIME_WAIT as usize].now = 28000;
+        s.states[state::TIME_WAIT as usize].entered = 710;
+        s.states[state::TIME_WAIT as usize].dwell = Percentiles {
+            count: 5,
+            p50: 60_500_000_000,
+            p90: 61_000_000_000,
+            p99: 62_000_000_000,
+            max: 62_500_000_000,
+        };
+        s.states[state::CLOSE_WAIT as usize].now = 2;
+        s.states[state::CLOSE_WAIT as usize].age = Percentiles {
+            count: 2,
+            p50: 3_000_000_000,
+            p90: 40_000_000_000,
+            p99: 40_000_000_000,
+            max: 40_000_000_000,
+        };
+        s.transitions = 99;
+        let text = summary(&s, WallClock::with_offset(0));
+        assert_eq!(
+            text,
+            "[00:00:10] TIME_WAIT 28000 (+710/s) CLOSE_WAIT 2 | transitions 99 lost 0\n  \
+             dwell TIME_WAIT   n=5 p50=60.5s p90=61.0s p99=62.0s max=62.5s\n  \
+             age   CLOSE_WAIT  n=2 p50=3.000s p90=40.0s p99=40.0s max=40.0s (still in state)\n"
+        );
+        s.lost = 3;
+        assert!(summary(&s, WallClock::with_offset(0)).contains("lost 3 (RECORDS LOST)"));
+    }
+}

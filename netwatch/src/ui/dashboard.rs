@@ -1,0 +1,243 @@
+//! What the on-call engineer is looking at, and how keys change it. Kept apart from the
+//! renderer so the view is plain data that tests can set up and step through.
+
+use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use netwatch_common::state;
+
+/// The states worth a panel, in the order a connection lives through them (then the
+/// listener), which is also the order of the number keys `1`..`9`, `0`. CLOSE,
+/// NEW_SYN_RECV and BOUND_INACTIVE are left out: sockets do not sit in them in numbers that
+/// tell an incident.
+pub const STATES: [u8; 10] = [
+    state::ESTABLISHED,
+    state::SYN_SENT,
+    state::SYN_RECV,
+    state::FIN_WAIT1,
+    state::FIN_WAIT2,
+    state::TIME_WAIT,
+    state::CLOSE_WAIT,
+    state::LAST_ACK,
+    state::CLOSING,
+    state::LISTEN,
+];
+
+/// Which key the top-talkers panel groups the selected state's sockets by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Breakdown {
+    /// Which of our services (or listeners) holds them: finds the leaking server.
+    LocalPort,
+    /// Which peer they are with: finds the backend or the NAT everything goes through.
+    RemoteAddr,
+}
+
+impl Breakdown {
+    pub fn label(self) -> &'static str {
+        match self {
+            Breakdown::LocalPort => "local port",
+            Breakdown::RemoteAddr => "remote address",
+        }
+    }
+
+    fn toggled(self) -> Self {
+        match self {
+            Breakdown::LocalPort => Breakdown::RemoteAddr,
+            Breakdown::RemoteAddr => Breakdown::LocalPort,
+        }
+    }
+}
+
+/// What the event loop should do after a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    None,
+    Quit,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dashboard {
+    /// Index into [`STATES`], so cycling can never land on a state without a panel.
+    selected: usize,
+    breakdown: Breakdown,
+    /// Lines shown above the panels, most important first; the caller owns their content.
+    pub alerts: Vec<String>,
+}
+
+impl Default for Dashboard {
+    /// TIME_WAIT by remote address: the pile-up that most often brings someone to this tool
+    /// (outbound connections to one backend exhausting ephemeral ports).
+    fn default() -> Self {
+        Self {
+            selected: STATES
+                .iter()
+                .position(|&s| s == state::TIME_WAIT)
+                .unwrap_or(0),
+            breakdown: Breakdown::RemoteAddr,
+            alerts: Vec::new(),
+        }
+    }
+}
+
+impl Dashboard {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The kernel state number the detail panels show.
+    pub fn selected_state(&self) -> u8 {
+        STATES[self.selected]
+    }
+
+    /// Returns false (and changes nothing) for a state without a panel, so a caller that
+    /// jumps to the state an alert names cannot leave the view on a blank page.
+    pub fn select_state(&mut self, s: u8) -> bool {
+        match STATES.iter().position(|&x| x == s) {
+            Some(i) => {
+                self.selected = i;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn breakdown(&self) -> Breakdown {
+        self.breakdown
+    }
+
+    pub fn set_breakdown(&mut self, breakdown: Breakdown) {
+        self.breakdown = breakdown;
+    }
+
+    pub fn handle_key(&mut self, key: KeyEvent) -> Action {
+        // Terminals that report releases (and repeats, with the kitty protocol) would
+        // otherwise move the selection twice per press.
+        if key.kind == KeyEventKind::Release {
+            return Action::None;
+        }
+        let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
+        match key.code {
+            KeyCode::Char('c') if ctrl => return Action::Quit,
+            KeyCode::Char('q') | KeyCode::Esc => return Action::Quit,
+            KeyCode::Right | KeyCode::Tab => self.step(1),
+            KeyCode::Left | KeyCode::BackTab => self.step(STATES.len() - 1),
+            KeyCode::Char('b') => self.breakdown = self.breakdown.toggled(),
+            KeyCode::Char(c @ '0'..='9') => {
+                // `0` is the tenth, as on the keyboard row.
+                let digit = c as usize - '0' as usize;
+                self.selected = (digit + STATES.len() - 1) % STATES.len();
+            }
+            _ => {}
+        }
+        Action::None
+    }
+
+    fn step(&mut self, by: usize) {
+        self.selected = (self.selected + by) % STATES.len();
+    }
+}
+
+/// The key that selects `STATES[index]`, as shown next to it.
+pub fn digit_for(index: usize) -> char {
+    char::from_digit(((index + 1) % 10) as u32, 10).unwrap_or(' ')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn press(code: KeyCode) -> KeyEvent {
+        KeyEvent::new(code, KeyModifiers::NONE)
+    }
+
+    #[test]
+    fn starts_on_time_wait_by_remote_address() {
+        let dash = Dashboard::new();
+        assert_eq!(dash.selected_state(), state::TIME_WAIT);
+        assert_eq!(dash.breakdown(), Breakdown::RemoteAddr);
+        assert!(dash.alerts.is_empty());
+    }
+
+    #[test]
+    fn q_esc_and_ctrl_c_quit() {
+        let mut dash = Dashboard::new();
+        assert_eq!(dash.handle_key(press(KeyCode::Char('q'))), Action::Quit);
+        assert_eq!(dash.handle_key(press(KeyCode::Esc)), Action::Quit);
+        let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
+        assert_eq!(dash.handle_key(ctrl_c), Action::Quit);
+        assert_eq!(dash.handle_key(press(KeyCode::Char('c'))), Action::None);
+    }
+
+    #[test]
+    fn right_and_tab_cycle_forward_through_every_state_and_wrap() {
+        let mut dash = Dashboard::new();
+        let start = dash.selected_state();
+        let mut seen = vec![start];
+        for i in 0..STATES.len() {
+            let code = if i % 2 == 0 {
+                KeyCode::Right
+            } else {
+                KeyCode::Tab
+            };
+            assert_eq!(dash.handle_key(press(code)), Action::None);
+            seen.push(dash.selected_state());
+        }
+        assert_eq!(seen[1], state::CLOSE_WAIT);
+        assert_eq!(*seen.last().unwrap(), start);
+        let mut distinct = seen[..STATES.len()].to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), STATES.len());
+    }
+
+    #[test]
+    fn left_and_backtab_cycle_backward_and_wrap() {
+        let mut dash = Dashboard::new();
+        dash.handle_key(press(KeyCode::Left));
+        assert_eq!(dash.selected_state(), state::FIN_WAIT2);
+        dash.select_state(state::ESTABLISHED);
+        dash.handle_key(press(KeyCode::BackTab));
+        assert_eq!(dash.selected_state(), state::LISTEN);
+    }
+
+    #[test]
+    fn number_keys_pick_states_with_zero_as_tenth() {
+        let mut dash = Dashboard::new();
+        dash.handle_key(press(KeyCode::Char('1')));
+        assert_eq!(dash.selected_state(), state::ESTABLISHED);
+        dash.handle_key(press(KeyCode::Char('7')));
+        assert_eq!(dash.selected_state(), state::CLOSE_WAIT);
+        dash.handle_key(press(KeyCode::Char('0')));
+        assert_eq!(dash.selected_state(), state::LISTEN);
+        assert_eq!(digit_for(0), '1');
+        assert_eq!(digit_for(9), '0');
+    }
+
+    #[test]
+    fn b_toggles_breakdown() {
+        let mut dash = Dashboard::new();
+        dash.handle_key(press(KeyCode::Char('b')));
+        assert_eq!(dash.breakdown(), Breakdown::LocalPort);
+        dash.handle_key(press(KeyCode::Char('b')));
+        assert_eq!(dash.breakdown(), Breakdown::RemoteAddr);
+    }
+
+    #[test]
+    fn releases_are_ignored() {
+        let mut dash = Dashboard::new();
+        let mut release = press(KeyCode::Right);
+        release.kind = KeyEventKind::Release;
+        assert_eq!(dash.handle_key(release), Action::None);
+        assert_eq!(dash.selected_state(), state::TIME_WAIT);
+        let mut q = press(KeyCode::Char('q'));
+        q.kind = KeyEventKind::Release;
+        assert_eq!(dash.handle_key(q), Action::None);
+    }
+
+    #[test]
+    fn select_state_refuses_states_without_a_panel() {
+        let mut dash = Dashboard::new();
+        assert!(!dash.select_state(state::CLOSE));
+        assert_eq!(dash.selected_state(), state::TIME_WAIT);
+        assert!(dash.select_state(state::SYN_RECV));
+        assert_eq!(dash.selected_state(), state::SYN_RECV);
+    }
+}

@@ -1,0 +1,13 @@
+//! The live dashboard: view state and keys, layout, drawing, and the terminal itself, kept
+//! apart so everything but the terminal is tested without one (and without root).
+
+mod dashboard;
+mod layout;
+mod render;
+mod terminal;
+#[cfg(test)]
+mod tests;
+
+pub use dashboard::{Action, Breakdown, Dashboard, STATES};
+pub use render::render;
+pub use terminal::{install_panic_hook, Tui};

@@ -1,0 +1,277 @@
+//! The whole dashboard drawn into an in-memory terminal at the sizes engineers have: the
+//! text is what they would read, so that is what is asserted.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use netwatch_common::state;
+use ratatui::{backend::TestBackend, buffer::Buffer, style::Color, Terminal};
+
+use super::{render, Action, Breakdown, Dashboard};
+use crate::core::snapshot::{Bucket, Percentiles, Snapshot, Talker};
+
+const S: u64 = 1_000_000_000;
+const MS: u64 = 1_000_000;
+
+/// A server piling up TIME_WAIT towards one backend, with a CLOSE_WAIT leak on port 8080.
+fn incident(lost: u64) -> Snapshot {
+    let mut snap = Snapshot::empty();
+    snap.mono_ns = 3_600 * S;
+    snap.interval_ns = S;
+    snap.transitions = 1_234_567;
+    snap.lost = lost;
+
+    let est = &mut snap.states[state::ESTABLISHED as usize];
+    est.now = 412;
+    est.entered = 950;
+    est.dwell = Percentiles {
+        count: 90_000,
+        p50: 12 * MS,
+        p90: 80 * MS,
+        p99: 950 * MS,
+        max: 30 * S,
+    };
+
+    let tw = &mut snap.states[state::TIME_WAIT as usize];
+    tw.now = 28_000;
+    tw.entered = 466;
+    tw.dwell = Percentiles {
+        count: 51_000,
+        p50: 60_500 * MS,
+        p90: 61_200 * MS,
+        p99: 61_900 * MS,
+        max: 62_300 * MS,
+    };
+    tw.age = Percentiles {
+        count: 28_000,
+        p50: 30 * S,
+        p90: 54 * S,
+        p99: 59_500 * MS,
+        max: 60_100 * MS,
+    };
+    tw.buckets = vec![
+        Bucket {
+            upper_ns: 1 << 33,
+            count: 120,
+        },
+        Bucket {
+            upper_ns: 1 << 34,
+            count: 300,
+        },
+        Bucket {
+            upper_ns: 1 << 35,
+            count: 1_580,
+        },
+        Bucket {
+            upper_ns: 1 << 36,
+            count: 49_000,
+        },
+    ];
+    snap.top_remotes[state::TIME_WAIT as usize] = vec![
+        Talker {
+            key: IpAddr::V4(Ipv4Addr::new(10, 20, 0, 7)),
+            count: 20_000,
+        },
+        Talker {
+            key: IpAddr::V4(Ipv4Addr::new(10, 20, 0, 8)),
+            count: 6_500,
+        },
+        Talker {
+            key: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x53)),
+            count: 1_500,
+        },
+    ];
+    snap.top_local_ports[state::TIME_WAIT as usize] = vec![Talker {
+        key: 443,
+        count: 27_000,
+    }];
+
+    let cw = &mut snap.states[state::CLOSE_WAIT as usize];
+    cw.now = 310;
+    cw.entered = 2;
+    cw.age = Percentiles {
+        count: 310,
+        p50: 1_800 * S,
+        p90: 3_300 * S,
+        p99: 3_550 * S,
+        max: 3_590 * S,
+    };
+    snap.top_local_ports[state::CLOSE_WAIT as usize] = vec![Talker {
+        key: 8080,
+        count: 305,
+    }];
+
+    snap.states[state::LISTEN as usize].now = 6;
+    snap
+}
+
+fn draw(w: u16, h: u16, dash: &Dashboard, snap: &Snapshot) -> Buffer {
+    let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
+    terminal.draw(|f| render(f, dash, snap)).unwrap();
+    terminal.backend().buffer().clone()
+}
+
+fn text(buf: &Buffer) -> String {
+    let area = buf.area;
+    (0..area.height)
+        .map(|y| {
+            (0..area.width)
+                .map(|x| buf[(x, y)].symbol())
+                .collect::<String>()
+                .trim_end()
+                .to_owned()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn screen(w: u16, h: u16, dash: &Dashboard, snap: &Snapshot) -> String {
+    text(&draw(w, h, dash, snap))
+}
+
+#[test]
+fn ssh_window_shows_every_state_the_pile_up_and_the_key_help() {
+    let out = screen(80, 24, &Dashboard::new(), &incident(0));
+    for s in super::STATES {
+        assert!(
+            out.contains(state::name(s)),
+            "{} missing:\n{out}",
+            state::name(s)
+        );
+    }
+    assert!(out.contains("28000"), "{out}");
+    assert!(out.contains("466.0"), "entries/s of TIME_WAIT:\n{out}");
+    assert!(out.contains("TIME_WAIT dwell (completed)"), "{out}");
+    assert!(
+        out.contains("60.5s") && out.contains("61.9s"),
+        "p50/p99:\n{out}"
+    );
+    assert!(out.contains("TIME_WAIT ages (still open)"), "{out}");
+    assert!(out.contains("TIME_WAIT by remote address"), "{out}");
+    assert!(out.contains("10.20.0.7") && out.contains("20000"), "{out}");
+    assert!(out.contains("71%"), "share of the top remote:\n{out}");
+    assert!(out.contains("transitions 1234567"), "{out}");
+    assert!(out.contains("lost 0"), "{out}");
+    assert!(!out.contains("LOST"), "{out}");
+    for help in ["q quit", "Tab state", "b breakdown"] {
+        assert!(out.contains(help), "{help} missing:\n{out}");
+    }
+    // Four buckets fit, so each shows with its bound.
+    assert!(out.contains("<=68.7s"), "{out}");
+}
+
+#[test]
+fn lost_records_are_loud() {
+    let buf = draw(80, 24, &Dashboard::new(), &incident(5));
+    let out = text(&buf);
+    assert!(out.contains("LOST 5 records"), "{out}");
+    let (y, line) = out
+        .lines()
+        .enumerate()
+        .find(|(_, l)| l.contains("LOST"))
+        .unwrap();
+    let x = line.find("LOST").unwrap() as u16;
+    assert_eq!(buf[(x, y as u16)].bg, Color::Red);
+}
+
+#[test]
+fn selected_state_is_highlighted_and_drives_the_detail_panels() {
+    let mut dash = Dashboard::new();
+    dash.select_state(state::CLOSE_WAIT);
+    dash.set_breakdown(Breakdown::LocalPort);
+    let out = screen(80, 24, &dash, &incident(0));
+    assert!(out.contains(">7 CLOSE_WAIT"), "{out}");
+    assert!(out.contains("CLOSE_WAIT ages (still open)"), "{out}");
+    // An hour-old CLOSE_WAIT: the leak this panel is for.
+    assert!(out.contains("3590.0s"), "{out}");
+    assert!(out.contains("no completed dwells yet"), "{out}");
+    assert!(out.contains("CLOSE_WAIT by local port"), "{out}");
+    assert!(out.contains("8080"), "{out}");
+}
+
+#[test]
+fn keys_drive_what_is_drawn() {
+    let mut dash = Dashboard::new();
+    let snap = incident(0);
+    let key = |c| KeyEvent::new(c, KeyModifiers::NONE);
+    assert_eq!(dash.handle_key(key(KeyCode::Right)), Action::None);
+    assert!(screen(80, 24, &dash, &snap).contains("CLOSE_WAIT dwell"));
+    dash.handle_key(key(KeyCode::Left));
+    dash.handle_key(key(KeyCode::Char('b')));
+    assert!(screen(80, 24, &dash, &snap).contains("TIME_WAIT by local port"));
+    assert_eq!(dash.handle_key(key(KeyCode::Char('q'))), Action::Quit);
+}
+
+#[test]
+fn alerts_show_on_top_and_say_how_many_are_hidden() {
+    let mut dash = Dashboard::new();
+    dash.alerts = vec![
+        "TIME_WAIT 28000: ephemeral ports running out".to_owned(),
+        "CLOSE_WAIT ages growing on :8080".to_owned(),
+        "conntrack table 97% full".to_owned(),
+    ];
+    let out = screen(80, 24, &dash, &incident(0));
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("! TIME_WAIT 28000"), "{out}");
+    assert!(lines[1].ends_with("(+1 more)"), "{out}");
+    assert!(!out.contains("conntrack"), "{out}");
+}
+
+#[test]
+fn big_window_shows_gauges_and_more_rows() {
+    let out = screen(120, 40, &Dashboard::new(), &incident(5));
+    assert!(out.contains("28000") && out.contains("61.9s"), "{out}");
+    assert!(out.contains("LOST 5 records"), "{out}");
+    assert!(out.contains("2001:db8::53"), "{out}");
+    let tw_row = out.lines().find(|l| l.contains("TIME_WAIT  ")).unwrap();
+    assert!(tw_row.contains('█'), "gauge missing: {tw_row}");
+}
+
+#[test]
+fn tiny_and_empty_never_panic() {
+    let dash = Dashboard::new();
+    for (w, h) in [
+        (0, 0),
+        (1, 1),
+        (10, 3),
+        (20, 5),
+        (40, 12),
+        (79, 23),
+        (200, 60),
+    ] {
+        for snap in [Snapshot::default(), Snapshot::empty(), incident(5)] {
+            screen(w, h, &dash, &snap);
+        }
+    }
+    let out = screen(40, 8, &dash, &incident(3));
+    assert!(
+        out.contains("LOST 3"),
+        "the footer survives a tiny window:\n{out}"
+    );
+    let out = screen(80, 24, &dash, &Snapshot::empty());
+    assert!(out.contains("no sockets in TIME_WAIT"), "{out}");
+    assert!(out.contains("none open"), "{out}");
+}
+
+#[test]
+fn breakdown_hint_is_dropped_rather_than_drawn_over_a_long_title() {
+    let mut dash = Dashboard::new();
+    dash.select_state(state::ESTABLISHED);
+    let out = screen(80, 24, &dash, &incident(0));
+    assert!(out.contains("ESTABLISHED by remote address ──"), "{out}");
+    assert!(!out.contains("b: local port"), "{out}");
+    dash.select_state(state::TIME_WAIT);
+    assert!(screen(80, 24, &dash, &incident(0)).contains("b: local port"));
+}
+
+#[test]
+fn snapshot_80x24() {
+    insta::assert_snapshot!(screen(80, 24, &Dashboard::new(), &incident(5)));
+}
+
+#[test]
+fn snapshot_120x40() {
+    let mut dash = Dashboard::new();
+    dash.alerts = vec!["TIME_WAIT 28000: ephemeral ports running out".to_owned()];
+    insta::assert_snapshot!(screen(120, 40, &dash, &incident(0)));
+}
