@@ -78,6 +78,13 @@ pub struct Transition {
     /// Bits of [`flag`].
     pub flags: u8,
     pub _pad: [u8; 3],
+    /// The process that caused the transition, where that is knowable: connect() and
+    /// listen() (`CLOSE -> ...`, run in the caller's context); 0 elsewhere, since most
+    /// transitions run in softirq context on behalf of whoever was on the CPU.
+    pub pid: u32,
+    /// That process's command name, NUL-padded.
+    pub comm: [u8; 16],
+    pub _pad2: u32,
 }
 
 impl Transition {
@@ -109,6 +116,10 @@ pub struct RequestEnd {
     /// SYN-ACKs sent again because the final ACK did not come.
     pub synack_retransmits: u8,
     pub _pad: [u8; 5],
+    /// The process whose accept() freed the request socket (0 when no child was made).
+    pub pid: u32,
+    pub comm: [u8; 16],
+    pub _pad2: u32,
 }
 
 impl RequestEnd {
@@ -184,8 +195,8 @@ mod tests {
     #[test]
     fn record_sizes_are_fixed() {
         assert_eq!(core::mem::size_of::<RecordHeader>(), 16);
-        assert_eq!(Transition::SIZE, 80);
+        assert_eq!(Transition::SIZE, 104);
         assert_eq!(Transition::SIZE % 8, 0);
-        assert_eq!(RequestEnd::SIZE, 88);
+        assert_eq!(RequestEnd::SIZE, 112);
     }
 }

@@ -3,7 +3,7 @@
 //! Every read goes through `bpf_probe_read_kernel`, so a wrong offset yields a wrong value,
 //! never a verifier rejection or a fault; an offset BTF did not have reads as zero.
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel};
 use netwatch_common::{offsets::KernelOffsets, AF_INET6};
 
 #[inline(always)]
@@ -103,4 +103,12 @@ pub fn mini_ports(obj: *const u8, off: &KernelOffsets) -> (u16, u16) {
     let sport: u16 = at(obj, off.skc_num);
     let dport: u16 = at(obj, off.skc_dport);
     (sport, u16::from_be(dport))
+}
+
+/// (tgid, comm) of the task on this CPU: only meaningful where the caller knows it runs in
+/// process context on behalf of that task.
+#[inline(always)]
+pub fn current_task() -> (u32, [u8; 16]) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    (tgid, bpf_get_current_comm().unwrap_or([0; 16]))
 }

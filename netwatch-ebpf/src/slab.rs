@@ -111,6 +111,9 @@ fn timewait_died(tw: *const u8) {
         new: state::CLOSE,
         flags,
         _pad: [0; 3],
+        pid: 0,
+        comm: [0; 16],
+        _pad2: 0,
     };
     if !read::addresses(tw, &off, family, &mut rec.saddr, &mut rec.daddr) {
         bump(counter::READ_ERRORS);
@@ -157,7 +160,14 @@ fn request_died(req: *const u8) {
         family,
         synack_retransmits: read::at(req, off.req_num_retrans),
         _pad: [0; 5],
+        pid: 0,
+        comm: [0; 16],
+        _pad2: 0,
     };
+    if child != 0 {
+        // A completed request is freed by the accept() that takes its child.
+        (rec.pid, rec.comm) = read::current_task();
+    }
     if !read::addresses(req, &off, family, &mut rec.saddr, &mut rec.daddr) {
         bump(counter::READ_ERRORS);
     }

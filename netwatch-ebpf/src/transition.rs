@@ -105,7 +105,14 @@ pub fn try_set_state(ctx: &BtfTracePointContext) {
         new: shown_new,
         flags: 0,
         _pad: [0; 3],
+        pid: 0,
+        comm: [0; 16],
+        _pad2: 0,
     };
+    if old == state::CLOSE {
+        // connect() and listen() run in the caller's context.
+        (rec.pid, rec.comm) = read::current_task();
+    }
     if !read::addresses(sk, &off, family, &mut rec.saddr, &mut rec.daddr) {
         bump(counter::READ_ERRORS);
     }

@@ -2,6 +2,7 @@
 //! sinks, and show the live view, until Ctrl-C, SIGTERM, `--duration`, `q` in the
 //! dashboard, or a closed stdout.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -15,7 +16,7 @@ use crate::core::{
     aggregate::{Aggregator, Existing},
     clock::{mono_now_ns, WallClock},
     decode::decode,
-    event::Event,
+    event::{Event, Owner, Transition},
     plain,
 };
 use crate::loader::Probes;
@@ -42,6 +43,9 @@ struct Tracer {
     agg: Aggregator,
     clock: WallClock,
     dashboard: Option<(ui::Tui, ui::Dashboard)>,
+    /// Socket -> the process that owns it, learned where the kernel ran in its context, so
+    /// that later transitions (run in softirq context) are attributed too.
+    owners: HashMap<u64, Owner>,
     undecodable: u64,
 }
 
@@ -57,8 +61,9 @@ impl Tracer {
                 Ok(Event::Transition(t))
                     if !self.cfg.addrs.matches(&t)
                         || self.probes.own_sockets.contains(&t.sock_id) => {}
-                Ok(ev) => {
-                    let Event::Transition(t) = &ev;
+                Ok(mut ev) => {
+                    let Event::Transition(t) = &mut ev;
+                    attribute(&mut self.owners, t);
                     self.agg.apply(t);
                     self.sinks.push(&ev);
                 }
@@ -150,9 +155,25 @@ impl Tracer {
     }
 }
 
+fn attribute(owners: &mut HashMap<u64, Owner>, t: &mut Transition) {
+    match &t.owner {
+        Some(o) => {
+            owners.insert(t.sock_id, o.clone());
+        }
+        None => t.owner = owners.get(&t.sock_id).cloned(),
+    }
+    if t.new == state::CLOSE {
+        owners.remove(&t.sock_id);
+    }
+}
+
 /// Seeds the engine with the sockets that exist now, in the traced namespaces (or this
 /// one), so gauges are right from the first second.
-fn take_census(cfg: &TraceConfig, agg: &mut Aggregator) -> Vec<String> {
+fn take_census(
+    cfg: &TraceConfig,
+    agg: &mut Aggregator,
+    owners: &mut HashMap<u64, Owner>,
+) -> Vec<String> {
     let mut warnings = Vec::new();
     let spaces: Vec<Option<&std::path::Path>> = if cfg.netns.is_empty() {
         vec![None]
@@ -166,15 +187,28 @@ fn take_census(cfg: &TraceConfig, agg: &mut Aggregator) -> Vec<String> {
         );
     }
     let now = mono_now_ns();
+    // Processes are seen from this namespace's /proc, which lists all of them.
+    let by_inode = census::socket_owners();
     for ns in spaces {
         match census::dump_tcp(ns) {
-            Ok(socks) => agg.seed(
-                now,
-                socks
+            Ok(socks) => {
+                let socks: Vec<_> = socks
                     .into_iter()
                     .filter(|s| census_wanted(cfg, s))
-                    .map(|s| existing(&s)),
-            ),
+                    .collect();
+                for s in socks.iter().filter(|s| s.inode != 0) {
+                    if let Some(o) = by_inode.get(&s.inode) {
+                        owners.insert(
+                            s.cookie,
+                            Owner {
+                                pid: o.pid,
+                                comm: o.comm.as_str().into(),
+                            },
+                        );
+                    }
+                }
+                agg.seed(now, socks.iter().map(existing));
+            }
             Err(e) => warnings.push(format!(
                 "census of existing sockets failed ({e:#}); counts start from zero"
             )),
@@ -211,8 +245,9 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
     let btf = preflight::kernel_btf()?;
     let probes = Probes::attach(&cfg, &btf)?;
     let mut agg = Aggregator::new();
+    let mut owners = HashMap::new();
     let mut warnings = probes.warnings.clone();
-    warnings.extend(take_census(&cfg, &mut agg));
+    warnings.extend(take_census(&cfg, &mut agg, &mut owners));
     for w in &warnings {
         eprintln!("netwatch: warning: {w}");
     }
@@ -242,6 +277,7 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         agg,
         clock,
         dashboard,
+        owners,
         undecodable: 0,
     };
 

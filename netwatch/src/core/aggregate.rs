@@ -314,6 +314,7 @@ mod tests {
             timewait: false,
             synack_retransmits: None,
             accept_wait_ns: None,
+            owner: None,
         }
     }
 

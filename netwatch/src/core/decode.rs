@@ -9,7 +9,7 @@ use netwatch_common::{
 };
 use thiserror::Error;
 
-use super::event::{Event, Family, Transition};
+use super::event::{Event, Family, Owner, Transition};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -88,6 +88,7 @@ fn request_end(raw: &RequestEnd) -> Transition {
         timewait: false,
         synack_retransmits: Some(raw.synack_retransmits),
         accept_wait_ns: (raw.child_ns != 0).then(|| freed.saturating_sub(raw.child_ns)),
+        owner: Owner::from_raw(raw.pid, &raw.comm),
     }
 }
 
@@ -108,6 +109,7 @@ fn transition(raw: &RawTransition) -> Transition {
         timewait: raw.flags & flag::TIMEWAIT != 0,
         synack_retransmits: None,
         accept_wait_ns: None,
+        owner: Owner::from_raw(raw.pid, &raw.comm),
     }
 }
 
@@ -136,6 +138,9 @@ pub(crate) mod tests {
             new: state::ESTABLISHED,
             flags: 0,
             _pad: [0; 3],
+            pid: 4242,
+            comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+            _pad2: 0,
         }
     }
 
@@ -159,6 +164,13 @@ pub(crate) mod tests {
         assert_eq!((t.old_name(), t.new_name()), ("SYN_SENT", "ESTABLISHED"));
         assert_eq!(t.dwell_ns, Some(42));
         assert_eq!(t.family, Family::Ipv4);
+        assert_eq!(
+            t.owner,
+            Some(Owner {
+                pid: 4242,
+                comm: "curl".into()
+            })
+        );
     }
 
     #[test]

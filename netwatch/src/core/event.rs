@@ -1,6 +1,7 @@
 //! The decoded event type every sink and aggregator consumes.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use netwatch_common::state;
 
@@ -47,6 +48,31 @@ pub struct Transition {
     /// Set on the end of a server-side SYN_RECV: how long the child waited in the accept
     /// queue for the application's accept().
     pub accept_wait_ns: Option<u64>,
+    /// The owning process, where known (see [`Owner`]).
+    pub owner: Option<Owner>,
+}
+
+/// A process that owns a socket: learned where the kernel runs in its context (connect,
+/// listen, accept) or from /proc for sockets that existed at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub pid: u32,
+    /// Shared: a socket's owner is copied onto each of its records.
+    pub comm: Arc<str>,
+}
+
+impl Owner {
+    /// From a kernel record's NUL-padded command name; `None` when pid is 0.
+    pub fn from_raw(pid: u32, comm: &[u8; 16]) -> Option<Self> {
+        if pid == 0 {
+            return None;
+        }
+        let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+        Some(Self {
+            pid,
+            comm: String::from_utf8_lossy(&comm[..end]).into(),
+        })
+    }
 }
 
 impl Transition {

@@ -11,6 +11,9 @@
 //! - `old`, `new`: kernel state names (`"SYN_SENT"`, `"FIN_WAIT2"`, `"TIME_WAIT"`, ...).
 //! - `dwell_ns`: nanoseconds spent in `old`, `null` when netwatch did not see it begin.
 //! - `netns`: inode of the socket's network namespace.
+//! - `pid`, `comm`: the owning process where known: the caller of connect()/listen(), the
+//!   accept()er of a server socket (carried on to that socket's later records), or the
+//!   process holding a socket that existed at start.
 //! - `timewait`: `true` when about a timewait socket, the object that replaces a socket in
 //!   TIME_WAIT (and an orphan in FIN_WAIT2): its death is `"old":"TIME_WAIT","new":"CLOSE"`.
 //! - Server-side SYN_RECV is the request socket's life, reported when the kernel frees it
@@ -139,6 +142,11 @@ pub struct TransitionJson<'a> {
     /// Only on the end of a server-side SYN_RECV: time the child then waited for accept().
     #[serde(skip_serializing_if = "Option::is_none")]
     pub accept_wait_ns: Option<u64>,
+    /// The owning process, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm: Option<&'a str>,
     /// Present (true) when the record is about a timewait socket.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub timewait: bool,
@@ -161,6 +169,8 @@ impl<'a> TransitionJson<'a> {
             netns: t.netns,
             synack_retransmits: t.synack_retransmits,
             accept_wait_ns: t.accept_wait_ns,
+            pid: t.owner.as_ref().map(|o| o.pid),
+            comm: t.owner.as_ref().map(|o| &*o.comm),
             timewait: t.timewait,
         }
     }
