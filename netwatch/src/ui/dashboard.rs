@@ -38,7 +38,8 @@ impl Breakdown {
         }
     }
 
-    fn toggled(self) -> Self {
+    /// What `b` switches to, also named in the talkers panel so the key explains itself.
+    pub fn toggled(self) -> Self {
         match self {
             Breakdown::LocalPort => Breakdown::RemoteAddr,
             Breakdown::RemoteAddr => Breakdown::LocalPort,
@@ -87,29 +88,13 @@ impl Dashboard {
         STATES[self.selected]
     }
 
-    /// Returns false (and changes nothing) for a state without a panel, so a caller that
-    /// jumps to the state an alert names cannot leave the view on a blank page.
-    pub fn select_state(&mut self, s: u8) -> bool {
-        match STATES.iter().position(|&x| x == s) {
-            Some(i) => {
-                self.selected = i;
-                true
-            }
-            None => false,
-        }
-    }
-
     pub fn breakdown(&self) -> Breakdown {
         self.breakdown
     }
 
-    pub fn set_breakdown(&mut self, breakdown: Breakdown) {
-        self.breakdown = breakdown;
-    }
-
     pub fn handle_key(&mut self, key: KeyEvent) -> Action {
-        // Terminals that report releases (and repeats, with the kitty protocol) would
-        // otherwise move the selection twice per press.
+        // Terminals that report releases too (Windows, the kitty protocol) would otherwise
+        // move the selection twice per press; a held key's repeats still move it.
         if key.kind == KeyEventKind::Release {
             return Action::None;
         }
@@ -193,7 +178,7 @@ mod tests {
         let mut dash = Dashboard::new();
         dash.handle_key(press(KeyCode::Left));
         assert_eq!(dash.selected_state(), state::FIN_WAIT2);
-        dash.select_state(state::ESTABLISHED);
+        dash.handle_key(press(KeyCode::Char('1')));
         dash.handle_key(press(KeyCode::BackTab));
         assert_eq!(dash.selected_state(), state::LISTEN);
     }
@@ -230,14 +215,5 @@ mod tests {
         let mut q = press(KeyCode::Char('q'));
         q.kind = KeyEventKind::Release;
         assert_eq!(dash.handle_key(q), Action::None);
-    }
-
-    #[test]
-    fn select_state_refuses_states_without_a_panel() {
-        let mut dash = Dashboard::new();
-        assert!(!dash.select_state(state::CLOSE));
-        assert_eq!(dash.selected_state(), state::TIME_WAIT);
-        assert!(dash.select_state(state::SYN_RECV));
-        assert_eq!(dash.selected_state(), state::SYN_RECV);
     }
 }

@@ -46,7 +46,7 @@ pub fn split(area: Rect, alerts: usize) -> Areas {
     let alerts_h = alert_rows(area.height, alerts).min(area.height - footer_h);
     let body_h = area.height - footer_h - alerts_h;
 
-    let alerts_rect = (alerts_h > 0).then(|| Rect {
+    let alerts_rect = (alerts_h > 0).then_some(Rect {
         height: alerts_h,
         ..area
     });

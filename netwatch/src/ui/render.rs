@@ -294,11 +294,11 @@ fn talker_rows<K: Display>(list: &[Talker<K>], now: u64, gauge_w: usize) -> Vec<
     let max = list.first().map_or(0, |t| t.count);
     list.iter()
         .map(|t| {
-            let share = if now > 0 {
-                format!("{}%", t.count.saturating_mul(100) / now)
-            } else {
-                "-".to_owned()
-            };
+            let share = t
+                .count
+                .saturating_mul(100)
+                .checked_div(now)
+                .map_or_else(|| "-".to_owned(), |pct| format!("{pct}%"));
             Row::new(vec![
                 Cell::from(t.key.to_string()),
                 right(t.count.to_string()),
@@ -310,10 +310,7 @@ fn talker_rows<K: Display>(list: &[Talker<K>], now: u64, gauge_w: usize) -> Vec<
 }
 
 fn render_talkers(frame: &mut Frame, area: Rect, breakdown: Breakdown, s: u8, snap: &Snapshot) {
-    let other = match breakdown {
-        Breakdown::LocalPort => Breakdown::RemoteAddr,
-        Breakdown::RemoteAddr => Breakdown::LocalPort,
-    };
+    let other = breakdown.toggled();
     let name = format!("{} by {}", state::name(s), breakdown.label());
     let hint = format!(" b: {} ", other.label());
     // Title with its padding, hint, two corners: any less and the hint overwrites the title.

@@ -7,7 +7,8 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use netwatch_common::state;
 use ratatui::{backend::TestBackend, buffer::Buffer, style::Color, Terminal};
 
-use super::{render, Action, Breakdown, Dashboard};
+use super::dashboard::{digit_for, STATES};
+use super::{render, Action, Dashboard};
 use crate::core::snapshot::{Bucket, Percentiles, Snapshot, Talker};
 
 const S: u64 = 1_000_000_000;
@@ -105,6 +106,19 @@ fn incident(lost: u64) -> Snapshot {
     snap
 }
 
+fn press(code: KeyCode) -> KeyEvent {
+    KeyEvent::new(code, KeyModifiers::NONE)
+}
+
+/// The dashboard as the engineer gets it: by keys, the only way the view changes.
+fn showing(s: u8) -> Dashboard {
+    let mut dash = Dashboard::new();
+    let i = STATES.iter().position(|&x| x == s).unwrap();
+    dash.handle_key(press(KeyCode::Char(digit_for(i))));
+    assert_eq!(dash.selected_state(), s);
+    dash
+}
+
 fn draw(w: u16, h: u16, dash: &Dashboard, snap: &Snapshot) -> Buffer {
     let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
     terminal.draw(|f| render(f, dash, snap)).unwrap();
@@ -132,7 +146,7 @@ fn screen(w: u16, h: u16, dash: &Dashboard, snap: &Snapshot) -> String {
 #[test]
 fn ssh_window_shows_every_state_the_pile_up_and_the_key_help() {
     let out = screen(80, 24, &Dashboard::new(), &incident(0));
-    for s in super::STATES {
+    for s in STATES {
         assert!(
             out.contains(state::name(s)),
             "{} missing:\n{out}",
@@ -176,9 +190,8 @@ fn lost_records_are_loud() {
 
 #[test]
 fn selected_state_is_highlighted_and_drives_the_detail_panels() {
-    let mut dash = Dashboard::new();
-    dash.select_state(state::CLOSE_WAIT);
-    dash.set_breakdown(Breakdown::LocalPort);
+    let mut dash = showing(state::CLOSE_WAIT);
+    dash.handle_key(press(KeyCode::Char('b')));
     let out = screen(80, 24, &dash, &incident(0));
     assert!(out.contains(">7 CLOSE_WAIT"), "{out}");
     assert!(out.contains("CLOSE_WAIT ages (still open)"), "{out}");
@@ -193,13 +206,12 @@ fn selected_state_is_highlighted_and_drives_the_detail_panels() {
 fn keys_drive_what_is_drawn() {
     let mut dash = Dashboard::new();
     let snap = incident(0);
-    let key = |c| KeyEvent::new(c, KeyModifiers::NONE);
-    assert_eq!(dash.handle_key(key(KeyCode::Right)), Action::None);
+    assert_eq!(dash.handle_key(press(KeyCode::Right)), Action::None);
     assert!(screen(80, 24, &dash, &snap).contains("CLOSE_WAIT dwell"));
-    dash.handle_key(key(KeyCode::Left));
-    dash.handle_key(key(KeyCode::Char('b')));
+    dash.handle_key(press(KeyCode::Left));
+    dash.handle_key(press(KeyCode::Char('b')));
     assert!(screen(80, 24, &dash, &snap).contains("TIME_WAIT by local port"));
-    assert_eq!(dash.handle_key(key(KeyCode::Char('q'))), Action::Quit);
+    assert_eq!(dash.handle_key(press(KeyCode::Char('q'))), Action::Quit);
 }
 
 #[test]
@@ -255,12 +267,11 @@ fn tiny_and_empty_never_panic() {
 
 #[test]
 fn breakdown_hint_is_dropped_rather_than_drawn_over_a_long_title() {
-    let mut dash = Dashboard::new();
-    dash.select_state(state::ESTABLISHED);
+    let mut dash = showing(state::ESTABLISHED);
     let out = screen(80, 24, &dash, &incident(0));
     assert!(out.contains("ESTABLISHED by remote address ──"), "{out}");
     assert!(!out.contains("b: local port"), "{out}");
-    dash.select_state(state::TIME_WAIT);
+    dash.handle_key(press(KeyCode::Char('6')));
     assert!(screen(80, 24, &dash, &incident(0)).contains("b: local port"));
 }
 
