@@ -17,6 +17,11 @@ pub mod kind {
     pub const TRANSITION: u16 = 1;
     /// A request socket (server-side SYN_RECV) was freed: see [`super::RequestEnd`].
     pub const REQUEST_END: u16 = 2;
+    /// A listener resent a SYN-ACK (`tcp_retransmit_synack`), same layout as REQUEST_END
+    /// with `child_ns` 0.
+    pub const SYNACK_RETRANSMIT: u16 = 3;
+    /// A packet was dropped for one of the reasons in `Settings::drop_reasons`.
+    pub const DROP: u16 = 4;
 }
 
 /// Bits of `Transition::flags`.
@@ -126,6 +131,60 @@ impl RequestEnd {
     pub const SIZE: usize = core::mem::size_of::<Self>();
 }
 
+/// A dropped packet that matters to TCP's health: PAWS rejects, listen-queue overflows,
+/// netfilter drops. The TCP header is copied raw (options included) and parsed in
+/// userspace, so the kernel side does no option walking.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DropRecord {
+    pub header: RecordHeader,
+    /// The kernel's `enum skb_drop_reason` value (numbers differ between kernels; userspace
+    /// maps them back to names from BTF).
+    pub reason: u32,
+    pub netns: u32,
+    /// Packet source and destination, network byte order (IPv4 in the first 4 bytes).
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub family: u16,
+    /// Bytes of `tcp` that hold the TCP header (0 when the packet was not TCP).
+    pub tcp_len: u16,
+    /// For a segment that met a timewait socket: its `tw_ts_recent`, the last TSval it
+    /// accepted from the peer.
+    pub ts_recent: u32,
+    /// 1 when `ts_recent` is valid.
+    pub has_ts_recent: u8,
+    pub _pad: [u8; 3],
+    pub tcp: [u8; 60],
+    pub _pad2: u32,
+}
+
+impl DropRecord {
+    pub const SIZE: usize = core::mem::size_of::<Self>();
+}
+
+impl Default for DropRecord {
+    fn default() -> Self {
+        Self {
+            header: RecordHeader::default(),
+            reason: 0,
+            netns: 0,
+            saddr: [0; 16],
+            daddr: [0; 16],
+            family: 0,
+            tcp_len: 0,
+            ts_recent: 0,
+            has_ts_recent: 0,
+            _pad: [0; 3],
+            tcp: [0; 60],
+            _pad2: 0,
+        }
+    }
+}
+
+/// Drop reasons the kernel side reports, resolved from BTF by name at load time; unused
+/// slots hold `u32::MAX`.
+pub const DROP_REASON_SLOTS: usize = 8;
+
 /// The slab caches of timewait and request sockets, learned by the kernel side from
 /// listening sockets (`sk_prot`), so the slab hooks can discard other caches with one
 /// compare. Index 0 is IPv4 (`tcp_prot`), 1 is IPv6 (`tcpv6_prot`).
@@ -179,6 +238,8 @@ pub struct Filters {
     /// Only sockets with either port in `FILTER_PORTS`.
     pub by_port: u8,
     pub _pad: [u8; 6],
+    /// `enum skb_drop_reason` values to report from `kfree_skb`.
+    pub drop_reasons: [u32; DROP_REASON_SLOTS],
 }
 
 #[cfg(feature = "user")]
@@ -198,5 +259,6 @@ mod tests {
         assert_eq!(Transition::SIZE, 104);
         assert_eq!(Transition::SIZE % 8, 0);
         assert_eq!(RequestEnd::SIZE, 112);
+        assert_eq!(DropRecord::SIZE % 8, 0);
     }
 }

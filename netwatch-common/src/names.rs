@@ -21,6 +21,10 @@ pub mod program {
     pub const SLAB_ALLOC: &str = "slab_alloc";
     /// tp_btf on `kmem_cache_free`: deaths of timewait and request sockets.
     pub const SLAB_FREE: &str = "slab_free";
+    /// tp_btf on `kfree_skb`: drops with a reason (PAWS, listen overflow, netfilter).
+    pub const DROPS: &str = "drops";
+    /// tp_btf on `tcp_retransmit_synack`.
+    pub const SYNACK_RETRANSMIT: &str = "synack_retransmit";
 }
 
 /// The kernel hook each program attaches to, for preflight checks against BTF.
@@ -28,6 +32,8 @@ pub mod hook {
     pub const SET_STATE: &str = "inet_sock_set_state";
     pub const SLAB_ALLOC: &str = "kmem_cache_alloc";
     pub const SLAB_FREE: &str = "kmem_cache_free";
+    pub const DROPS: &str = "kfree_skb";
+    pub const SYNACK_RETRANSMIT: &str = "tcp_retransmit_synack";
 }
 
 pub mod global {

@@ -48,6 +48,18 @@ pub struct KernelOffsets {
     pub req_sk: u32,
     /// `request_sock.num_retrans`
     pub req_num_retrans: u32,
+    /// `sk_buff.head`
+    pub skb_head: u32,
+    /// `sk_buff.network_header` (u16 offset from head)
+    pub skb_network_header: u32,
+    /// `sk_buff.transport_header` (u16 offset from head)
+    pub skb_transport_header: u32,
+    /// `sk_buff.dev`
+    pub skb_dev: u32,
+    /// `net_device.nd_net`
+    pub dev_nd_net: u32,
+    /// `tcp_timewait_sock.tw_ts_recent`
+    pub tw_ts_recent: u32,
 }
 
 impl KernelOffsets {
@@ -77,6 +89,12 @@ impl KernelOffsets {
             tw_substate: Self::MISSING,
             req_sk: Self::MISSING,
             req_num_retrans: Self::MISSING,
+            skb_head: Self::MISSING,
+            skb_network_header: Self::MISSING,
+            skb_transport_header: Self::MISSING,
+            skb_dev: Self::MISSING,
+            dev_nd_net: Self::MISSING,
+            tw_ts_recent: Self::MISSING,
         }
     }
 }

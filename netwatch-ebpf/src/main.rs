@@ -6,6 +6,7 @@
 #![no_std]
 #![no_main]
 
+mod drops;
 mod emit;
 mod read;
 mod slab;
@@ -64,6 +65,7 @@ static FILTERS: Filters = Filters {
     by_netns: 0,
     by_port: 0,
     _pad: [0; 6],
+    drop_reasons: [u32::MAX; netwatch_common::DROP_REASON_SLOTS],
 };
 
 #[no_mangle]
@@ -105,6 +107,18 @@ pub fn slab_alloc(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "kmem_cache_free")]
 pub fn slab_free(ctx: BtfTracePointContext) -> i32 {
     slab::try_free(&ctx);
+    0
+}
+
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn drops(ctx: BtfTracePointContext) -> i32 {
+    drops::try_kfree_skb(&ctx);
+    0
+}
+
+#[btf_tracepoint(function = "tcp_retransmit_synack")]
+pub fn synack_retransmit(ctx: BtfTracePointContext) -> i32 {
+    slab::try_synack_retransmit(&ctx);
     0
 }
 

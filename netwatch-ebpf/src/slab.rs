@@ -121,14 +121,29 @@ fn timewait_died(tw: *const u8) {
     emit::send(&rec);
 }
 
+/// `tcp_retransmit_synack(listener, req)`: the final ACK of a handshake did not come.
+#[inline(always)]
+pub fn try_synack_retransmit(ctx: &BtfTracePointContext) {
+    let req: *const u8 = ctx.arg(1);
+    let key = req as u64;
+    let syn_ns = unsafe { REQ_BORN.get(&key) }.copied().unwrap_or(0);
+    request_record(req, kind::SYNACK_RETRANSMIT, syn_ns, 0);
+}
+
 #[inline(always)]
 fn request_died(req: *const u8) {
-    let now = unsafe { bpf_ktime_get_ns() };
-    let off = offsets();
     let key = req as u64;
     let syn_ns = unsafe { REQ_BORN.get(&key) }.copied().unwrap_or(0);
     let _ = REQ_BORN.remove(&key);
+    let off = offsets();
     let child: u64 = read::at(req, off.req_sk);
+    request_record(req, kind::REQUEST_END, syn_ns, child);
+}
+
+#[inline(always)]
+fn request_record(req: *const u8, record_kind: u16, syn_ns: u64, child: u64) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let off = offsets();
     let (child_ns, sock_id) = if child != 0 {
         let born = unsafe { CHILD_BORN.get(&child) }.copied().unwrap_or(0);
         let _ = CHILD_BORN.remove(&child);
@@ -144,7 +159,7 @@ fn request_died(req: *const u8) {
     }
     let mut rec = RequestEnd {
         header: RecordHeader {
-            kind: kind::REQUEST_END,
+            kind: record_kind,
             size: RequestEnd::SIZE as u16,
             _pad: 0,
             mono_ns: now,

@@ -272,7 +272,6 @@ impl Btf {
         })
     }
 
-    #[cfg_attr(not(test), allow(dead_code))] // drop reasons, resolved per kernel, need it next
     /// The value of an enumerator, e.g. `SKB_DROP_REASON_TCP_RFC7323_TW_PAWS`, whose number
     /// differs between kernels.
     pub fn enum_value(&self, enum_name: &str, value_name: &str) -> Option<i64> {

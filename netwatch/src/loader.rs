@@ -10,10 +10,10 @@ use aya::{
 use netwatch_common::{
     counter,
     names::{global, hook, map, program},
-    Filters,
+    Filters, DROP_REASON_SLOTS,
 };
 
-use crate::{btf::Btf, config::TraceConfig, offsets, preflight};
+use crate::{btf::Btf, config::TraceConfig, core::event::DropReason, offsets, preflight};
 
 /// The kernel object built by build.rs from netwatch-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netwatch-probes"));
@@ -24,6 +24,8 @@ pub struct Probes {
     pub events: RingBuf<MapData>,
     /// Things worth telling the user about how this kernel limited the trace.
     pub warnings: Vec<String>,
+    /// This kernel's drop-reason numbers for the reasons netwatch reports.
+    pub reasons: Vec<(u32, DropReason)>,
     /// Cookies of the sockets netwatch itself opened to teach the kernel side the slab
     /// caches; their records are not the user's traffic.
     pub own_sockets: Vec<u64>,
@@ -62,10 +64,16 @@ impl Probes {
                 missing.join(", ")
             ));
         }
+        let reasons = drop_reasons(btf);
+        let mut drop_reasons = [u32::MAX; DROP_REASON_SLOTS];
+        for (slot, (n, _)) in drop_reasons.iter_mut().zip(&reasons) {
+            *slot = *n;
+        }
         let filters = Filters {
             by_netns: u8::from(!cfg.netns.is_empty()),
             by_port: u8::from(!cfg.ports.is_empty()),
             _pad: [0; 6],
+            drop_reasons,
         };
         let mut ebpf = EbpfLoader::new()
             .override_global(global::FILTERS, &filters, true)
@@ -127,6 +135,32 @@ impl Probes {
             attach_tp(&mut ebpf, &aya_btf, program::SLAB_ALLOC, hook::SLAB_ALLOC)?;
             attach_tp(&mut ebpf, &aya_btf, program::SLAB_FREE, hook::SLAB_FREE)?;
         }
+        // Incident signals; each degrades alone on a kernel without its hook.
+        for (name, hook, what) in [
+            (
+                program::DROPS,
+                hook::DROPS,
+                "PAWS rejects, listen-queue and netfilter drops",
+            ),
+            (
+                program::SYNACK_RETRANSMIT,
+                hook::SYNACK_RETRANSMIT,
+                "live SYN-ACK retransmit alerts",
+            ),
+        ] {
+            if !preflight::has_tracepoint(btf, hook) {
+                warnings.push(format!("this kernel has no `{hook}` tracepoint: no {what}"));
+            } else if let Err(e) = attach_tp(&mut ebpf, &aya_btf, name, hook) {
+                warnings.push(format!("{e:#}: no {what}"));
+            }
+        }
+        if reasons.iter().filter(|(_, r)| r.is_paws()).count() == 0 {
+            warnings.push(
+                "this kernel names no PAWS drop reasons (before 6.16?): PAWS rejects show \
+                 only as PAWSEstab/PAWSTimewait counters"
+                    .to_owned(),
+            );
+        }
         let own_sockets = teach_caches().unwrap_or_else(|e| {
             warnings.push(format!(
                 "could not open the loopback listeners that locate the timewait and request \
@@ -143,6 +177,7 @@ impl Probes {
             ebpf,
             events,
             warnings,
+            reasons,
             own_sockets,
         })
     }
@@ -160,6 +195,18 @@ impl Probes {
             read_errors: sum(counter::READ_ERRORS)?,
         })
     }
+}
+
+/// The drop reasons netwatch reports, by this kernel's numbers (they differ by version).
+fn drop_reasons(btf: &Btf) -> Vec<(u32, DropReason)> {
+    DropReason::ALL
+        .iter()
+        .filter_map(|&(r, name)| {
+            let v = btf.enum_value("skb_drop_reason", &format!("SKB_DROP_REASON_{name}"))?;
+            Some((u32::try_from(v).ok()?, r))
+        })
+        .take(DROP_REASON_SLOTS)
+        .collect()
 }
 
 fn attach_tp(ebpf: &mut Ebpf, btf: &aya::Btf, name: &str, hook: &str) -> Result<()> {
@@ -234,7 +281,13 @@ mod tests {
         ] {
             assert!(obj.maps.contains_key(m), "map {m} missing");
         }
-        for p in [program::SET_STATE, program::SLAB_ALLOC, program::SLAB_FREE] {
+        for p in [
+            program::SET_STATE,
+            program::SLAB_ALLOC,
+            program::SLAB_FREE,
+            program::DROPS,
+            program::SYNACK_RETRANSMIT,
+        ] {
             assert!(obj.programs.contains_key(p), "program {p} missing");
         }
     }

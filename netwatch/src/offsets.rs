@@ -36,6 +36,12 @@ pub fn resolve(btf: &Btf) -> (KernelOffsets, Vec<String>) {
         tw_substate: get("inet_timewait_sock", "tw_substate"),
         req_sk: get("request_sock", "sk"),
         req_num_retrans: get("request_sock", "num_retrans"),
+        skb_head: get("sk_buff", "head"),
+        skb_network_header: get("sk_buff", "network_header"),
+        skb_transport_header: get("sk_buff", "transport_header"),
+        skb_dev: get("sk_buff", "dev"),
+        dev_nd_net: get("net_device", "nd_net"),
+        tw_ts_recent: get("tcp_timewait_sock", "tw_ts_recent"),
     };
     (offsets, missing)
 }

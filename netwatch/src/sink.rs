@@ -14,7 +14,8 @@ use crate::config::OutputTarget;
 use crate::core::{
     clock::WallClock,
     event::{Event, Transition},
-    json::{self, Record, SnapshotJson, TransitionJson},
+    json::{self, AlertJson, Record, SnapshotJson, TransitionJson},
+    signals::Alert,
     snapshot::Snapshot,
     text,
 };
@@ -66,8 +67,25 @@ impl Sinks {
     }
 
     pub fn push(&mut self, event: &Event) {
-        match event {
-            Event::Transition(t) => self.transition(t),
+        if let Event::Transition(t) = event {
+            self.transition(t);
+        }
+    }
+
+    pub fn alert(&mut self, alert: &Alert, mono_ns: u64) {
+        if let Some((_, buf)) = self.json.as_mut() {
+            json::write_line(
+                buf,
+                &Record::Alert(AlertJson::new(alert, mono_ns, self.clock)),
+            );
+        }
+        for buf in [self.lines.as_mut(), self.text.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            buf.extend_from_slice(b"ALERT ");
+            buf.extend_from_slice(alert.message().as_bytes());
+            buf.push(b'\n');
         }
     }
 

@@ -15,9 +15,10 @@ use netwatch_common::state;
 use crate::core::{
     aggregate::{Aggregator, Existing},
     clock::{mono_now_ns, WallClock},
-    decode::decode,
+    decode::Decoder,
     event::{Event, Owner, Transition},
     plain,
+    signals::{Alert, Environment, Signals},
 };
 use crate::loader::Probes;
 use crate::preflight;
@@ -46,6 +47,10 @@ struct Tracer {
     /// Socket -> the process that owns it, learned where the kernel ran in its context, so
     /// that later transitions (run in softirq context) are attributed too.
     owners: HashMap<u64, Owner>,
+    decoder: Decoder,
+    signals: Signals,
+    /// Alerts of this interval, for the live views.
+    alerts: Vec<Alert>,
     undecodable: u64,
 }
 
@@ -55,22 +60,54 @@ enum Stop {
 }
 
 impl Tracer {
-    fn drain(&mut self) -> Result<(), SinkError> {
-        while let Some(item) = self.probes.events.next() {
-            match decode(&item) {
-                Ok(Event::Transition(t))
-                    if !self.cfg.addrs.matches(&t)
-                        || self.probes.own_sockets.contains(&t.sock_id) => {}
-                Ok(mut ev) => {
-                    let Event::Transition(t) = &mut ev;
-                    attribute(&mut self.owners, t);
-                    self.agg.apply(t);
-                    self.sinks.push(&ev);
-                }
-                Err(_) => self.undecodable += 1,
+    fn wanted(&self, ev: &Event) -> bool {
+        match ev {
+            Event::Transition(t) => {
+                self.cfg.addrs.matches(t) && !self.probes.own_sockets.contains(&t.sock_id)
             }
+            Event::Drop(d) => self.cfg.addrs.matches_addrs(d.saddr, d.daddr),
+            Event::SynackRetransmit(r) => self.cfg.addrs.matches_addrs(r.laddr, r.raddr),
         }
+    }
+
+    fn drain(&mut self) -> Result<(), SinkError> {
+        let mut now = Vec::new();
+        loop {
+            let decoded = {
+                let Some(item) = self.probes.events.next() else {
+                    break;
+                };
+                self.decoder.decode(&item)
+            };
+            let Ok(mut ev) = decoded else {
+                self.undecodable += 1;
+                continue;
+            };
+            if !self.wanted(&ev) {
+                continue;
+            }
+            if let Event::Transition(t) = &mut ev {
+                attribute(&mut self.owners, t);
+                self.agg.apply(t);
+            }
+            self.signals.observe(&ev, &mut now);
+            self.sinks.push(&ev);
+        }
+        self.publish(now);
         self.sinks.flush()
+    }
+
+    fn publish(&mut self, alerts: Vec<Alert>) {
+        let at = mono_now_ns();
+        for a in alerts {
+            self.sinks.alert(&a, at);
+            self.alerts.push(a);
+        }
+    }
+
+    /// Counter deltas and settings of the traced namespaces (filled by the procfs source).
+    fn environment(&mut self) -> HashMap<u32, Environment> {
+        HashMap::new()
     }
 
     fn lost(&self) -> u64 {
@@ -78,13 +115,20 @@ impl Tracer {
     }
 
     fn snapshot(&mut self) -> Result<(), SinkError> {
+        let env = self.environment();
+        let ended = self.signals.end_interval(&env, &self.agg);
+        self.publish(ended);
         let lost = self.lost();
         let snap = self.agg.snapshot(mono_now_ns(), lost);
         self.sinks.snapshot(&snap);
+        let alerts = std::mem::take(&mut self.alerts);
         match self.cfg.view {
             View::Plain => self.sinks.print(&plain::summary(&snap, self.clock)),
             View::Dashboard => {
                 if let Some((tui, dash)) = self.dashboard.as_mut() {
+                    if !alerts.is_empty() {
+                        dash.alerts = alerts.iter().map(Alert::message).collect();
+                    }
                     tui.draw(dash, &snap).map_err(SinkError::Io)?;
                 }
             }
@@ -188,7 +232,7 @@ fn take_census(
     }
     let now = mono_now_ns();
     // Processes are seen from this namespace's /proc, which lists all of them.
-    let by_inode = census::socket_owners();
+    let by_inode: HashMap<u64, census::Owner> = census::socket_owners();
     for ns in spaces {
         match census::dump_tcp(ns) {
             Ok(socks) => {
@@ -270,6 +314,7 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
     } else {
         None
     };
+    let probes_reasons = probes.reasons.clone();
     let mut tracer = Tracer {
         probes,
         cfg,
@@ -278,6 +323,9 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         clock,
         dashboard,
         owners,
+        decoder: Decoder::new(probes_reasons),
+        signals: Signals::new(),
+        alerts: Vec::new(),
         undecodable: 0,
     };
 

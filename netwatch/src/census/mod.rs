@@ -78,22 +78,32 @@ pub fn dump_tcp(netns: Option<&Path>) -> Result<Vec<CensusSocket>> {
 
 fn dump_in_own(netns: u32) -> Result<Vec<CensusSocket>> {
     netlink::dump_here(netns).map_err(|e| {
-        match e.downcast_ref::<DiagError>().and_then(DiagError::errno) {
-        Some(libc::EPERM | libc::EACCES) => e.context(
+        let errno = e.downcast_ref::<DiagError>().and_then(DiagError::errno);
+        match errno.and_then(hint) {
+            Some(hint) => e.context(hint),
+            None => e,
+        }
+    })
+}
+
+/// What to do about an errno the kernel answered a dump with.
+fn hint(errno: i32) -> Option<&'static str> {
+    match errno {
+        libc::EPERM | libc::EACCES => Some(
             "the kernel denied the socket dump: run netwatch as root, or with CAP_NET_ADMIN in \
              that namespace",
         ),
-        Some(libc::ENOENT | libc::EOPNOTSUPP) => e.context(
+        libc::ENOENT | libc::EOPNOTSUPP => Some(
             "this kernel has no TCP sock_diag handler: it needs CONFIG_INET_TCP_DIAG \
              (`modprobe tcp_diag`)",
         ),
-        _ => e,
+        _ => None,
     }
-    })
 }
 
 /// How many sockets are in each state, indexed by state number (`netwatch_common::state`);
 /// a state number the table has no room for is not counted.
+#[cfg(test)]
 pub fn counts_by_state(sockets: &[CensusSocket]) -> [u64; state::COUNT] {
     let mut counts = [0u64; state::COUNT];
     for s in sockets {
@@ -489,25 +499,32 @@ mod tests {
             if !root("timewait_socket_keeps_the_cookie_and_reports_time_left") {
                 return;
             }
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            let port = listener.local_addr().unwrap().port();
-            let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
-            let (server, _) = listener.accept().unwrap();
-            let cport = client.local_addr().unwrap().port();
-            let cookie = so_cookie(&client);
-            // The client closes first, so its end is the one that waits.
-            drop(client);
-            drop(server);
+            // In a namespace of its own: the host's timewait table may be full (other work
+            // here overflows tcp_max_tw_buckets), and then no timewait socket is made at all.
+            let ns = Netns::create(format!("nwcensus-tw-{}", std::process::id()));
+            let (cookie, cport, port) = netns::run_in(&ns.path(), |_| {
+                let listener = TcpListener::bind("127.0.0.1:0")?;
+                let port = listener.local_addr()?.port();
+                let client = TcpStream::connect(("127.0.0.1", port))?;
+                let (server, _) = listener.accept()?;
+                let cport = client.local_addr()?.port();
+                let cookie = so_cookie(&client);
+                // The client closes first, so its end is the one that waits.
+                drop(client);
+                drop(server);
+                Ok((cookie, cport, port))
+            })
+            .unwrap();
             let deadline = Instant::now() + Duration::from_secs(5);
             let tw = loop {
-                let census = dump_tcp(None).unwrap();
+                let census = dump_tcp(Some(&ns.path())).unwrap();
                 if let Some(s) = find(&census, cookie).filter(|s| s.state == state::TIME_WAIT) {
                     break s.clone();
                 }
+                let seen = find(&census, cookie);
                 assert!(
                     Instant::now() < deadline,
-                    "no TIME_WAIT for {cookie:#x}: {:?}",
-                    find(&census, cookie)
+                    "no TIME_WAIT for {cookie:#x}: {seen:?}"
                 );
                 std::thread::sleep(Duration::from_millis(20));
             };

@@ -194,7 +194,9 @@ pub(super) fn parse_datagram(
                     let status =
                         i32::from_ne_bytes([payload[0], payload[1], payload[2], payload[3]]);
                     if status < 0 {
-                        return Err(DiagError::Aborted { errno: -status });
+                        return Err(DiagError::Aborted {
+                            errno: status.saturating_neg(),
+                        });
                     }
                 }
                 return Ok(Progress::Done);

@@ -225,13 +225,15 @@ impl Aggregator {
         self.counts[s as usize]
     }
 
-    /// Completed-dwell histogram of one state, for reports that want more than percentiles.
-    pub fn dwell_histogram(&self, s: u8) -> &Histogram<u64> {
-        &self.dwell[s as usize]
-    }
-
-    pub fn transitions(&self) -> u64 {
-        self.transitions
+    /// Client sockets towards `daddr:dport` now, and how many of those are in TIME_WAIT:
+    /// each holds a local port for that destination.
+    pub fn towards(&self, daddr: IpAddr, dport: u16) -> (u64, u64) {
+        self.live
+            .values()
+            .filter(|l| l.remote == daddr && l.service_port == dport && l.state != state::LISTEN)
+            .fold((0, 0), |(all, tw), l| {
+                (all + 1, tw + u64::from(l.state == state::TIME_WAIT))
+            })
     }
 
     /// The view at `now_ns`; starts a new interval for the entry counts.
@@ -277,6 +279,15 @@ impl Aggregator {
             snap.top_remotes[i] = top(std::mem::take(&mut by_remote[i]));
         }
         snap
+    }
+}
+
+impl super::signals::SocketView for Aggregator {
+    fn towards(&self, daddr: IpAddr, dport: u16) -> (u64, u64) {
+        Aggregator::towards(self, daddr, dport)
+    }
+    fn count(&self, state: u8) -> u64 {
+        Aggregator::count(self, state)
     }
 }
 

@@ -4,12 +4,12 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use netwatch_common::{
-    flag, kind, state, RecordHeader, RequestEnd, Transition as RawTransition, AF_INET6,
+    flag, kind, state, DropRecord, RecordHeader, RequestEnd, Transition as RawTransition, AF_INET6,
     DWELL_UNKNOWN,
 };
 use thiserror::Error;
 
-use super::event::{Event, Family, Owner, Transition};
+use super::event::{Drop, DropReason, Event, Family, Owner, SynackRetransmit, Transition};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -33,19 +33,114 @@ fn read_record<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
-pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
-    let header: RecordHeader = read_record(bytes)?;
-    match header.kind {
-        kind::TRANSITION => {
-            let raw: RawTransition = read_record(bytes)?;
-            Ok(Event::Transition(transition(&raw)))
-        }
-        kind::REQUEST_END => {
-            let raw: RequestEnd = read_record(bytes)?;
-            Ok(Event::Transition(request_end(&raw)))
-        }
-        other => Err(DecodeError::UnknownKind(other)),
+/// Maps this kernel's `enum skb_drop_reason` numbers to the reasons netwatch knows.
+#[derive(Debug, Clone, Default)]
+pub struct Decoder {
+    reasons: Vec<(u32, DropReason)>,
+}
+
+impl Decoder {
+    pub fn new(reasons: Vec<(u32, DropReason)>) -> Self {
+        Self { reasons }
     }
+
+    pub fn decode(&self, bytes: &[u8]) -> Result<Event, DecodeError> {
+        let header: RecordHeader = read_record(bytes)?;
+        match header.kind {
+            kind::TRANSITION => {
+                let raw: RawTransition = read_record(bytes)?;
+                Ok(Event::Transition(transition(&raw)))
+            }
+            kind::REQUEST_END => {
+                let raw: RequestEnd = read_record(bytes)?;
+                Ok(Event::Transition(request_end(&raw)))
+            }
+            kind::SYNACK_RETRANSMIT => {
+                let raw: RequestEnd = read_record(bytes)?;
+                Ok(Event::SynackRetransmit(synack_retransmit(&raw)))
+            }
+            kind::DROP => {
+                let raw: DropRecord = read_record(bytes)?;
+                let reason = self
+                    .reasons
+                    .iter()
+                    .find(|(n, _)| *n == raw.reason)
+                    .map(|(_, r)| *r)
+                    .ok_or(DecodeError::UnknownKind(kind::DROP))?;
+                Ok(Event::Drop(drop(&raw, reason)))
+            }
+            other => Err(DecodeError::UnknownKind(other)),
+        }
+    }
+}
+
+/// (TSval, TSecr) from a TCP header's options, if it carries the timestamp option.
+pub fn timestamps(tcp: &[u8]) -> Option<(u32, u32)> {
+    let doff = ((*tcp.get(12)? >> 4) as usize * 4).min(tcp.len());
+    let mut opts = tcp.get(20..doff)?;
+    while let [kind, rest @ ..] = opts {
+        match kind {
+            0 => return None,
+            1 => opts = rest,
+            8 => {
+                let [10, v @ ..] = rest else { return None };
+                let v = v.get(..8)?;
+                return Some((
+                    u32::from_be_bytes(v[..4].try_into().ok()?),
+                    u32::from_be_bytes(v[4..8].try_into().ok()?),
+                ));
+            }
+            _ => {
+                let len = *rest.first()? as usize;
+                if len < 2 {
+                    return None;
+                }
+                opts = opts.get(len..)?;
+            }
+        }
+    }
+    None
+}
+
+fn drop(raw: &DropRecord, reason: DropReason) -> Drop {
+    let family = family(raw.family);
+    let tcp = &raw.tcp[..(raw.tcp_len as usize).min(raw.tcp.len())];
+    let ts = timestamps(tcp);
+    Drop {
+        mono_ns: raw.header.mono_ns,
+        reason,
+        netns: raw.netns,
+        family,
+        saddr: addr(family, &raw.saddr),
+        sport: u16::from_be_bytes([raw.tcp[0], raw.tcp[1]]),
+        daddr: addr(family, &raw.daddr),
+        dport: u16::from_be_bytes([raw.tcp[2], raw.tcp[3]]),
+        tcp_flags: raw.tcp[13],
+        tsval: ts.map(|t| t.0),
+        tsecr: ts.map(|t| t.1),
+        ts_recent: (raw.has_ts_recent != 0).then_some(raw.ts_recent),
+    }
+}
+
+fn synack_retransmit(raw: &RequestEnd) -> SynackRetransmit {
+    let family = family(raw.family);
+    SynackRetransmit {
+        mono_ns: raw.header.mono_ns,
+        netns: raw.netns,
+        family,
+        laddr: addr(family, &raw.saddr),
+        lport: raw.sport,
+        raddr: addr(family, &raw.daddr),
+        rport: raw.dport,
+        retransmits: raw.synack_retransmits,
+        age_ns: (raw.syn_ns != 0).then(|| raw.header.mono_ns.saturating_sub(raw.syn_ns)),
+    }
+}
+
+/// For tests and tools that only meet transitions.
+#[cfg(test)]
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    Decoder::default().decode(bytes)
 }
 
 fn addr(family: Family, raw: &[u8; 16]) -> IpAddr {
@@ -157,7 +252,9 @@ pub(crate) mod tests {
 
     #[test]
     fn decodes_ipv4_transition() {
-        let Event::Transition(t) = decode(&bytes_of(&raw_v4())).unwrap();
+        let Ok(Event::Transition(t)) = decode(&bytes_of(&raw_v4())) else {
+            panic!()
+        };
         assert_eq!(t.saddr.to_string(), "10.0.0.1");
         assert_eq!(t.daddr.to_string(), "10.0.0.2");
         assert_eq!((t.sport, t.dport), (40000, 80));
@@ -180,7 +277,9 @@ pub(crate) mod tests {
         raw.saddr = "fd00::1".parse::<Ipv6Addr>().unwrap().octets();
         raw.daddr = "::ffff:10.0.0.2".parse::<Ipv6Addr>().unwrap().octets();
         raw.dwell_ns = DWELL_UNKNOWN;
-        let Event::Transition(t) = decode(&bytes_of(&raw)).unwrap();
+        let Ok(Event::Transition(t)) = decode(&bytes_of(&raw)) else {
+            panic!()
+        };
         assert_eq!(t.saddr.to_string(), "fd00::1");
         assert_eq!(t.daddr.to_string(), "::ffff:10.0.0.2");
         assert_eq!(t.dwell_ns, None);
@@ -207,7 +306,9 @@ pub(crate) mod tests {
         let bytes = unsafe {
             std::slice::from_raw_parts((&raw as *const RequestEnd).cast::<u8>(), RequestEnd::SIZE)
         };
-        let Event::Transition(t) = decode(bytes).unwrap();
+        let Ok(Event::Transition(t)) = decode(bytes) else {
+            panic!()
+        };
         assert_eq!((t.old_name(), t.new_name()), ("SYN_RECV", "ESTABLISHED"));
         assert_eq!(t.mono_ns, 4_020_000_000);
         assert_eq!(t.dwell_ns, Some(3_020_000_000));
@@ -225,10 +326,83 @@ pub(crate) mod tests {
                 RequestEnd::SIZE,
             )
         };
-        let Event::Transition(t) = decode(bytes).unwrap();
+        let Ok(Event::Transition(t)) = decode(bytes) else {
+            panic!()
+        };
         assert_eq!(t.new_name(), "CLOSE");
         assert_eq!(t.dwell_ns, Some(4_000_000_000));
         assert_eq!(t.accept_wait_ns, None);
+    }
+
+    #[test]
+    fn timestamp_option_is_found_among_others() {
+        // A Linux SYN: MSS, SACK_PERM, TS, NOP, WS.
+        let mut tcp = vec![0u8; 40];
+        tcp[12] = 10 << 4;
+        tcp[20..40].copy_from_slice(&[
+            2, 4, 5, 0xb4, 4, 2, 8, 10, 0, 0, 0x30, 0x39, 0, 0, 0, 0, 1, 3, 3, 7,
+        ]);
+        assert_eq!(timestamps(&tcp), Some((12345, 0)));
+        // An ACK: NOP NOP TS.
+        let mut ack = vec![0u8; 32];
+        ack[12] = 8 << 4;
+        ack[20..32].copy_from_slice(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
+        assert_eq!(timestamps(&ack), Some((1, 2)));
+        // No options, a truncated option, and a zero-length option loop.
+        let mut bare = vec![0u8; 20];
+        bare[12] = 5 << 4;
+        assert_eq!(timestamps(&bare), None);
+        let mut bad = vec![0u8; 24];
+        bad[12] = 6 << 4;
+        bad[20..24].copy_from_slice(&[8, 10, 0, 0]);
+        assert_eq!(timestamps(&bad), None);
+        bad[20..24].copy_from_slice(&[5, 0, 0, 0]);
+        assert_eq!(timestamps(&bad), None);
+        assert_eq!(timestamps(&[]), None);
+    }
+
+    #[test]
+    fn drop_record_decodes_with_this_kernels_reason_numbers() {
+        let mut raw = DropRecord {
+            header: RecordHeader {
+                kind: kind::DROP,
+                size: DropRecord::SIZE as u16,
+                _pad: 0,
+                mono_ns: 7,
+            },
+            reason: 38,
+            netns: 5,
+            family: netwatch_common::AF_INET,
+            tcp_len: 40,
+            ts_recent: 900_000_000,
+            has_ts_recent: 1,
+            ..Default::default()
+        };
+        raw.saddr[..4].copy_from_slice(&[198, 51, 100, 7]);
+        raw.daddr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        raw.tcp[..4].copy_from_slice(&[0x9c, 0x40, 0, 80]);
+        raw.tcp[12] = 10 << 4;
+        raw.tcp[13] = 0x02;
+        raw.tcp[20..30].copy_from_slice(&[8, 10, 0, 0, 0x03, 0xe8, 0, 0, 0, 0]);
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&raw as *const DropRecord).cast::<u8>(), DropRecord::SIZE)
+        };
+        let d = Decoder::new(vec![(38, DropReason::TwPaws)]);
+        let Ok(Event::Drop(drop)) = d.decode(bytes) else {
+            panic!("not a drop")
+        };
+        assert_eq!(drop.reason, DropReason::TwPaws);
+        assert_eq!(
+            (drop.saddr.to_string(), drop.sport),
+            ("198.51.100.7".into(), 40000)
+        );
+        assert_eq!(drop.dport, 80);
+        assert!(drop.is_syn());
+        assert_eq!(drop.flags_text(), "SYN");
+        assert_eq!(drop.tsval, Some(1000));
+        assert_eq!(drop.ts_delta(), Some(1000 - 900_000_000));
+        // A reason this kernel's table does not know is an error, not a misreading.
+        assert!(Decoder::default().decode(bytes).is_err());
     }
 
     #[test]

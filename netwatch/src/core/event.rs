@@ -9,6 +9,114 @@ use netwatch_common::state;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     Transition(Transition),
+    Drop(Drop),
+    SynackRetransmit(SynackRetransmit),
+}
+
+/// Why the kernel dropped a packet, for the reasons netwatch asks about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// A segment hit a TIME_WAIT socket with a TSval older than the last one it saw.
+    TwPaws,
+    /// PAWS on an established connection (or a SYN on older kernels).
+    Paws,
+    PawsAck,
+    /// TSecr that does not echo anything we sent.
+    Tsecr,
+    /// The final ACK of a handshake found the accept queue full.
+    ListenOverflow,
+    NetfilterDrop,
+}
+
+impl DropReason {
+    /// The kernel's name, without the `SKB_DROP_REASON_` prefix.
+    pub const ALL: [(DropReason, &'static str); 6] = [
+        (DropReason::TwPaws, "TCP_RFC7323_TW_PAWS"),
+        (DropReason::Paws, "TCP_RFC7323_PAWS"),
+        (DropReason::PawsAck, "TCP_RFC7323_PAWS_ACK"),
+        (DropReason::Tsecr, "TCP_RFC7323_TSECR"),
+        (DropReason::ListenOverflow, "TCP_LISTEN_OVERFLOW"),
+        (DropReason::NetfilterDrop, "NETFILTER_DROP"),
+    ];
+
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(r, _)| *r == self)
+            .map(|(_, n)| *n)
+            .unwrap_or("UNKNOWN")
+    }
+
+    pub fn is_paws(self) -> bool {
+        matches!(
+            self,
+            DropReason::TwPaws | DropReason::Paws | DropReason::PawsAck | DropReason::Tsecr
+        )
+    }
+}
+
+/// A dropped TCP segment, from the packet itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drop {
+    pub mono_ns: u64,
+    pub reason: DropReason,
+    pub netns: u32,
+    pub family: Family,
+    /// The sender (for inbound drops, the remote client).
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    /// TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10).
+    pub tcp_flags: u8,
+    pub tsval: Option<u32>,
+    pub tsecr: Option<u32>,
+    /// For a segment that met a timewait socket: the last TSval that socket accepted.
+    pub ts_recent: Option<u32>,
+}
+
+impl Drop {
+    pub fn is_syn(&self) -> bool {
+        self.tcp_flags & 0x02 != 0 && self.tcp_flags & 0x10 == 0
+    }
+
+    /// TSval minus the timewait socket's ts_recent, as PAWS compares them (32-bit wrap).
+    pub fn ts_delta(&self) -> Option<i64> {
+        Some(self.tsval?.wrapping_sub(self.ts_recent?) as i32 as i64)
+    }
+
+    /// `SYN`, `ACK`, `SYN|ACK`, `FIN|ACK`, ... for people.
+    pub fn flags_text(&self) -> String {
+        let names = [
+            (0x02, "SYN"),
+            (0x01, "FIN"),
+            (0x04, "RST"),
+            (0x08, "PSH"),
+            (0x10, "ACK"),
+        ];
+        let set: Vec<&str> = names
+            .iter()
+            .filter(|(b, _)| self.tcp_flags & b != 0)
+            .map(|(_, n)| *n)
+            .collect();
+        set.join("|")
+    }
+}
+
+/// A listener resent a SYN-ACK: the client's final ACK has not arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SynackRetransmit {
+    pub mono_ns: u64,
+    pub netns: u32,
+    pub family: Family,
+    pub laddr: IpAddr,
+    pub lport: u16,
+    pub raddr: IpAddr,
+    pub rport: u16,
+    /// Retransmissions before this one.
+    pub retransmits: u8,
+    /// Since the SYN arrived, when known.
+    pub age_ns: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -39,6 +39,7 @@ use netwatch_common::state;
 use super::{
     clock::WallClock,
     event::Transition,
+    signals::Alert,
     snapshot::{Percentiles, Snapshot},
 };
 
@@ -47,6 +48,31 @@ use super::{
 pub enum Record<'a> {
     Transition(TransitionJson<'a>),
     Snapshot(SnapshotJson),
+    Alert(AlertJson<'a>),
+}
+
+/// `"type":"alert"`: a named incident signal. `kind` is one of `paws_reject`,
+/// `nat_suspected`, `synack_retransmits`, `listen_overflow`, `timewait_overflow`,
+/// `port_exhaustion`; its evidence fields follow (see `core::signals::Alert`), with
+/// `message` saying what it means and `knobs` the sysctls that matter.
+#[derive(Debug, Serialize)]
+pub struct AlertJson<'a> {
+    pub ts: String,
+    pub mono_ns: u64,
+    pub message: String,
+    #[serde(flatten)]
+    pub alert: &'a Alert,
+}
+
+impl<'a> AlertJson<'a> {
+    pub fn new(alert: &'a Alert, mono_ns: u64, clock: WallClock) -> Self {
+        Self {
+            ts: clock.rfc3339(mono_ns),
+            mono_ns,
+            message: alert.message(),
+            alert,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -194,7 +220,9 @@ mod tests {
 
     #[test]
     fn transition_json_has_the_documented_fields() {
-        let Event::Transition(t) = decode(&bytes_of(&raw_v4())).unwrap();
+        let Ok(Event::Transition(t)) = decode(&bytes_of(&raw_v4())) else {
+            panic!()
+        };
         let mut out = Vec::new();
         write_line(
             &mut out,

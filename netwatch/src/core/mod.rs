@@ -8,5 +8,6 @@ pub mod event;
 pub mod filter;
 pub mod json;
 pub mod plain;
+pub mod signals;
 pub mod snapshot;
 pub mod text;

@@ -68,7 +68,9 @@ mod tests {
 
     #[test]
     fn line_shows_endpoints_states_and_dwell() {
-        let Event::Transition(t) = decode(&bytes_of(&raw_v4())).unwrap();
+        let Ok(Event::Transition(t)) = decode(&bytes_of(&raw_v4())) else {
+            panic!()
+        };
         let line = transition_line(&t, WallClock::with_offset(3_600_000_000_000));
         assert_eq!(
             line,
