@@ -10,6 +10,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::census;
 use crate::config::{TraceConfig, View};
+use crate::environment::EnvSource;
 use netwatch_common::state;
 
 use crate::core::{
@@ -49,6 +50,7 @@ struct Tracer {
     owners: HashMap<u64, Owner>,
     decoder: Decoder,
     signals: Signals,
+    env: EnvSource,
     /// Alerts of this interval, for the live views.
     alerts: Vec<Alert>,
     undecodable: u64,
@@ -105,9 +107,9 @@ impl Tracer {
         }
     }
 
-    /// Counter deltas and settings of the traced namespaces (filled by the procfs source).
+    /// Counter deltas and settings of the traced namespaces.
     fn environment(&mut self) -> HashMap<u32, Environment> {
-        HashMap::new()
+        self.env.sample()
     }
 
     fn lost(&self) -> u64 {
@@ -279,6 +281,24 @@ fn existing(s: &census::CensusSocket) -> Existing {
     }
 }
 
+/// The namespaces whose counters are sampled: the filtered ones that can be entered, or
+/// ours.
+fn traced_spaces(cfg: &TraceConfig) -> Vec<(u32, Option<std::path::PathBuf>)> {
+    if cfg.netns.is_empty() {
+        let own = crate::config::resolve_netns("/proc/self/ns/net").unwrap_or(0);
+        return vec![(own, None)];
+    }
+    cfg.netns_paths
+        .iter()
+        .filter_map(|p| {
+            Some((
+                crate::config::resolve_netns(p.to_str()?).ok()?,
+                Some(p.clone()),
+            ))
+        })
+        .collect()
+}
+
 fn census_wanted(cfg: &TraceConfig, s: &census::CensusSocket) -> bool {
     (cfg.ports.is_empty() || cfg.ports.contains(&s.sport) || cfg.ports.contains(&s.dport))
         && cfg.addrs.matches_addrs(s.saddr, s.daddr)
@@ -315,6 +335,7 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         None
     };
     let probes_reasons = probes.reasons.clone();
+    let env_spaces = traced_spaces(&cfg);
     let mut tracer = Tracer {
         probes,
         cfg,
@@ -325,6 +346,7 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         owners,
         decoder: Decoder::new(probes_reasons),
         signals: Signals::new(),
+        env: EnvSource::new(env_spaces),
         alerts: Vec::new(),
         undecodable: 0,
     };

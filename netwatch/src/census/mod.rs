@@ -25,6 +25,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+#[cfg(test)]
 use netwatch_common::state;
 
 pub use netlink::DiagError;

@@ -176,9 +176,7 @@ fn parse_into(text: &str, into: &mut Sections) -> Result<(), ParseError> {
 fn split_section(line: usize, text: &str) -> Result<(&str, &str), ParseError> {
     let text = text.trim_start();
     match text.split_once(':') {
-        Some((section, rest))
-            if !section.is_empty() && !section.contains(char::is_whitespace) =>
-        {
+        Some((section, rest)) if !section.is_empty() && !section.contains(char::is_whitespace) => {
             Ok((section, rest))
         }
         _ => Err(ParseError::NoSection {
@@ -276,10 +274,7 @@ IcmpMsg: 4
                 values: 2
             }
         );
-        assert_eq!(
-            err.to_string(),
-            "line 4: TcpExt has 3 names but 2 values"
-        );
+        assert_eq!(err.to_string(), "line 4: TcpExt has 3 names but 2 values");
     }
 
     #[test]
