@@ -40,7 +40,7 @@ use super::{
     clock::WallClock,
     event::Transition,
     signals::Alert,
-    snapshot::{Percentiles, Snapshot},
+    snapshot::{ConntrackStats, Percentiles, Snapshot},
 };
 
 #[derive(Debug, Serialize)]
@@ -107,6 +107,42 @@ pub struct SnapshotJson {
     pub age: BTreeMap<&'static str, PercentilesJson>,
     pub transitions: u64,
     pub lost: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conntrack: Option<ConntrackJson>,
+}
+
+/// `conntrack` in a snapshot: see [`ConntrackStats`].
+#[derive(Debug, Serialize)]
+pub struct ConntrackJson {
+    pub count: Option<u64>,
+    pub max: Option<u64>,
+    pub inserted: u64,
+    pub freed: u64,
+    pub table_full_drops: u64,
+    pub early_drops: u64,
+    pub lifetime: BTreeMap<&'static str, PercentilesJson>,
+    pub established_idle_over_1h: Option<u64>,
+    pub timeout_established_s: Option<u64>,
+    pub time_wait_entries: Option<u64>,
+    pub timeout_time_wait_s: Option<u64>,
+}
+
+impl From<&ConntrackStats> for ConntrackJson {
+    fn from(c: &ConntrackStats) -> Self {
+        Self {
+            count: c.count,
+            max: c.max,
+            inserted: c.inserted,
+            freed: c.freed,
+            table_full_drops: c.table_full_drops,
+            early_drops: c.early_drops,
+            lifetime: c.lifetimes.iter().map(|(k, p)| (*k, (*p).into())).collect(),
+            established_idle_over_1h: c.established_idle_over_1h,
+            timeout_established_s: c.timeout_established_s,
+            time_wait_entries: c.time_wait_entries,
+            timeout_time_wait_s: c.timeout_time_wait_s,
+        }
+    }
 }
 
 /// The states a snapshot names: every real one (CLOSE is the absence of a socket).
@@ -131,6 +167,7 @@ impl SnapshotJson {
             age: BTreeMap::new(),
             transitions: s.transitions,
             lost: s.lost,
+            conntrack: s.conntrack.as_ref().map(ConntrackJson::from),
         };
         for st in reported_states() {
             let name = state::name(st);

@@ -60,6 +60,32 @@ pub struct Snapshot {
     pub transitions: u64,
     /// Records the kernel could not send (ring buffer full) plus undecodable ones.
     pub lost: u64,
+    /// Connection tracking, when the traced namespaces use it.
+    pub conntrack: Option<ConntrackStats>,
+}
+
+/// The conntrack table of the traced namespace: fill level, churn and entry lifetimes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConntrackStats {
+    /// `nf_conntrack_count` of the namespace and the (global) `nf_conntrack_max`.
+    pub count: Option<u64>,
+    pub max: Option<u64>,
+    /// Entries created and freed during the interval.
+    pub inserted: u64,
+    pub freed: u64,
+    /// Packets dropped because the table was full during the interval.
+    pub table_full_drops: u64,
+    /// Entries evicted early to make room during the interval.
+    pub early_drops: u64,
+    /// Entry lifetimes (creation to expiry) by the conntrack TCP state they ended in, since
+    /// the start; `"-"` for entries that were not TCP.
+    pub lifetimes: Vec<(&'static str, Percentiles)>,
+    /// ESTABLISHED entries idle for over an hour now, and the timeout that keeps them.
+    pub established_idle_over_1h: Option<u64>,
+    pub timeout_established_s: Option<u64>,
+    /// Entries in TIME_WAIT now, and their timeout.
+    pub time_wait_entries: Option<u64>,
+    pub timeout_time_wait_s: Option<u64>,
 }
 
 impl Snapshot {
