@@ -22,6 +22,8 @@ pub mod kind {
     pub const SYNACK_RETRANSMIT: u16 = 3;
     /// A packet was dropped for one of the reasons in `Settings::drop_reasons`.
     pub const DROP: u16 = 4;
+    /// A conntrack entry was freed: see [`super::ConntrackEnd`].
+    pub const CONNTRACK_END: u16 = 5;
 }
 
 /// Bits of `Transition::flags`.
@@ -181,6 +183,40 @@ impl Default for DropRecord {
     }
 }
 
+/// A conntrack entry at its free. Entries are freed lazily (by the GC worker or the next
+/// walk of their bucket), so the record carries the entry's own expiry (`timeout`, in
+/// jiffies) and the jiffies clock at the free: userspace works out when it really ended.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConntrackEnd {
+    pub header: RecordHeader,
+    /// When its slab object was allocated (0: before netwatch started).
+    pub born_ns: u64,
+    /// `nf_conn.status` bits (IPS_CONFIRMED = 1 << 3: it made it into the table).
+    pub status: u64,
+    /// `bpf_jiffies64()` at the free.
+    pub jiffies: u64,
+    /// Original direction, network byte order.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// `nf_conn.timeout`: the (32-bit) jiffies at which it expires.
+    pub timeout: u32,
+    pub netns: u32,
+    /// Host byte order.
+    pub sport: u16,
+    pub dport: u16,
+    /// AF_INET / AF_INET6.
+    pub l3num: u16,
+    /// IPPROTO_TCP, IPPROTO_UDP, ...
+    pub l4proto: u8,
+    /// `enum tcp_conntrack` (3 ESTABLISHED, 7 TIME_WAIT, ...) for TCP entries.
+    pub tcp_state: u8,
+}
+
+impl ConntrackEnd {
+    pub const SIZE: usize = core::mem::size_of::<Self>();
+}
+
 /// Drop reasons the kernel side reports, resolved from BTF by name at load time; unused
 /// slots hold `u32::MAX`.
 pub const DROP_REASON_SLOTS: usize = 8;
@@ -193,6 +229,9 @@ pub const DROP_REASON_SLOTS: usize = 8;
 pub struct KnownCaches {
     pub timewait: [u64; 2],
     pub request: [u64; 2],
+    /// The `nf_conntrack` cache, learned from the first allocation made from inside
+    /// `__nf_conntrack_alloc` (see `Filters::ct_alloc_lo`).
+    pub conntrack: u64,
 }
 
 /// Timewait sockets allocated lately on one CPU: the state change that follows the
@@ -240,6 +279,10 @@ pub struct Filters {
     pub _pad: [u8; 6],
     /// `enum skb_drop_reason` values to report from `kfree_skb`.
     pub drop_reasons: [u32; DROP_REASON_SLOTS],
+    /// Text range of `__nf_conntrack_alloc` from /proc/kallsyms; an allocation whose call
+    /// site falls inside names the conntrack slab cache (0, 0: conntrack not followed).
+    pub ct_alloc_lo: u64,
+    pub ct_alloc_hi: u64,
 }
 
 #[cfg(feature = "user")]
@@ -260,5 +303,6 @@ mod tests {
         assert_eq!(Transition::SIZE % 8, 0);
         assert_eq!(RequestEnd::SIZE, 112);
         assert_eq!(DropRecord::SIZE % 8, 0);
+        assert_eq!(ConntrackEnd::SIZE, 88);
     }
 }

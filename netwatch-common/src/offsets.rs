@@ -60,6 +60,23 @@ pub struct KernelOffsets {
     pub dev_nd_net: u32,
     /// `tcp_timewait_sock.tw_ts_recent`
     pub tw_ts_recent: u32,
+    /// `sock_common.skc_state`
+    pub skc_state: u32,
+    /// `nf_conn.timeout`
+    pub ct_timeout: u32,
+    /// `nf_conn.status`
+    pub ct_status: u32,
+    /// `nf_conn.ct_net`
+    pub ct_net: u32,
+    /// `nf_conn.proto.tcp.state`
+    pub ct_tcp_state: u32,
+    /// Original-direction tuple fields in `nf_conn`: `tuplehash[0].tuple.src.u3`, ...
+    pub ct_src_addr: u32,
+    pub ct_src_port: u32,
+    pub ct_l3num: u32,
+    pub ct_dst_addr: u32,
+    pub ct_dst_port: u32,
+    pub ct_protonum: u32,
 }
 
 impl KernelOffsets {
@@ -95,6 +112,17 @@ impl KernelOffsets {
             skb_dev: Self::MISSING,
             dev_nd_net: Self::MISSING,
             tw_ts_recent: Self::MISSING,
+            skc_state: 18,
+            ct_timeout: Self::MISSING,
+            ct_status: Self::MISSING,
+            ct_net: Self::MISSING,
+            ct_tcp_state: Self::MISSING,
+            ct_src_addr: Self::MISSING,
+            ct_src_port: Self::MISSING,
+            ct_l3num: Self::MISSING,
+            ct_dst_addr: Self::MISSING,
+            ct_dst_port: Self::MISSING,
+            ct_protonum: Self::MISSING,
         }
     }
 }

@@ -73,7 +73,7 @@ pub fn try_kfree_skb(ctx: &BtfTracePointContext) {
         return;
     }
     if !rx_sk.is_null() && read::family(rx_sk, &off) != 0 {
-        let state: u8 = read::at(rx_sk, 18);
+        let state: u8 = read::at(rx_sk, off.skc_state);
         // A timewait socket (its skc_state is TIME_WAIT): its last accepted TSval.
         if state == netwatch_common::state::TIME_WAIT {
             rec.ts_recent = read::at(rx_sk, off.tw_ts_recent);

@@ -6,6 +6,7 @@
 #![no_std]
 #![no_main]
 
+mod conntrack;
 mod drops;
 mod emit;
 mod read;
@@ -60,12 +61,18 @@ static REQ_BORN: LruHashMap<u64, u64> = LruHashMap::with_max_entries(limits::REQ
 #[map(name = "CHILD_BORN")]
 static CHILD_BORN: LruHashMap<u64, u64> = LruHashMap::with_max_entries(limits::REQ_ENTRIES, 0);
 
+/// Conntrack entry pointer -> when it was allocated.
+#[map(name = "CT_BORN")]
+static CT_BORN: LruHashMap<u64, u64> = LruHashMap::with_max_entries(limits::CT_ENTRIES, 0);
+
 #[no_mangle]
 static FILTERS: Filters = Filters {
     by_netns: 0,
     by_port: 0,
     _pad: [0; 6],
     drop_reasons: [u32::MAX; netwatch_common::DROP_REASON_SLOTS],
+    ct_alloc_lo: 0,
+    ct_alloc_hi: 0,
 };
 
 #[no_mangle]

@@ -8,11 +8,15 @@ use netwatch_common::{
     counter, flag, kind, state, KnownCaches, RecordHeader, RequestEnd, Transition, DWELL_UNKNOWN,
 };
 
-use crate::{bump, emit, offsets, read, CACHES, CHILD_BORN, RECENT_TW, REQ_BORN, TW_STATE};
+use crate::{
+    bump, conntrack, emit, filters, offsets, read, CACHES, CHILD_BORN, RECENT_TW, REQ_BORN,
+    TW_STATE,
+};
 
 enum Cache {
     Timewait,
     Request,
+    Conntrack,
     Other,
 }
 
@@ -26,6 +30,8 @@ fn classify(cache: u64) -> Cache {
         Cache::Timewait
     } else if cache == c.request[0] || cache == c.request[1] {
         Cache::Request
+    } else if cache == c.conntrack && cache != 0 {
+        Cache::Conntrack
     } else {
         Cache::Other
     }
@@ -35,6 +41,11 @@ fn classify(cache: u64) -> Cache {
 pub fn try_alloc(ctx: &BtfTracePointContext) {
     let obj: u64 = ctx.arg(1);
     let cache: u64 = ctx.arg(2);
+    let call_site: u64 = ctx.arg(0);
+    let f = filters();
+    if call_site >= f.ct_alloc_lo && call_site < f.ct_alloc_hi {
+        conntrack::learn_cache(cache);
+    }
     match classify(cache) {
         Cache::Timewait => {
             let Some(recent) = RECENT_TW.get_ptr_mut(0) else {
@@ -52,6 +63,7 @@ pub fn try_alloc(ctx: &BtfTracePointContext) {
                 bump(counter::STATE_MAP_FULL);
             }
         }
+        Cache::Conntrack => conntrack::born(obj),
         Cache::Other => {}
     }
 }
@@ -63,6 +75,7 @@ pub fn try_free(ctx: &BtfTracePointContext) {
     match classify(cache) {
         Cache::Timewait => timewait_died(obj as *const u8),
         Cache::Request => request_died(obj as *const u8),
+        Cache::Conntrack => conntrack::died(obj as *const u8),
         Cache::Other => {}
     }
 }

@@ -69,11 +69,25 @@ impl Probes {
         for (slot, (n, _)) in drop_reasons.iter_mut().zip(&reasons) {
             *slot = *n;
         }
+        let ct_fields_missing = missing.iter().any(|m| m.starts_with("nf_conn"));
+        let (ct_alloc_lo, ct_alloc_hi) = match kallsyms_range("__nf_conntrack_alloc") {
+            Some(range) if !ct_fields_missing => range,
+            _ => {
+                warnings.push(
+                    "conntrack entry lifetimes are not followed (no __nf_conntrack_alloc in \
+                     /proc/kallsyms, or nf_conn not in BTF); table fill still shows"
+                        .to_owned(),
+                );
+                (0, 0)
+            }
+        };
         let filters = Filters {
             by_netns: u8::from(!cfg.netns.is_empty()),
             by_port: u8::from(!cfg.ports.is_empty()),
             _pad: [0; 6],
             drop_reasons,
+            ct_alloc_lo,
+            ct_alloc_hi,
         };
         let mut ebpf = EbpfLoader::new()
             .override_global(global::FILTERS, &filters, true)
@@ -197,6 +211,29 @@ impl Probes {
     }
 }
 
+/// The text range of a kernel function: its address up to the next symbol's. Addresses
+/// read as 0 without privilege (kptr_restrict), which this treats as absent.
+fn kallsyms_range(function: &str) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/kallsyms").ok()?;
+    let addrs = text.lines().filter_map(|l| {
+        let mut f = l.split_whitespace();
+        let addr = u64::from_str_radix(f.next()?, 16).ok()?;
+        let _kind = f.next()?;
+        Some((addr, f.next()?))
+    });
+    let mut start = None;
+    let mut all = Vec::new();
+    for (addr, name) in addrs {
+        if name == function {
+            start = Some(addr);
+        }
+        all.push(addr);
+    }
+    let start = start.filter(|&a| a != 0)?;
+    let end = all.into_iter().filter(|&a| a > start).min()?;
+    Some((start, end))
+}
+
 /// The drop reasons netwatch reports, by this kernel's numbers (they differ by version).
 fn drop_reasons(btf: &Btf) -> Vec<(u32, DropReason)> {
     DropReason::ALL
@@ -265,6 +302,14 @@ mod tests {
     /// Every name the loader uses exists in the object, so a rename on one side fails here
     /// rather than at run time on a user's machine.
     #[test]
+    fn kallsyms_gives_a_function_range_or_nothing() {
+        if let Some((lo, hi)) = kallsyms_range("tcp_v4_connect") {
+            assert!(lo < hi && hi - lo < 1 << 20, "{lo:x}..{hi:x}");
+        }
+        assert_eq!(kallsyms_range("no_such_function_netwatch"), None);
+    }
+
+    #[test]
     fn object_has_every_named_map_and_program() {
         let obj = aya_obj::Object::parse(OBJECT).expect("embedded object parses");
         for m in [
@@ -278,6 +323,7 @@ mod tests {
             map::TW_STATE,
             map::REQ_BORN,
             map::CHILD_BORN,
+            map::CT_BORN,
         ] {
             assert!(obj.maps.contains_key(m), "map {m} missing");
         }

@@ -4,6 +4,9 @@ use netwatch_common::offsets::KernelOffsets;
 
 use crate::btf::Btf;
 
+/// Filled in after the struct, from paths through an array member.
+const MISSING_UNTIL_BELOW: u32 = KernelOffsets::MISSING;
+
 /// Offsets for the running kernel, and the fields BTF did not have (reported to the user:
 /// records then carry zeros there rather than wrong values).
 pub fn resolve(btf: &Btf) -> (KernelOffsets, Vec<String>) {
@@ -42,7 +45,35 @@ pub fn resolve(btf: &Btf) -> (KernelOffsets, Vec<String>) {
         skb_dev: get("sk_buff", "dev"),
         dev_nd_net: get("net_device", "nd_net"),
         tw_ts_recent: get("tcp_timewait_sock", "tw_ts_recent"),
+        skc_state: get("sock_common", "skc_state"),
+        ct_timeout: get("nf_conn", "timeout"),
+        ct_status: get("nf_conn", "status"),
+        ct_net: get("nf_conn", "ct_net"),
+        ct_tcp_state: get("nf_conn", "proto.tcp.state"),
+        ct_src_addr: MISSING_UNTIL_BELOW,
+        ct_src_port: MISSING_UNTIL_BELOW,
+        ct_l3num: MISSING_UNTIL_BELOW,
+        ct_dst_addr: MISSING_UNTIL_BELOW,
+        ct_dst_port: MISSING_UNTIL_BELOW,
+        ct_protonum: MISSING_UNTIL_BELOW,
     };
+    // The original-direction tuple: `tuplehash` is an array, element 0 at its start.
+    let mut offsets = offsets;
+    let base = get("nf_conn", "tuplehash");
+    let mut in_tuple = |path: &str| match (base, btf.member_offset("nf_conntrack_tuple_hash", path))
+    {
+        (b, Ok(o)) if b != KernelOffsets::MISSING => b + o,
+        _ => {
+            missing.push(format!("nf_conntrack_tuple_hash.{path}"));
+            KernelOffsets::MISSING
+        }
+    };
+    offsets.ct_src_addr = in_tuple("tuple.src.u3");
+    offsets.ct_src_port = in_tuple("tuple.src.u.all");
+    offsets.ct_l3num = in_tuple("tuple.src.l3num");
+    offsets.ct_dst_addr = in_tuple("tuple.dst.u3");
+    offsets.ct_dst_port = in_tuple("tuple.dst.u.all");
+    offsets.ct_protonum = in_tuple("tuple.dst.protonum");
     (offsets, missing)
 }
 

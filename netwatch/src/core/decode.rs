@@ -4,12 +4,14 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use netwatch_common::{
-    flag, kind, state, DropRecord, RecordHeader, RequestEnd, Transition as RawTransition, AF_INET6,
-    DWELL_UNKNOWN,
+    flag, kind, state, ConntrackEnd as RawConntrackEnd, DropRecord, RecordHeader, RequestEnd,
+    Transition as RawTransition, AF_INET6, DWELL_UNKNOWN,
 };
 use thiserror::Error;
 
-use super::event::{Drop, DropReason, Event, Family, Owner, SynackRetransmit, Transition};
+use super::event::{
+    ConntrackEnd, Drop, DropReason, Event, Family, Owner, SynackRetransmit, Transition,
+};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -69,8 +71,34 @@ impl Decoder {
                     .ok_or(DecodeError::UnknownKind(kind::DROP))?;
                 Ok(Event::Drop(drop(&raw, reason)))
             }
+            kind::CONNTRACK_END => {
+                let raw: RawConntrackEnd = read_record(bytes)?;
+                Ok(Event::ConntrackEnd(conntrack_end(&raw)))
+            }
             other => Err(DecodeError::UnknownKind(other)),
         }
+    }
+}
+
+const IPPROTO_TCP: u8 = 6;
+const IPS_CONFIRMED: u64 = 1 << 3;
+
+fn conntrack_end(raw: &RawConntrackEnd) -> ConntrackEnd {
+    let family = family(raw.l3num);
+    // Both clocks wrap at 32 bits in the entry; compare as the kernel does.
+    let past = (raw.jiffies as u32).wrapping_sub(raw.timeout) as i32;
+    ConntrackEnd {
+        freed_ns: raw.header.mono_ns,
+        born_ns: (raw.born_ns != 0).then_some(raw.born_ns),
+        expired_jiffies_ago: past.max(0) as u64,
+        confirmed: raw.status & IPS_CONFIRMED != 0,
+        netns: raw.netns,
+        saddr: addr(family, &raw.saddr),
+        sport: raw.sport,
+        daddr: addr(family, &raw.daddr),
+        dport: raw.dport,
+        l4proto: raw.l4proto,
+        tcp_state: (raw.l4proto == IPPROTO_TCP).then_some(raw.tcp_state),
     }
 }
 
@@ -403,6 +431,40 @@ pub(crate) mod tests {
         assert_eq!(drop.ts_delta(), Some(1000 - 900_000_000));
         // A reason this kernel's table does not know is an error, not a misreading.
         assert!(Decoder::default().decode(bytes).is_err());
+    }
+
+    #[test]
+    fn conntrack_end_knows_when_the_entry_really_expired() {
+        let raw = RawConntrackEnd {
+            header: RecordHeader {
+                kind: kind::CONNTRACK_END,
+                size: RawConntrackEnd::SIZE as u16,
+                _pad: 0,
+                mono_ns: 100_000_000_000,
+            },
+            born_ns: 10_000_000_000,
+            status: IPS_CONFIRMED,
+            // Freed 2.5 s (625 jiffies at 250 Hz) after its timeout passed, across a wrap.
+            jiffies: (1u64 << 32) + 600,
+            timeout: (-25i32) as u32,
+            l3num: netwatch_common::AF_INET,
+            l4proto: IPPROTO_TCP,
+            tcp_state: 7,
+            ..Default::default()
+        };
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&raw as *const RawConntrackEnd).cast::<u8>(),
+                RawConntrackEnd::SIZE,
+            )
+        };
+        let Ok(Event::ConntrackEnd(ct)) = decode(bytes) else {
+            panic!()
+        };
+        assert_eq!(ct.expired_jiffies_ago, 625);
+        assert!(ct.confirmed);
+        assert_eq!(ct.tcp_state_name(), "TIME_WAIT");
+        assert_eq!(ct.lifetime_ns(250), Some(87_500_000_000));
     }
 
     #[test]

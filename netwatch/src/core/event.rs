@@ -11,6 +11,60 @@ pub enum Event {
     Transition(Transition),
     Drop(Drop),
     SynackRetransmit(SynackRetransmit),
+    ConntrackEnd(ConntrackEnd),
+}
+
+/// A conntrack entry that was freed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConntrackEnd {
+    /// When its slab object was freed.
+    pub freed_ns: u64,
+    /// When it was allocated, if netwatch saw that.
+    pub born_ns: Option<u64>,
+    /// How long before the free its timeout had already passed, in jiffies (the garbage
+    /// collector frees expired entries lazily); 0 when it was freed before expiring.
+    pub expired_jiffies_ago: u64,
+    /// It had been inserted into the table (IPS_CONFIRMED); unconfirmed entries die young,
+    /// e.g. when the table is full.
+    pub confirmed: bool,
+    pub netns: u32,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    pub l4proto: u8,
+    /// `enum tcp_conntrack`, for TCP entries.
+    pub tcp_state: Option<u8>,
+}
+
+impl ConntrackEnd {
+    /// Creation to expiry (or to the free, if it was killed before expiring), given the
+    /// kernel's tick rate.
+    pub fn lifetime_ns(&self, hz: u64) -> Option<u64> {
+        let born = self.born_ns?;
+        let late = self.expired_jiffies_ago.saturating_mul(1_000_000_000) / hz.max(1);
+        Some(self.freed_ns.saturating_sub(late).saturating_sub(born))
+    }
+
+    /// The kernel's name for a conntrack TCP state (`enum tcp_conntrack`).
+    pub fn tcp_state_name(&self) -> &'static str {
+        match self.tcp_state {
+            None => "-",
+            Some(s) => match s {
+                0 => "NONE",
+                1 => "SYN_SENT",
+                2 => "SYN_RECV",
+                3 => "ESTABLISHED",
+                4 => "FIN_WAIT",
+                5 => "CLOSE_WAIT",
+                6 => "LAST_ACK",
+                7 => "TIME_WAIT",
+                8 => "CLOSE",
+                9 => "SYN_SENT2",
+                _ => "UNKNOWN",
+            },
+        }
+    }
 }
 
 /// Why the kernel dropped a packet, for the reasons netwatch asks about.

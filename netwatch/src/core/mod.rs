@@ -3,6 +3,7 @@
 
 pub mod aggregate;
 pub mod clock;
+pub mod conntrack;
 pub mod decode;
 pub mod event;
 pub mod filter;

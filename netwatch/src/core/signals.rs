@@ -12,7 +12,11 @@ use std::net::IpAddr;
 use netwatch_common::state;
 use serde::Serialize;
 
+use super::conntrack::ConntrackEnv;
 use super::event::{Drop, DropReason, Event, Transition};
+
+/// Fill level of the conntrack table that is worth an alert before it overflows.
+const CONNTRACK_FULL_RATIO: f64 = 0.9;
 
 /// PAWS rejects reported one by one per interval; beyond this they are only counted.
 const PAWS_PER_INTERVAL: u32 = 20;
@@ -28,6 +32,8 @@ pub struct Environment {
     pub deltas: HashMap<&'static str, u64>,
     /// Dotted sysctl name -> value.
     pub sysctls: BTreeMap<&'static str, String>,
+    /// The conntrack table, when the namespace has one in use.
+    pub conntrack: Option<ConntrackEnv>,
 }
 
 impl Environment {
@@ -96,6 +102,17 @@ pub enum Alert {
         closed_without_timewait: u64,
         tcp_timewait_overflow: u64,
         time_wait_now: u64,
+        knobs: BTreeMap<&'static str, String>,
+    },
+    /// The conntrack table is full (or nearly): new connections' packets are dropped.
+    ConntrackFull {
+        netns: u32,
+        count: Option<u64>,
+        max: Option<u64>,
+        table_full_drops: u64,
+        early_drops: u64,
+        /// Senders of packets netfilter dropped in that namespace during the interval.
+        dropped_from: Vec<String>,
         knobs: BTreeMap<&'static str, String>,
     },
     /// connect() failed for want of a free local port (EADDRNOTAVAIL).
@@ -185,6 +202,20 @@ impl Alert {
                     .map(String::as_str)
                     .unwrap_or("?")
             ),
+            Alert::ConntrackFull {
+                count,
+                max,
+                table_full_drops,
+                early_drops,
+                ..
+            } => format!(
+                "conntrack table full: {} of nf_conntrack_max {} entries; {table_full_drops} \
+                 packets dropped (\"nf_conntrack: table full, dropping packet\"), {early_drops} \
+                 entries evicted early - raise net.netfilter.nf_conntrack_max or shorten \
+                 nf_conntrack_tcp_timeout_established",
+                count.map_or("?".to_owned(), |c| c.to_string()),
+                max.map_or("?".to_owned(), |m| m.to_string()),
+            ),
             Alert::PortExhaustion {
                 daddr,
                 dport,
@@ -243,6 +274,7 @@ pub struct Signals {
     overflow_acks: BTreeMap<u32, (u64, BTreeSet<u16>)>,
     no_timewait: BTreeMap<u32, u64>,
     exhaustion: BTreeMap<(u32, IpAddr, u16), ExhaustionEvidence>,
+    netfilter_drops: BTreeMap<u32, BTreeSet<String>>,
 }
 
 fn endpoint(addr: IpAddr, port: u16) -> String {
@@ -273,6 +305,12 @@ impl Signals {
                 e.0 += 1;
                 e.1.insert(d.dport);
             }
+            Event::Drop(d) if d.reason == DropReason::NetfilterDrop => {
+                let e = self.netfilter_drops.entry(d.netns).or_default();
+                if e.len() < 5 {
+                    e.insert(endpoint(d.saddr, d.sport));
+                }
+            }
             Event::Drop(_) => {}
             Event::SynackRetransmit(r) => {
                 let e = self
@@ -286,6 +324,7 @@ impl Signals {
                 }
             }
             Event::Transition(t) => self.transition(t),
+            Event::ConntrackEnd(_) => {}
         }
     }
 
@@ -445,6 +484,34 @@ impl Signals {
                     .knobs(&["net.ipv4.ip_local_port_range", "net.ipv4.tcp_tw_reuse"]),
             });
         }
+        for (&netns, e) in env {
+            let Some(ct) = &e.conntrack else { continue };
+            let near_full = match (ct.count, ct.max) {
+                (Some(c), Some(m)) if m > 0 => c as f64 >= CONNTRACK_FULL_RATIO * m as f64,
+                _ => false,
+            };
+            if near_full || ct.table_full_drops > 0 {
+                out.push(Alert::ConntrackFull {
+                    netns,
+                    count: ct.count,
+                    max: ct.max,
+                    table_full_drops: ct.table_full_drops,
+                    early_drops: ct.early_drops,
+                    dropped_from: self
+                        .netfilter_drops
+                        .remove(&netns)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .collect(),
+                    knobs: e.knobs(&[
+                        "net.netfilter.nf_conntrack_max",
+                        "net.netfilter.nf_conntrack_buckets",
+                        "net.netfilter.nf_conntrack_tcp_timeout_established",
+                    ]),
+                });
+            }
+        }
+        self.netfilter_drops.clear();
         self.paws_listed = 0;
         self.paws_suppressed = 0;
         out
@@ -568,6 +635,35 @@ mod tests {
         assert!(alerts
             .iter()
             .any(|a| matches!(a, Alert::PawsReject { suppressed: 30, .. })));
+    }
+
+    #[test]
+    fn conntrack_full_names_fill_and_drops() {
+        let mut s = Signals::new();
+        let mut e = Environment::default();
+        e.conntrack = Some(ConntrackEnv {
+            count: Some(64),
+            max: Some(64),
+            table_full_drops: 7,
+            ..Default::default()
+        });
+        let alerts = s.end_interval(&HashMap::from([(9, e)]), &View { tw: 0 });
+        let a = alerts
+            .iter()
+            .find(|a| matches!(a, Alert::ConntrackFull { .. }))
+            .unwrap();
+        assert!(a.message().contains("64 of nf_conntrack_max 64"));
+        assert!(a.message().contains("7 packets dropped"));
+        // A quiet table says nothing.
+        let mut quiet = Environment::default();
+        quiet.conntrack = Some(ConntrackEnv {
+            count: Some(3),
+            max: Some(64),
+            ..Default::default()
+        });
+        assert!(s
+            .end_interval(&HashMap::from([(9, quiet)]), &View { tw: 0 })
+            .is_empty());
     }
 
     #[test]

@@ -3,12 +3,15 @@
 //! Both are per network namespace, so both can be read for a namespace other than ours; the
 //! parsing is kept apart from the reading so it is tested without root.
 
+pub mod conntrack;
 mod netns;
 mod netstat;
 mod sysctl;
 
 pub use netstat::{read_netstat, Netstat};
 pub use sysctl::read_sysctls;
+#[cfg(test)]
+use sysctl::Sysctls;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,156 @@
+//! Conntrack: entry lifetimes by the TCP state they ended in, and the table's fill level
+//! and churn per interval, for snapshots and the conntrack_full alert.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+
+use super::event::ConntrackEnd;
+use super::snapshot::{ConntrackStats, Percentiles};
+
+/// The table as procfs shows it this interval (filled in by the caller).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConntrackEnv {
+    pub count: Option<u64>,
+    pub max: Option<u64>,
+    /// Increases during the interval of the `conntrack -S` counters.
+    pub inserted: u64,
+    pub table_full_drops: u64,
+    pub early_drops: u64,
+    pub insert_failed: u64,
+    pub established_idle_over_1h: Option<u64>,
+    pub time_wait_entries: Option<u64>,
+    pub timeout_established_s: Option<u64>,
+    pub timeout_time_wait_s: Option<u64>,
+}
+
+pub struct ConntrackTracker {
+    hz: u64,
+    lifetimes: BTreeMap<&'static str, Histogram<u64>>,
+    freed: u64,
+    /// Entries freed without ever entering the table (e.g. dropped because it was full).
+    unconfirmed: u64,
+    seen: bool,
+}
+
+impl ConntrackTracker {
+    pub fn new(hz: u64) -> Self {
+        Self {
+            hz,
+            lifetimes: BTreeMap::new(),
+            freed: 0,
+            unconfirmed: 0,
+            seen: false,
+        }
+    }
+
+    pub fn apply(&mut self, e: &ConntrackEnd) {
+        self.seen = true;
+        self.freed += 1;
+        if !e.confirmed {
+            self.unconfirmed += 1;
+            return;
+        }
+        if let Some(life) = e.lifetime_ns(self.hz) {
+            self.lifetimes
+                .entry(e.tcp_state_name())
+                .or_insert_with(|| {
+                    Histogram::new_with_bounds(1, 30 * 24 * 3600 * 1_000_000_000, 3)
+                        .expect("static bounds")
+                })
+                .saturating_record(life.max(1));
+        }
+    }
+
+    /// The interval's view; None when conntrack is not in use (nothing to show).
+    pub fn snapshot(&mut self, env: Option<&ConntrackEnv>) -> Option<ConntrackStats> {
+        let in_use = self.seen || env.is_some_and(|e| e.count.unwrap_or(0) > 0 || e.inserted > 0);
+        if !in_use {
+            return None;
+        }
+        let e = env.cloned().unwrap_or_default();
+        let stats = ConntrackStats {
+            count: e.count,
+            max: e.max,
+            inserted: e.inserted,
+            freed: self.freed,
+            table_full_drops: e.table_full_drops,
+            early_drops: e.early_drops,
+            lifetimes: self
+                .lifetimes
+                .iter()
+                .map(|(k, h)| {
+                    (
+                        *k,
+                        Percentiles {
+                            count: h.len(),
+                            p50: h.value_at_quantile(0.5),
+                            p90: h.value_at_quantile(0.9),
+                            p99: h.value_at_quantile(0.99),
+                            max: h.max(),
+                        },
+                    )
+                })
+                .collect(),
+            established_idle_over_1h: e.established_idle_over_1h,
+            timeout_established_s: e.timeout_established_s,
+            time_wait_entries: e.time_wait_entries,
+            timeout_time_wait_s: e.timeout_time_wait_s,
+        };
+        self.freed = 0;
+        Some(stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn end(state: u8, born: u64, freed: u64, late_jiffies: u64, confirmed: bool) -> ConntrackEnd {
+        ConntrackEnd {
+            freed_ns: freed,
+            born_ns: Some(born),
+            expired_jiffies_ago: late_jiffies,
+            confirmed,
+            netns: 1,
+            saddr: "10.0.0.1".parse().unwrap(),
+            sport: 1,
+            daddr: "10.0.0.2".parse().unwrap(),
+            dport: 2,
+            l4proto: 6,
+            tcp_state: Some(state),
+        }
+    }
+
+    #[test]
+    fn lifetimes_end_at_expiry_not_at_the_lazy_free() {
+        let mut t = ConntrackTracker::new(250);
+        // Lived 120 s to its TIME_WAIT expiry, freed 10 s later by the GC.
+        t.apply(&end(7, 0, 130_000_000_000, 2500, true));
+        t.apply(&end(7, 0, 1, 0, false));
+        let s = t.snapshot(None).unwrap();
+        let (name, p) = s.lifetimes[0];
+        assert_eq!(name, "TIME_WAIT");
+        assert_eq!(p.count, 1);
+        assert!((119_900_000_000..120_100_000_000).contains(&p.max), "{p:?}");
+        assert_eq!(s.freed, 2);
+        assert_eq!(t.snapshot(None).unwrap().freed, 0);
+    }
+
+    #[test]
+    fn silent_when_conntrack_is_not_in_use() {
+        let mut t = ConntrackTracker::new(250);
+        assert_eq!(t.snapshot(None), None);
+        let idle = ConntrackEnv {
+            count: Some(0),
+            max: Some(262144),
+            ..Default::default()
+        };
+        assert_eq!(t.snapshot(Some(&idle)), None);
+        let busy = ConntrackEnv {
+            count: Some(10),
+            ..idle
+        };
+        assert_eq!(t.snapshot(Some(&busy)).unwrap().count, Some(10));
+    }
+}
