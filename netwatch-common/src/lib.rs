@@ -283,6 +283,11 @@ pub struct Filters {
     /// site falls inside names the conntrack slab cache (0, 0: conntrack not followed).
     pub ct_alloc_lo: u64,
     pub ct_alloc_hi: u64,
+    /// The drop reason with which the TCP receive path frees a segment a timewait socket
+    /// handled (SKB_DROP_REASON_NOT_SPECIFIED on 6.18): the FIN that turns an orphan's
+    /// FIN_WAIT2 timewait socket into TIME_WAIT is seen this way (u32::MAX: not followed).
+    pub tw_segment_reason: u32,
+    pub _pad2: u32,
 }
 
 #[cfg(feature = "user")]

@@ -5,23 +5,32 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     programs::BtfTracePointContext,
 };
-use netwatch_common::{kind, offsets::KernelOffsets, DropRecord, RecordHeader, AF_INET, AF_INET6};
+use netwatch_common::{kind, DropRecord, RecordHeader};
 
-use crate::{emit, filters, offsets, read};
-
-const IPPROTO_TCP: u8 = 6;
+use crate::{emit, filters, offsets, read, timewait};
 
 #[inline(always)]
 pub fn try_kfree_skb(ctx: &BtfTracePointContext) {
     let reason = ctx.arg::<u32>(2);
     let f = filters();
+    if reason == f.tw_segment_reason {
+        let rx_sk: *const u8 = ctx.arg(3);
+        if !rx_sk.is_null() {
+            timewait::segment_handled(rx_sk);
+        }
+        return;
+    }
     let mut wanted = false;
     for r in f.drop_reasons {
         wanted |= r == reason;
     }
-    if !wanted {
-        return;
+    if wanted {
+        report(ctx, reason);
     }
+}
+
+#[inline(never)]
+fn report(ctx: &BtfTracePointContext, reason: u32) {
     let skb: *const u8 = ctx.arg(0);
     let rx_sk: *const u8 = ctx.arg(3);
     let off = offsets();
@@ -35,39 +44,17 @@ pub fn try_kfree_skb(ctx: &BtfTracePointContext) {
         reason,
         ..DropRecord::default()
     };
-    let head: u64 = read::at(skb, off.skb_head);
-    let nh: u16 = read::at(skb, off.skb_network_header);
-    let th: u16 = read::at(skb, off.skb_transport_header);
-    if head == 0 {
-        return;
-    }
-    let ip = (head + nh as u64) as *const u8;
-    let version = read::at::<u8>(ip, 0) >> 4;
-    let (sport, dport) = if version == 4 {
-        if read::at::<u8>(ip, 9) != IPPROTO_TCP {
-            return;
-        }
-        rec.family = AF_INET;
-        rec.saddr[..4].copy_from_slice(&read::at::<[u8; 4]>(ip, 12));
-        rec.daddr[..4].copy_from_slice(&read::at::<[u8; 4]>(ip, 16));
-        tcp_header(&mut rec, head, th)
-    } else if version == 6 {
-        // Only a TCP header straight after the fixed header; extension headers are rare
-        // on the segments that matter here and are left out.
-        if read::at::<u8>(ip, 6) != IPPROTO_TCP {
-            return;
-        }
-        rec.family = AF_INET6;
-        rec.saddr = read::at(ip, 8);
-        rec.daddr = read::at(ip, 24);
-        tcp_header(&mut rec, head, th)
-    } else {
+    let Some(seg) = read::segment(skb, &off) else {
         return;
     };
+    rec.family = seg.family;
+    rec.saddr = seg.saddr;
+    rec.daddr = seg.daddr;
+    let (sport, dport) = tcp_header(&mut rec, seg.tcp);
     rec.netns = if !rx_sk.is_null() {
         read::netns(rx_sk, &off)
     } else {
-        device_netns(skb, &off)
+        read::device_netns(skb, &off)
     };
     if !emit::wanted(rec.netns, dport, sport) {
         return;
@@ -85,8 +72,7 @@ pub fn try_kfree_skb(ctx: &BtfTracePointContext) {
 
 /// Copies the TCP header with its options; returns (source port, destination port).
 #[inline(always)]
-fn tcp_header(rec: &mut DropRecord, head: u64, th: u16) -> (u16, u16) {
-    let tcp = (head + th as u64) as *const u8;
+fn tcp_header(rec: &mut DropRecord, tcp: *const u8) -> (u16, u16) {
     // SAFETY: probe_read tolerates any address; a failed read leaves zeros.
     if let Ok(bytes) = unsafe { bpf_probe_read_kernel(tcp as *const [u8; 60]) } {
         rec.tcp = bytes;
@@ -97,17 +83,4 @@ fn tcp_header(rec: &mut DropRecord, head: u64, th: u16) -> (u16, u16) {
         u16::from_be_bytes([rec.tcp[0], rec.tcp[1]]),
         u16::from_be_bytes([rec.tcp[2], rec.tcp[3]]),
     )
-}
-
-#[inline(always)]
-fn device_netns(skb: *const u8, off: &KernelOffsets) -> u32 {
-    let dev: u64 = read::at(skb, off.skb_dev);
-    if dev == 0 {
-        return 0;
-    }
-    let net: u64 = read::at(dev as *const u8, off.dev_nd_net);
-    if net == 0 {
-        return 0;
-    }
-    read::at(net as *const u8, off.net_ns_inum)
 }

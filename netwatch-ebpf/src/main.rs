@@ -11,6 +11,7 @@ mod drops;
 mod emit;
 mod read;
 mod slab;
+mod timewait;
 mod transition;
 
 use aya_ebpf::{
@@ -73,6 +74,8 @@ static FILTERS: Filters = Filters {
     drop_reasons: [u32::MAX; netwatch_common::DROP_REASON_SLOTS],
     ct_alloc_lo: 0,
     ct_alloc_hi: 0,
+    tw_segment_reason: u32::MAX,
+    _pad2: 0,
 };
 
 #[no_mangle]

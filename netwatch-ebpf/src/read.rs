@@ -112,3 +112,60 @@ pub fn current_task() -> (u32, [u8; 16]) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     (tgid, bpf_get_current_comm().unwrap_or([0; 16]))
 }
+
+/// The IP addresses of a TCP segment and where its TCP header starts.
+pub struct Segment {
+    pub family: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub tcp: *const u8,
+}
+
+const IPPROTO_TCP: u8 = 6;
+
+/// Parses the network header of `skb` as the receive path left it; None for anything but
+/// TCP over IPv4 or IPv6 (extension headers are not walked).
+#[inline(always)]
+pub fn segment(skb: *const u8, off: &KernelOffsets) -> Option<Segment> {
+    let head: u64 = at(skb, off.skb_head);
+    if head == 0 {
+        return None;
+    }
+    let nh: u16 = at(skb, off.skb_network_header);
+    let th: u16 = at(skb, off.skb_transport_header);
+    let ip = (head + nh as u64) as *const u8;
+    let mut seg = Segment {
+        family: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        tcp: (head + th as u64) as *const u8,
+    };
+    match at::<u8>(ip, 0) >> 4 {
+        4 if at::<u8>(ip, 9) == IPPROTO_TCP => {
+            seg.family = netwatch_common::AF_INET;
+            seg.saddr[..4].copy_from_slice(&at::<[u8; 4]>(ip, 12));
+            seg.daddr[..4].copy_from_slice(&at::<[u8; 4]>(ip, 16));
+        }
+        6 if at::<u8>(ip, 6) == IPPROTO_TCP => {
+            seg.family = AF_INET6;
+            seg.saddr = at(ip, 8);
+            seg.daddr = at(ip, 24);
+        }
+        _ => return None,
+    }
+    Some(seg)
+}
+
+/// Inode of the network namespace of the device a packet came in on.
+#[inline(always)]
+pub fn device_netns(skb: *const u8, off: &KernelOffsets) -> u32 {
+    let dev: u64 = at(skb, off.skb_dev);
+    if dev == 0 {
+        return 0;
+    }
+    let net: u64 = at(dev as *const u8, off.dev_nd_net);
+    if net == 0 {
+        return 0;
+    }
+    at(net as *const u8, off.net_ns_inum)
+}

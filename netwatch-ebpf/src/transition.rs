@@ -50,7 +50,7 @@ pub fn try_set_state(ctx: &BtfTracePointContext) {
                 }
                 Some(_) => {
                     // An orphan waiting out tcp_fin_timeout: still FIN_WAIT2, now as a
-                    // timewait socket; its FIN_WAIT2 dwell ends when that socket dies.
+                    // timewait socket, until the peer's FIN (see timewait.rs) or its end.
                     remember_timewait(cookie, since.unwrap_or(0), state::FIN_WAIT2);
                     return;
                 }

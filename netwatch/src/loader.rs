@@ -49,7 +49,8 @@ fn permission_hint(e: &aya::EbpfError) -> &'static str {
 }
 
 impl Probes {
-    pub fn attach(cfg: &TraceConfig, btf: &Btf) -> Result<Self> {
+    /// Loads and verifies every program, runs `before_attach`, then attaches them.
+    pub fn attach(cfg: &TraceConfig, btf: &Btf, before_attach: impl FnOnce()) -> Result<Self> {
         if !preflight::has_tracepoint(btf, hook::SET_STATE) {
             return Err(anyhow!(
                 "this kernel has no `{}` tracepoint, which netwatch is built on (Linux 4.16+)",
@@ -81,7 +82,20 @@ impl Probes {
                 (0, 0)
             }
         };
+        let tw_segment_reason = btf
+            .enum_value("skb_drop_reason", "SKB_DROP_REASON_NOT_SPECIFIED")
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(u32::MAX);
+        if tw_segment_reason == u32::MAX {
+            warnings.push(
+                "no SKB_DROP_REASON_NOT_SPECIFIED in BTF: an orphan's FIN_WAIT2 that turns \
+                 TIME_WAIT is reported only when its timewait socket dies"
+                    .to_owned(),
+            );
+        }
         let filters = Filters {
+            tw_segment_reason,
+            _pad2: 0,
             by_netns: u8::from(!cfg.netns.is_empty()),
             by_port: u8::from(!cfg.ports.is_empty()),
             _pad: [0; 6],
@@ -115,7 +129,9 @@ impl Probes {
         }
 
         let aya_btf = aya::Btf::from_sys_fs().context("aya cannot read the kernel's BTF")?;
-        attach_tp(&mut ebpf, &aya_btf, program::SET_STATE, hook::SET_STATE)?;
+        // (program, hook, what is lost without it; None: netwatch cannot work without it).
+        let mut plan: Vec<(&str, &str, Option<&str>)> =
+            vec![(program::SET_STATE, hook::SET_STATE, None)];
         // Timewait and request sockets only show through the slab hooks: without them
         // TIME_WAIT, orphaned FIN_WAIT2 and server SYN_RECV dwell are unknown, the rest works.
         let slab_hooks = [hook::SLAB_ALLOC, hook::SLAB_FREE];
@@ -131,23 +147,22 @@ impl Probes {
             .iter()
             .any(|f| m.contains(f))
         });
+        const SLAB_LOSS: &str =
+            "TIME_WAIT, orphaned FIN_WAIT2 and server-side SYN_RECV dwell times";
         if let Some(h) = slab_hooks
             .iter()
             .find(|h| !preflight::has_tracepoint(btf, h))
         {
             warnings.push(format!(
-                "this kernel has no `{h}` tracepoint: TIME_WAIT, orphaned FIN_WAIT2 and \
-                 server-side SYN_RECV dwell times are not available"
+                "this kernel has no `{h}` tracepoint: no {SLAB_LOSS}"
             ));
         } else if slab_fields_missing {
-            warnings.push(
-                "this kernel's BTF lacks fields of timewait/request sockets: TIME_WAIT and \
-                 server-side SYN_RECV dwell times are not available"
-                    .to_owned(),
-            );
+            warnings.push(format!(
+                "this kernel's BTF lacks fields of timewait/request sockets: no {SLAB_LOSS}"
+            ));
         } else {
-            attach_tp(&mut ebpf, &aya_btf, program::SLAB_ALLOC, hook::SLAB_ALLOC)?;
-            attach_tp(&mut ebpf, &aya_btf, program::SLAB_FREE, hook::SLAB_FREE)?;
+            plan.push((program::SLAB_ALLOC, hook::SLAB_ALLOC, Some(SLAB_LOSS)));
+            plan.push((program::SLAB_FREE, hook::SLAB_FREE, Some(SLAB_LOSS)));
         }
         // Incident signals; each degrades alone on a kernel without its hook.
         for (name, hook, what) in [
@@ -162,10 +177,28 @@ impl Probes {
                 "live SYN-ACK retransmit alerts",
             ),
         ] {
-            if !preflight::has_tracepoint(btf, hook) {
+            if preflight::has_tracepoint(btf, hook) {
+                plan.push((name, hook, Some(what)));
+            } else {
                 warnings.push(format!("this kernel has no `{hook}` tracepoint: no {what}"));
-            } else if let Err(e) = attach_tp(&mut ebpf, &aya_btf, name, hook) {
-                warnings.push(format!("{e:#}: no {what}"));
+            }
+        }
+        // Verify everything first, then let the caller do its slow start-up work (the
+        // census), then attach: records start flowing only once the drain loop is near.
+        let mut loaded = Vec::new();
+        for (name, hook, loss) in plan {
+            match (load_tp(&mut ebpf, &aya_btf, name, hook), loss) {
+                (Ok(()), _) => loaded.push((name, hook, loss)),
+                (Err(e), None) => return Err(e),
+                (Err(e), Some(what)) => warnings.push(format!("{e:#}: no {what}")),
+            }
+        }
+        before_attach();
+        for (name, hook, loss) in loaded {
+            match (attach_loaded(&mut ebpf, name, hook), loss) {
+                (Ok(()), _) => {}
+                (Err(e), None) => return Err(e),
+                (Err(e), Some(what)) => warnings.push(format!("{e:#}: no {what}")),
             }
         }
         if reasons.iter().filter(|(_, r)| r.is_paws()).count() == 0 {
@@ -246,14 +279,22 @@ fn drop_reasons(btf: &Btf) -> Vec<(u32, DropReason)> {
         .collect()
 }
 
-fn attach_tp(ebpf: &mut Ebpf, btf: &aya::Btf, name: &str, hook: &str) -> Result<()> {
-    let prog: &mut BtfTracePoint = ebpf
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut BtfTracePoint> {
+    Ok(ebpf
         .program_mut(name)
         .ok_or_else(|| anyhow!("object lacks program {name}"))?
-        .try_into()?;
-    prog.load(hook, btf)
-        .with_context(|| format!("the verifier rejected {name} (tp_btf/{hook})"))?;
-    prog.attach()
+        .try_into()?)
+}
+
+fn load_tp(ebpf: &mut Ebpf, btf: &aya::Btf, name: &str, hook: &str) -> Result<()> {
+    program(ebpf, name)?
+        .load(hook, btf)
+        .with_context(|| format!("the verifier rejected {name} (tp_btf/{hook})"))
+}
+
+fn attach_loaded(ebpf: &mut Ebpf, name: &str, hook: &str) -> Result<()> {
+    program(ebpf, name)?
+        .attach()
         .with_context(|| format!("attaching {name} to tracepoint {hook}"))?;
     Ok(())
 }

@@ -13,12 +13,18 @@
 //! - [`tcp`]: small blocking-socket helpers with bounded waits.
 //! - [`tracer`]: runs `netwatch trace`, waits until it is attached, stops it, reads its output.
 //! - [`records`]: typed, validated view of the JSON Lines records and selection helpers.
+//! - [`router`]: clients behind a (masquerading) router namespace in front of a server.
+//! - [`sock`]: bind-before-connect, listen backlogs, TCP timestamps, thread comm (libc).
+//! - [`alerts`]: netwatch's alert records and their ground truth in /proc/net/netstat.
 //! - [`expected`]: the kernel's `inet_sock_set_state` sequences the tests expect, in one place.
 
+pub mod alerts;
 pub mod expected;
 pub mod netns;
 pub mod privilege;
 pub mod records;
+pub mod router;
+pub mod sock;
 pub mod tcp;
 pub mod tracer;
 

@@ -26,7 +26,16 @@ const TOOLCHAIN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
 ];
 /// What the namespace tests drive: ip/veth, iptables/nft NAT, conntrack, sysctl.
-const TEST_PACKAGES: &[&str] = &["iproute2", "iptables", "nftables", "conntrack", "procps"];
+/// chromium renders the HTML report in its test; gzip checks compressed traces.
+const TEST_PACKAGES: &[&str] = &[
+    "iproute2",
+    "iptables",
+    "nftables",
+    "conntrack",
+    "procps",
+    "chromium",
+    "gzip",
+];
 
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 const DEBIAN_RUSTC_VERSION: &str = "1.96";

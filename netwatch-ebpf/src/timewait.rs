@@ -1,0 +1,80 @@
+//! The moment an orphan's FIN_WAIT2 timewait socket becomes TIME_WAIT.
+//!
+//! A socket closed by its application before the peer's FIN becomes a timewait socket in
+//! substate FIN_WAIT2 as soon as its own FIN is acked (the usual path of a client's active
+//! close). When the peer's FIN arrives the kernel flips the substate to TIME_WAIT with no
+//! tracepoint of its own; the segment is then freed through `kfree_skb` with the timewait
+//! socket as `rx_sk` (reason NOT_SPECIFIED on 6.18), which is where this looks.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use netwatch_common::{
+    counter, flag, kind, state, RecordHeader, TimewaitEntry, Transition, DWELL_UNKNOWN,
+};
+
+use crate::{bump, emit, offsets, read, TW_STATE};
+
+/// `tw` received a segment: if it was the FIN an orphan's FIN_WAIT2 waited for, report
+/// FIN_WAIT2 -> TIME_WAIT.
+// Its own BPF function: inlined into the drop handler, both records would share one stack.
+#[inline(never)]
+pub fn segment_handled(tw: *const u8) {
+    let off = offsets();
+    if read::at::<u8>(tw, off.skc_state) != state::TIME_WAIT
+        || read::at::<u8>(tw, off.tw_substate) != state::TIME_WAIT
+    {
+        return;
+    }
+    let cookie = read::cookie(tw, &off);
+    let Some(entry) = (unsafe { TW_STATE.get(&cookie) }).copied() else {
+        return;
+    };
+    if entry.state != state::FIN_WAIT2 {
+        return;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let updated = TimewaitEntry {
+        since_ns: now,
+        state: state::TIME_WAIT,
+        _pad: [0; 7],
+    };
+    if TW_STATE.insert(&cookie, &updated, 0).is_err() {
+        bump(counter::STATE_MAP_FULL);
+    }
+    let family = read::family(tw, &off);
+    let netns = read::netns(tw, &off);
+    let (sport, dport) = read::mini_ports(tw, &off);
+    if !emit::wanted(netns, sport, dport) {
+        return;
+    }
+    let mut rec = Transition {
+        header: RecordHeader {
+            kind: kind::TRANSITION,
+            size: Transition::SIZE as u16,
+            _pad: 0,
+            mono_ns: now,
+        },
+        sock_id: cookie,
+        dwell_ns: if entry.since_ns != 0 {
+            now.wrapping_sub(entry.since_ns)
+        } else {
+            DWELL_UNKNOWN
+        },
+        saddr: [0; 16],
+        daddr: [0; 16],
+        netns,
+        sport,
+        dport,
+        family,
+        old: state::FIN_WAIT2,
+        new: state::TIME_WAIT,
+        flags: flag::TIMEWAIT,
+        _pad: [0; 3],
+        pid: 0,
+        comm: [0; 16],
+        _pad2: 0,
+    };
+    if !read::addresses(tw, &off, family, &mut rec.saddr, &mut rec.daddr) {
+        bump(counter::READ_ERRORS);
+    }
+    emit::send(&rec);
+}
