@@ -17,7 +17,7 @@ pub fn learn_cache(cache: u64) {
 #[inline(always)]
 pub fn born(ct: u64) {
     let now = unsafe { bpf_ktime_get_ns() };
-    if CT_BORN.insert(&ct, &now, 0).is_err() {
+    if CT_BORN.insert(ct, now, 0).is_err() {
         bump(counter::STATE_MAP_FULL);
     }
 }
@@ -26,8 +26,8 @@ pub fn born(ct: u64) {
 pub fn died(ct: *const u8) {
     let now = unsafe { bpf_ktime_get_ns() };
     let key = ct as u64;
-    let born_ns = unsafe { CT_BORN.get(&key) }.copied().unwrap_or(0);
-    let _ = CT_BORN.remove(&key);
+    let born_ns = unsafe { CT_BORN.get(key) }.copied().unwrap_or(0);
+    let _ = CT_BORN.remove(key);
     let off = offsets();
     let net: u64 = read::at(ct, off.ct_net);
     let netns: u32 = if net != 0 {

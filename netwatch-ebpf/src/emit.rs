@@ -9,12 +9,12 @@ use crate::{bump, filters, EVENTS, FILTER_NETNS, FILTER_PORTS};
 #[inline(always)]
 pub fn wanted(netns: u32, sport: u16, dport: u16) -> bool {
     let f = filters();
-    if f.by_netns != 0 && unsafe { FILTER_NETNS.get(&netns) }.is_none() {
+    if f.by_netns != 0 && unsafe { FILTER_NETNS.get(netns) }.is_none() {
         return false;
     }
     if f.by_port != 0
-        && unsafe { FILTER_PORTS.get(&sport) }.is_none()
-        && unsafe { FILTER_PORTS.get(&dport) }.is_none()
+        && unsafe { FILTER_PORTS.get(sport) }.is_none()
+        && unsafe { FILTER_PORTS.get(dport) }.is_none()
     {
         return false;
     }

@@ -59,7 +59,7 @@ pub fn try_alloc(ctx: &BtfTracePointContext) {
         }
         Cache::Request => {
             let now = unsafe { bpf_ktime_get_ns() };
-            if REQ_BORN.insert(&obj, &now, 0).is_err() {
+            if REQ_BORN.insert(obj, now, 0).is_err() {
                 bump(counter::STATE_MAP_FULL);
             }
         }
@@ -86,8 +86,8 @@ fn timewait_died(tw: *const u8) {
     let off = offsets();
     let cookie = read::cookie(tw, &off);
     let substate: u8 = read::at(tw, off.tw_substate);
-    let entry = unsafe { TW_STATE.get(&cookie) }.copied();
-    let _ = TW_STATE.remove(&cookie);
+    let entry = unsafe { TW_STATE.get(cookie) }.copied();
+    let _ = TW_STATE.remove(cookie);
 
     let (old, dwell_ns, flags) = match entry {
         Some(e) if e.state == state::FIN_WAIT2 && substate == state::TIME_WAIT => (
@@ -139,15 +139,15 @@ fn timewait_died(tw: *const u8) {
 pub fn try_synack_retransmit(ctx: &BtfTracePointContext) {
     let req: *const u8 = ctx.arg(1);
     let key = req as u64;
-    let syn_ns = unsafe { REQ_BORN.get(&key) }.copied().unwrap_or(0);
+    let syn_ns = unsafe { REQ_BORN.get(key) }.copied().unwrap_or(0);
     request_record(req, kind::SYNACK_RETRANSMIT, syn_ns, 0);
 }
 
 #[inline(always)]
 fn request_died(req: *const u8) {
     let key = req as u64;
-    let syn_ns = unsafe { REQ_BORN.get(&key) }.copied().unwrap_or(0);
-    let _ = REQ_BORN.remove(&key);
+    let syn_ns = unsafe { REQ_BORN.get(key) }.copied().unwrap_or(0);
+    let _ = REQ_BORN.remove(key);
     let off = offsets();
     let child: u64 = read::at(req, off.req_sk);
     request_record(req, kind::REQUEST_END, syn_ns, child);
@@ -158,8 +158,8 @@ fn request_record(req: *const u8, record_kind: u16, syn_ns: u64, child: u64) {
     let now = unsafe { bpf_ktime_get_ns() };
     let off = offsets();
     let (child_ns, sock_id) = if child != 0 {
-        let born = unsafe { CHILD_BORN.get(&child) }.copied().unwrap_or(0);
-        let _ = CHILD_BORN.remove(&child);
+        let born = unsafe { CHILD_BORN.get(child) }.copied().unwrap_or(0);
+        let _ = CHILD_BORN.remove(child);
         (born, read::cookie(child as *const u8, &off))
     } else {
         (0, 0)

@@ -25,7 +25,7 @@ pub fn segment_handled(tw: *const u8) {
         return;
     }
     let cookie = read::cookie(tw, &off);
-    let Some(entry) = (unsafe { TW_STATE.get(&cookie) }).copied() else {
+    let Some(entry) = (unsafe { TW_STATE.get(cookie) }).copied() else {
         return;
     };
     if entry.state != state::FIN_WAIT2 {
@@ -37,7 +37,7 @@ pub fn segment_handled(tw: *const u8) {
         state: state::TIME_WAIT,
         _pad: [0; 7],
     };
-    if TW_STATE.insert(&cookie, &updated, 0).is_err() {
+    if TW_STATE.insert(cookie, updated, 0).is_err() {
         bump(counter::STATE_MAP_FULL);
     }
     let family = read::family(tw, &off);

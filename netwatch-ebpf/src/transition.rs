@@ -34,14 +34,14 @@ pub fn try_set_state(ctx: &BtfTracePointContext) {
 
     // Keep the entry map right for every socket, filtered or not: the filters look at ports,
     // and a socket's local port is still 0 when it enters SYN_SENT.
-    let since = unsafe { SOCK_STATE.get(&cookie) }.copied();
+    let since = unsafe { SOCK_STATE.get(cookie) }.copied();
     let dwell_ns = match since {
         Some(t) => now.wrapping_sub(t),
         None => DWELL_UNKNOWN,
     };
     let mut shown_new = new;
     if new == state::CLOSE {
-        let _ = SOCK_STATE.remove(&cookie);
+        let _ = SOCK_STATE.remove(cookie);
         if old == state::FIN_WAIT2 || old == state::CLOSING {
             match handed_to_timewait(cookie, &off) {
                 Some(state::TIME_WAIT) => {
@@ -63,21 +63,22 @@ pub fn try_set_state(ctx: &BtfTracePointContext) {
         if old == state::LISTEN && new == state::SYN_RECV {
             // A child cloned from its listener as the final ACK arrived. Its SYN_RECV life
             // is the request socket's, reported when that is freed; remember the birth.
-            let _ = CHILD_BORN.insert(&(sk as u64), &now, 0);
-            let _ = SOCK_STATE.insert(&cookie, &now, 0);
+            let _ = CHILD_BORN.insert(sk as u64, now, 0);
+            let _ = SOCK_STATE.insert(cookie, now, 0);
             return;
         }
-        if SOCK_STATE.insert(&cookie, &now, 0).is_err() {
+        if SOCK_STATE.insert(cookie, now, 0).is_err() {
             bump(counter::STATE_MAP_FULL);
         }
         if new == state::LISTEN {
             learn_caches(sk, family, &off);
         }
-        if old == state::SYN_RECV && new == state::ESTABLISHED {
-            if unsafe { CHILD_BORN.get(&(sk as u64)) }.is_some() {
-                // The child's µs-long SYN_RECV: the request socket's record covers it.
-                return;
-            }
+        if old == state::SYN_RECV
+            && new == state::ESTABLISHED
+            && unsafe { CHILD_BORN.get(sk as u64) }.is_some()
+        {
+            // The child's µs-long SYN_RECV: the request socket's record covers it.
+            return;
         }
     }
 
@@ -143,7 +144,7 @@ fn remember_timewait(cookie: u64, since_ns: u64, state: u8) {
         state,
         _pad: [0; 7],
     };
-    if TW_STATE.insert(&cookie, &entry, 0).is_err() {
+    if TW_STATE.insert(cookie, entry, 0).is_err() {
         bump(counter::STATE_MAP_FULL);
     }
 }
