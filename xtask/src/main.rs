@@ -5,6 +5,7 @@
 //! sure it exists: that way `cargo xtask run` and `cargo xtask test` are the only commands a
 //! fresh machine needs.
 
+mod bench;
 mod build;
 mod run;
 mod setup;
@@ -64,6 +65,8 @@ enum Task {
         #[arg(last = true, value_name = "TEST_ARGS")]
         args: Vec<OsString>,
     },
+    /// Benchmark netwatch's overhead next to no tracer and the peers (root; see BENCHMARKS.md)
+    Bench(bench::Opts),
     /// What CI checks: rustfmt, clippy with -D warnings, then `test`
     Ci {
         /// Extra arguments for the test binaries
@@ -90,5 +93,6 @@ fn task(task: Task) -> Result<ExitCode> {
         Task::Run { debug, args, .. } => run::run(!debug, &args),
         Task::Test { args } => test::test(&args),
         Task::Ci { args } => test::ci(&args),
+        Task::Bench(opts) => bench::bench(opts),
     }
 }

@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     build, say, setup,
-    util::{cargo, describe, exit_code, run_checked},
+    util::{cargo, describe, exit_code, run_checked, workspace_root},
 };
 
 pub fn test(args: &[OsString]) -> Result<ExitCode> {
@@ -51,5 +51,27 @@ pub fn ci(args: &[OsString]) -> Result<ExitCode> {
     ]);
     say!("running  {}", describe(&clippy));
     run_checked(&mut clippy, "clippy found problems; fix the warnings above")?;
+    // The kernel crate, linted for the host: panic=abort avoids the duplicate panic_impl
+    // of a std build, and its own target dir keeps these flags from invalidating the rest.
+    let mut ebpf = cargo();
+    ebpf.args([
+        "clippy",
+        "--package",
+        "netwatch-ebpf",
+        "--",
+        "-D",
+        "warnings",
+    ])
+    .env("RUSTC_BOOTSTRAP", "1")
+    .env("RUSTFLAGS", "-C panic=abort")
+    .env(
+        "CARGO_TARGET_DIR",
+        workspace_root().join("target").join("clippy-ebpf"),
+    );
+    say!("running  {}", describe(&ebpf));
+    run_checked(
+        &mut ebpf,
+        "clippy found problems in netwatch-ebpf; fix the warnings above",
+    )?;
     test(args)
 }
