@@ -34,7 +34,10 @@ pub fn try_set_state(ctx: &BtfTracePointContext) {
 
     // Keep the entry map right for every socket, filtered or not: the filters look at ports,
     // and a socket's local port is still 0 when it enters SYN_SENT.
-    let since = unsafe { SOCK_STATE.get(cookie) }.copied();
+    // One lookup: the entry is rewritten in place below rather than updated through the map.
+    let slot = SOCK_STATE.get_ptr_mut(cookie);
+    // SAFETY: a map value pointer, valid for this program run.
+    let since = slot.map(|p| unsafe { *p });
     let dwell_ns = match since {
         Some(t) => now.wrapping_sub(t),
         None => DWELL_UNKNOWN,
@@ -67,8 +70,14 @@ pub fn try_set_state(ctx: &BtfTracePointContext) {
             let _ = SOCK_STATE.insert(cookie, now, 0);
             return;
         }
-        if SOCK_STATE.insert(cookie, now, 0).is_err() {
-            bump(counter::STATE_MAP_FULL);
+        match slot {
+            // SAFETY: as above.
+            Some(p) => unsafe { *p = now },
+            None => {
+                if SOCK_STATE.insert(cookie, now, 0).is_err() {
+                    bump(counter::STATE_MAP_FULL);
+                }
+            }
         }
         if new == state::LISTEN {
             learn_caches(sk, family, &off);
