@@ -9,8 +9,11 @@ use crate::core::conntrack::ConntrackEnv;
 use crate::core::signals::Environment;
 use crate::procfs::{self, conntrack, Netstat};
 
-/// Tables up to this many entries are read whole each interval for idle times and states.
+/// Tables up to this many entries are read whole for idle times and states...
 const CONNTRACK_TABLE_READ_LIMIT: u64 = 20_000;
+/// ...at most this often: reading /proc/net/nf_conntrack also makes the kernel free the
+/// expired entries it walks, which would hide the garbage collector's lag being observed.
+const CONNTRACK_TABLE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// TcpExt counters whose increase the signals use.
 const COUNTERS: &[&str] = &[
@@ -34,6 +37,8 @@ pub struct EnvSource {
     spaces: Vec<(u32, Option<PathBuf>)>,
     last: HashMap<u32, Netstat>,
     last_ct: HashMap<u32, conntrack::ConntrackStat>,
+    /// The last table summary per namespace and when it was read.
+    last_table: HashMap<u32, (std::time::Instant, conntrack::TableSummary)>,
 }
 
 impl EnvSource {
@@ -42,6 +47,7 @@ impl EnvSource {
             spaces,
             last: HashMap::new(),
             last_ct: HashMap::new(),
+            last_table: HashMap::new(),
         };
         // The baseline, so the first interval reports what happened in it, not since boot.
         for (ns, path) in &s.spaces {
@@ -76,11 +82,20 @@ impl EnvSource {
                     }
                 };
                 let timeout_est = sysctls.nf_conntrack_tcp_timeout_established.map(u64::from);
-                let table = conntrack::read_table(
-                    path.as_deref(),
-                    timeout_est.unwrap_or(432_000),
-                    CONNTRACK_TABLE_READ_LIMIT,
-                );
+                let stale = self
+                    .last_table
+                    .get(ns)
+                    .is_none_or(|(at, _)| at.elapsed() >= CONNTRACK_TABLE_EVERY);
+                if stale && u64::from(count) <= CONNTRACK_TABLE_READ_LIMIT {
+                    if let Some(t) = conntrack::read_table(
+                        path.as_deref(),
+                        timeout_est.unwrap_or(432_000),
+                        CONNTRACK_TABLE_READ_LIMIT,
+                    ) {
+                        self.last_table.insert(*ns, (std::time::Instant::now(), t));
+                    }
+                }
+                let table = self.last_table.get(ns).map(|(_, t)| t.clone());
                 env.conntrack = Some(ConntrackEnv {
                     count: Some(count.into()),
                     max: sysctls.nf_conntrack_max.map(u64::from),

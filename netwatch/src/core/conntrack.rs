@@ -13,7 +13,8 @@ use super::snapshot::{ConntrackStats, Percentiles};
 pub struct ConntrackEnv {
     pub count: Option<u64>,
     pub max: Option<u64>,
-    /// Increases during the interval of the `conntrack -S` counters.
+    /// Increases during the interval of the `conntrack -S` counters (`insert` stays 0 on
+    /// some kernels: the tracker derives insertions from the count and frees instead).
     pub inserted: u64,
     pub table_full_drops: u64,
     pub early_drops: u64,
@@ -30,6 +31,10 @@ pub struct ConntrackTracker {
     freed: u64,
     /// Entries freed without ever entering the table (e.g. dropped because it was full).
     unconfirmed: u64,
+    /// Confirmed entries freed during the interval: with the change in the table's count
+    /// they give the insertions.
+    confirmed_freed: u64,
+    last_count: Option<u64>,
     seen: bool,
 }
 
@@ -40,6 +45,8 @@ impl ConntrackTracker {
             lifetimes: BTreeMap::new(),
             freed: 0,
             unconfirmed: 0,
+            confirmed_freed: 0,
+            last_count: None,
             seen: false,
         }
     }
@@ -51,6 +58,7 @@ impl ConntrackTracker {
             self.unconfirmed += 1;
             return;
         }
+        self.confirmed_freed += 1;
         if let Some(life) = e.lifetime_ns(self.hz) {
             self.lifetimes
                 .entry(e.tcp_state_name())
@@ -69,10 +77,16 @@ impl ConntrackTracker {
             return None;
         }
         let e = env.cloned().unwrap_or_default();
+        // Entries now = entries before + inserted - freed.
+        let derived = match (e.count, self.last_count) {
+            (Some(now), Some(before)) => (now + self.confirmed_freed).saturating_sub(before),
+            _ => 0,
+        };
+        self.last_count = e.count.or(self.last_count);
         let stats = ConntrackStats {
             count: e.count,
             max: e.max,
-            inserted: e.inserted,
+            inserted: e.inserted.max(derived),
             freed: self.freed,
             table_full_drops: e.table_full_drops,
             early_drops: e.early_drops,
@@ -98,6 +112,7 @@ impl ConntrackTracker {
             timeout_time_wait_s: e.timeout_time_wait_s,
         };
         self.freed = 0;
+        self.confirmed_freed = 0;
         Some(stats)
     }
 }
@@ -135,6 +150,22 @@ mod tests {
         assert!((119_900_000_000..120_100_000_000).contains(&p.max), "{p:?}");
         assert_eq!(s.freed, 2);
         assert_eq!(t.snapshot(None).unwrap().freed, 0);
+    }
+
+    #[test]
+    fn insertions_come_from_the_count_and_the_frees() {
+        let mut t = ConntrackTracker::new(250);
+        let env = |count| ConntrackEnv {
+            count: Some(count),
+            max: Some(100),
+            ..Default::default()
+        };
+        assert_eq!(t.snapshot(Some(&env(10))).unwrap().inserted, 0);
+        // 5 entries freed and the count went 10 -> 12: 7 were inserted.
+        for _ in 0..5 {
+            t.apply(&end(3, 0, 1, 0, true));
+        }
+        assert_eq!(t.snapshot(Some(&env(12))).unwrap().inserted, 7);
     }
 
     #[test]

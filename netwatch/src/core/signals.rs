@@ -275,6 +275,9 @@ pub struct Signals {
     no_timewait: BTreeMap<u32, u64>,
     exhaustion: BTreeMap<(u32, IpAddr, u16), ExhaustionEvidence>,
     netfilter_drops: BTreeMap<u32, BTreeSet<String>>,
+    /// Namespaces whose conntrack table was near full at the last interval: a table that
+    /// stays full is reported when it fills and whenever it drops, not every interval.
+    conntrack_near_full: HashSet<u32>,
 }
 
 fn endpoint(addr: IpAddr, port: u16) -> String {
@@ -490,7 +493,11 @@ impl Signals {
                 (Some(c), Some(m)) if m > 0 => c as f64 >= CONNTRACK_FULL_RATIO * m as f64,
                 _ => false,
             };
-            if near_full || ct.table_full_drops > 0 {
+            let newly_full = near_full && self.conntrack_near_full.insert(netns);
+            if !near_full {
+                self.conntrack_near_full.remove(&netns);
+            }
+            if newly_full || ct.table_full_drops > 0 || ct.early_drops > 0 {
                 out.push(Alert::ConntrackFull {
                     netns,
                     count: ct.count,
@@ -654,6 +661,16 @@ mod tests {
             .unwrap();
         assert!(a.message().contains("64 of nf_conntrack_max 64"));
         assert!(a.message().contains("7 packets dropped"));
+        // Still full without new drops: said already.
+        let mut still = Environment::default();
+        still.conntrack = Some(ConntrackEnv {
+            count: Some(64),
+            max: Some(64),
+            ..Default::default()
+        });
+        assert!(s
+            .end_interval(&HashMap::from([(9, still)]), &View { tw: 0 })
+            .is_empty());
         // A quiet table says nothing.
         let mut quiet = Environment::default();
         quiet.conntrack = Some(ConntrackEnv {
