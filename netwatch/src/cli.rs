@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
-use crate::core::filter::Cidr;
+use crate::core::filter::{Cidr, CidrError};
 
 const EXAMPLES: &str = "\
 EXAMPLES:
@@ -17,6 +18,18 @@ EXAMPLES:
     sudo netwatch trace --port 443 --duration 30s
     sudo netwatch trace --addr 10.0.0.0/8 --output trace.jsonl
     sudo netwatch trace --netns blue --output - | jq .
+    sudo netwatch trace --output /var/tmp/incident.jsonl.gz --max-size 100M
+    netwatch report /var/tmp/incident.jsonl.gz  (no root needed)
+";
+
+const REPORT_EXAMPLES: &str = "\
+EXAMPLES:
+    netwatch report trace.jsonl                     histograms, gauges, alerts and findings
+    netwatch report trace.jsonl.gz --port 443       only connections with port 443
+    netwatch report trace.jsonl --since +30s --until +90s
+    netwatch report trace.jsonl --since 2026-12-01T18:35:00Z
+    netwatch report trace.jsonl --json | jq .dwell
+    netwatch report trace.jsonl --html incident.html
 ";
 
 #[derive(Debug, Parser)]
@@ -31,6 +44,26 @@ pub enum Command {
     /// Trace TCP state transitions live (needs root, or CAP_BPF and CAP_PERFMON).
     #[command(after_help = EXAMPLES)]
     Trace(TraceArgs),
+    /// Replay a saved trace (`trace --output`) into histograms, gauges over time, alerts and
+    /// findings, as text, JSON or an HTML page. Needs neither root nor eBPF.
+    #[command(after_help = REPORT_EXAMPLES)]
+    Report(ReportArgs),
+    /// Print the JSON Schema of the trace records (`trace --output`).
+    Schema,
+}
+
+/// `--addr` as given, and parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CidrArg {
+    pub text: String,
+    pub cidr: Cidr,
+}
+
+fn parse_cidr(s: &str) -> Result<CidrArg, CidrError> {
+    Ok(CidrArg {
+        text: s.to_owned(),
+        cidr: s.parse()?,
+    })
 }
 
 #[derive(Debug, Args)]
@@ -44,21 +77,33 @@ pub struct TraceArgs {
     pub ports: Vec<u16>,
 
     /// Only connections with an address in this block on either side (repeatable).
-    #[arg(long = "addr", value_name = "CIDR")]
-    pub addrs: Vec<Cidr>,
+    #[arg(long = "addr", value_name = "CIDR", value_parser = parse_cidr)]
+    pub addrs: Vec<CidrArg>,
 
     /// Only sockets in this network namespace: a name from `ip netns list`, a path such as
     /// /proc/PID/ns/net, or an inode number (repeatable).
     #[arg(long = "netns", value_name = "NAME|PATH|INODE")]
     pub netns: Vec<String>,
 
-    /// Write JSON Lines records to FILE, or to stdout with `-`.
+    /// Write the trace (JSON Lines, see `netwatch schema`) to FILE, or to stdout with `-`;
+    /// gzip-compressed when FILE ends in `.gz`.
     #[arg(short, long, value_name = "FILE|-")]
     pub output: Option<PathBuf>,
 
-    /// Overwrite the --output file if it exists.
+    /// Overwrite the --output file (and its rotated parts) if it exists.
     #[arg(long)]
     pub force: bool,
+
+    /// Rotate the --output file before it grows past SIZE (e.g. 500K, 100M, 2G): the trace
+    /// goes on in FILE.1, FILE.2, ... (FILE.1.gz, ... for gzip), each with its own header.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, requires = "output")]
+    pub max_size: Option<u64>,
+
+    /// With --max-size: keep at most N files; the first (the start of the incident) is kept,
+    /// the oldest of the others deleted. Disk use stays under N x SIZE.
+    #[arg(long, value_name = "N", default_value_t = 10, requires = "max_size",
+          value_parser = clap::value_parser!(u32).range(2..=100_000))]
+    pub max_files: u32,
 
     /// Print one line per transition instead of the dashboard or summaries.
     #[arg(long, conflicts_with = "plain")]
@@ -76,6 +121,104 @@ pub struct TraceArgs {
     /// Print nothing on stdout (JSON to --output only).
     #[arg(short, long, conflicts_with_all = ["events", "plain"])]
     pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The trace: the file `trace --output` wrote (plain or .gz). Its later parts (FILE.1, ...)
+    /// of the same run are read after it; or name the parts to read.
+    #[arg(value_name = "TRACE", required = true)]
+    pub traces: Vec<PathBuf>,
+
+    /// Print the report as one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Write the report as one self-contained HTML page with plots to FILE (instead of the
+    /// text; with --json, as well as the JSON).
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+
+    /// Overwrite the --html file if it exists.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Only connections with this port on either side (repeatable).
+    #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
+
+    /// Only connections with an address in this block on either side (repeatable).
+    #[arg(long = "addr", value_name = "CIDR", value_parser = parse_cidr)]
+    pub addrs: Vec<CidrArg>,
+
+    /// Start of the time window: RFC 3339 (2026-12-01T18:35:00Z) or an offset from the start
+    /// of the trace (+30s, +5m).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub since: Option<TimeSpec>,
+
+    /// End of the time window, as --since.
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub until: Option<TimeSpec>,
+}
+
+/// A moment given on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeSpec {
+    /// After the start of the trace.
+    Offset(Duration),
+    At(OffsetDateTime),
+}
+
+/// `+30s` (from the start of the trace) or an RFC 3339 time.
+pub fn parse_time(s: &str) -> Result<TimeSpec, String> {
+    let s = s.trim();
+    if let Some(rest) = s.strip_prefix('+') {
+        return parse_duration(rest).map(TimeSpec::Offset);
+    }
+    OffsetDateTime::parse(s, &Rfc3339)
+        .map(TimeSpec::At)
+        .map_err(|_| {
+            format!(
+                "`{s}` is neither an RFC 3339 time (2026-12-01T18:35:00Z) nor an offset from the \
+             start of the trace (+30s)"
+            )
+        })
+}
+
+/// `500K`, `100M`, `2G`, `1048576` (bytes; K, M, G are powers of 1024; a trailing `B` or `iB`
+/// is accepted).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (examples: 500K, 100M, 2G)"))?;
+    let unit = unit.trim().to_ascii_uppercase();
+    let unit = unit
+        .strip_suffix("IB")
+        .or_else(|| unit.strip_suffix('B'))
+        .unwrap_or(&unit);
+    let mult: u64 = match unit {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return Err(format!("unknown unit in `{s}` (use K, M or G)")),
+    };
+    let size = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))?;
+    let min = crate::writer::MIN_PART_SIZE;
+    if size < min {
+        return Err(format!(
+            "--max-size must be at least {}K (a file holds a header, records and its closing \
+             record)",
+            min >> 10
+        ));
+    }
+    Ok(size)
 }
 
 /// Accepts `30`, `30s`, `1.5s`, `500ms`, `5m`, `1h`.
@@ -142,7 +285,49 @@ mod tests {
             "10.0.0.0/8",
         ])
         .unwrap();
-        let Command::Trace(t) = ok.command;
+        let Command::Trace(t) = ok.command else {
+            panic!("not trace")
+        };
         assert_eq!(t.ports, vec![80, 443]);
+        assert_eq!(t.addrs[0].text, "10.0.0.0/8");
+        // Rotation needs a file to rotate.
+        assert!(Cli::try_parse_from(["netwatch", "trace", "--max-size", "1M"]).is_err());
+        assert!(Cli::try_parse_from(["netwatch", "trace", "-o", "t", "--max-files", "3"]).is_err());
+        let ok = Cli::try_parse_from(["netwatch", "trace", "-o", "t", "--max-size", "1M"]).unwrap();
+        let Command::Trace(t) = ok.command else {
+            panic!("not trace")
+        };
+        assert_eq!((t.max_size, t.max_files), (Some(1 << 20), 10));
+        assert!(
+            Cli::try_parse_from(["netwatch", "report"]).is_err(),
+            "needs a trace"
+        );
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("100M").unwrap(), 100 << 20);
+        assert_eq!(parse_size("64K").unwrap(), 64 << 10);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("1mb").unwrap(), 1 << 20);
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
+        assert!(parse_size("1K").unwrap_err().contains("at least 64K"));
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(
+            parse_time("+90s").unwrap(),
+            TimeSpec::Offset(Duration::from_secs(90))
+        );
+        let TimeSpec::At(t) = parse_time("2026-12-01T18:35:00.5Z").unwrap() else {
+            panic!()
+        };
+        assert_eq!(t.unix_timestamp(), 1_796_150_100);
+        assert!(parse_time("yesterday").unwrap_err().contains("RFC 3339"));
+        assert!(parse_time("+5x").is_err());
     }
 }

@@ -1,20 +1,30 @@
 //! The validated configuration of a trace: everything resolved and checked before a single
 //! program is loaded, so bad input fails fast and nothing is half-attached.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::IsTerminal;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::cli::TraceArgs;
+use crate::cli::{ReportArgs, TimeSpec, TraceArgs};
 use crate::core::filter::AddrFilter;
+use crate::writer::{self, Rotation};
 
 pub enum OutputTarget {
     Stdout,
-    File { path: PathBuf, file: File },
+    File {
+        path: PathBuf,
+        /// The first file, opened (created) already.
+        file: File,
+        /// The name ends in `.gz`.
+        gzip: bool,
+        rotation: Option<Rotation>,
+        /// Later parts may overwrite existing files.
+        force: bool,
+    },
 }
 
 /// What stdout shows while tracing.
@@ -35,6 +45,8 @@ pub struct TraceConfig {
     /// Paths of the namespaces in `netns`, where one was found, for the census.
     pub netns_paths: Vec<PathBuf>,
     pub addrs: AddrFilter,
+    /// `--addr` as given, for the trace header.
+    pub addr_specs: Vec<String>,
     pub output: Option<OutputTarget>,
     pub view: View,
 }
@@ -84,14 +96,7 @@ pub fn resolve_netns(spec: &str) -> Result<u32> {
 /// a shared directory must not redirect a root-owned write), and never truncates an existing
 /// trace unless asked.
 pub fn open_output(path: &Path, force: bool) -> Result<File> {
-    let mut opts = OpenOptions::new();
-    opts.write(true).custom_flags(libc::O_NOFOLLOW);
-    if force {
-        opts.create(true).truncate(true);
-    } else {
-        opts.create_new(true);
-    }
-    opts.open(path).map_err(|e| {
+    writer::open_part(path, force).map_err(|e| {
         let hint = match e.kind() {
             std::io::ErrorKind::AlreadyExists => "it exists; pass --force to overwrite it",
             std::io::ErrorKind::NotFound => "its directory does not exist",
@@ -124,13 +129,34 @@ impl TraceConfig {
                 netwatch_common::names::limits::FILTER_ENTRIES
             );
         }
+        let rotation = args.max_size.map(|max_size| Rotation {
+            max_size,
+            max_files: args.max_files,
+        });
         let output = match args.output.as_deref() {
             None => None,
-            Some(p) if p == Path::new("-") => Some(OutputTarget::Stdout),
-            Some(p) => Some(OutputTarget::File {
-                path: p.to_owned(),
-                file: open_output(p, args.force)?,
-            }),
+            Some(p) if p == Path::new("-") => {
+                if rotation.is_some() {
+                    bail!("--max-size rotates a file: give --output FILE, not -");
+                }
+                Some(OutputTarget::Stdout)
+            }
+            Some(p) => {
+                if rotation.is_some() && !args.force {
+                    refuse_old_parts(p)?;
+                }
+                let file = open_output(p, args.force)?;
+                if rotation.is_some() && args.force {
+                    remove_old_parts(p)?;
+                }
+                Some(OutputTarget::File {
+                    path: p.to_owned(),
+                    file,
+                    gzip: writer::is_gzip_name(p),
+                    rotation,
+                    force: args.force,
+                })
+            }
         };
         let json_on_stdout = matches!(output, Some(OutputTarget::Stdout));
         let view = if args.quiet || (json_on_stdout && !args.events && !args.plain) {
@@ -151,9 +177,99 @@ impl TraceConfig {
             ports: args.ports,
             netns,
             netns_paths,
-            addrs: AddrFilter::new(args.addrs),
+            addrs: AddrFilter::new(args.addrs.iter().map(|a| a.cidr).collect()),
+            addr_specs: args.addrs.into_iter().map(|a| a.text).collect(),
             output,
             view,
+        })
+    }
+}
+
+/// Rotated parts left next to the trace file by an earlier trace would be overwritten (or
+/// block the rotation mid-incident): refuse them now...
+fn refuse_old_parts(path: &Path) -> Result<()> {
+    match writer::existing_parts(path).first() {
+        None => Ok(()),
+        Some((_, old)) => bail!(
+            "cannot create trace file {}: {} exists, a part of an earlier trace that rotation \
+             would overwrite; remove it or pass --force",
+            path.display(),
+            old.display()
+        ),
+    }
+}
+
+/// ... or, with --force, delete them now.
+fn remove_old_parts(path: &Path) -> Result<()> {
+    let old = writer::existing_parts(path);
+    if old.is_empty() {
+        return Ok(());
+    }
+    for (_, p) in &old {
+        std::fs::remove_file(p)
+            .with_context(|| format!("cannot remove {}, part of an earlier trace", p.display()))?;
+    }
+    eprintln!(
+        "netwatch: removed {} rotated part(s) of an earlier trace ({}, ...)",
+        old.len(),
+        old[0].1.display()
+    );
+    Ok(())
+}
+
+/// What `netwatch report` does, validated before the trace is read.
+pub struct ReportConfig {
+    pub traces: Vec<PathBuf>,
+    pub json: bool,
+    pub html: Option<PathBuf>,
+    pub force: bool,
+    pub ports: Vec<u16>,
+    pub addrs: AddrFilter,
+    pub addr_specs: Vec<String>,
+    pub since: Option<TimeSpec>,
+    pub until: Option<TimeSpec>,
+}
+
+impl ReportConfig {
+    pub fn from_args(args: ReportArgs) -> Result<Self> {
+        for t in &args.traces {
+            if t.is_dir() {
+                bail!("{} is a directory, not a trace file", t.display());
+            }
+        }
+        if let Some(html) = &args.html {
+            let dir = match html.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            if !dir.is_dir() {
+                bail!(
+                    "cannot write the HTML report {}: its directory does not exist",
+                    html.display()
+                );
+            }
+            if !args.force && std::fs::symlink_metadata(html).is_ok() {
+                bail!(
+                    "cannot write the HTML report {}: it exists; pass --force to overwrite it",
+                    html.display()
+                );
+            }
+        }
+        if let (Some(TimeSpec::Offset(a)), Some(TimeSpec::Offset(b))) = (args.since, args.until) {
+            if b <= a {
+                bail!("--until must be after --since");
+            }
+        }
+        Ok(Self {
+            traces: args.traces,
+            json: args.json,
+            html: args.html,
+            force: args.force,
+            ports: args.ports,
+            addrs: AddrFilter::new(args.addrs.iter().map(|a| a.cidr).collect()),
+            addr_specs: args.addrs.into_iter().map(|a| a.text).collect(),
+            since: args.since,
+            until: args.until,
         })
     }
 }

@@ -10,9 +10,11 @@ mod loader;
 mod offsets;
 mod preflight;
 mod procfs;
+mod report;
 mod sink;
 mod trace;
 mod ui;
+mod writer;
 
 use std::process::ExitCode;
 
@@ -22,9 +24,25 @@ use cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Trace(args) => config::TraceConfig::from_args(args).and_then(trace::run),
+    let args = match cli.command {
+        Command::Trace(args) => args,
+        Command::Report(args) => {
+            return match config::ReportConfig::from_args(args).and_then(report::run) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("netwatch: error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Schema => {
+            use std::io::Write;
+            // A closed pipe (`netwatch schema | head`) is not an error.
+            let _ = std::io::stdout().write_all(core::json::SCHEMA.as_bytes());
+            return ExitCode::SUCCESS;
+        }
     };
+    let result = config::TraceConfig::from_args(args).and_then(trace::run);
     match result {
         Ok(outcome) => {
             eprintln!(

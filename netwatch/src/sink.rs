@@ -1,28 +1,37 @@
 //! Where decoded events go: human lines on stdout and/or a JSON Lines trace.
 //!
-//! Each drain of the ring buffer is formatted into one buffer per destination and written
-//! with a single call, so the per-event cost is formatting alone and nothing is formatted
-//! for a destination that is not in use.
+//! Each drain of the ring buffer is formatted into one buffer per destination, so the
+//! per-event cost is formatting alone and nothing is formatted for a destination that is not
+//! in use. stdout gets each drain with a single write; a trace file goes through
+//! [`crate::writer`], which writes whole records once a second, rotates and compresses, and
+//! survives a full disk. The trace starts with its header (at once) and the census, and
+//! [`Sinks::finish`] ends it with the summary.
 
-use std::fs::File;
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::PathBuf;
+use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::config::OutputTarget;
 use crate::core::{
-    clock::WallClock,
+    clock::{mono_now_ns, WallClock},
     event::{Event, Transition},
-    json::{self, AlertJson, Record, SnapshotJson, TransitionJson},
+    json::{
+        self, alert_kind, AlertJson, CensusJson, HeaderJson, PartEndJson, Record, RecordCounts,
+        SnapshotJson, SummaryJson, TransitionJson,
+    },
     signals::Alert,
     snapshot::Snapshot,
     text,
 };
+use crate::writer::{self, Files, Finished, Framing, TraceWriter};
 
 enum JsonDest {
-    Stdout,
-    File { path: PathBuf, file: File },
+    /// Records for stdout, written at every flush.
+    Stdout(Vec<u8>),
+    File(Box<TraceWriter<Files>>),
 }
 
 pub struct Sinks {
@@ -31,8 +40,12 @@ pub struct Sinks {
     /// Summaries for stdout; shares the flush path with `lines`.
     text: Option<Vec<u8>>,
     header_printed: bool,
-    json: Option<(JsonDest, Vec<u8>)>,
+    json: Option<JsonDest>,
     pub transitions: u64,
+    /// Records of each type written to the trace.
+    pub records: RecordCounts,
+    /// Alert records by kind.
+    pub alert_kinds: BTreeMap<String, u64>,
 }
 
 /// Why writing stopped.
@@ -47,22 +60,99 @@ fn is_closed_pipe(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::BrokenPipe
 }
 
+/// Headers for the later parts of a rotated trace, and the records that close a part.
+struct TraceFraming {
+    header: HeaderJson,
+    clock: WallClock,
+}
+
+impl Framing for TraceFraming {
+    fn header(&mut self, part: u32) -> Vec<u8> {
+        if part > 0 {
+            let now = mono_now_ns();
+            self.header.part = part;
+            self.header.mono_ns = now;
+            self.header.ts = self.clock.rfc3339(now);
+        }
+        let mut out = Vec::new();
+        json::write_line(&mut out, &Record::Header(&self.header));
+        out
+    }
+
+    fn part_end(&mut self, part: u32, next: &str) -> Vec<u8> {
+        let now = mono_now_ns();
+        let mut out = Vec::new();
+        json::write_line(
+            &mut out,
+            &Record::PartEnd(PartEndJson {
+                ts: self.clock.rfc3339(now),
+                mono_ns: now,
+                part,
+                next: next.to_owned(),
+            }),
+        );
+        out
+    }
+}
+
 impl Sinks {
-    pub fn new(clock: WallClock, lines: bool, text: bool, output: Option<OutputTarget>) -> Self {
-        let json = output.map(|o| {
-            let dest = match o {
-                OutputTarget::Stdout => JsonDest::Stdout,
-                OutputTarget::File { path, file } => JsonDest::File { path, file },
-            };
-            (dest, Vec::with_capacity(1 << 16))
-        });
-        Self {
+    /// Opens the trace (its header is written at once) and the stdout views.
+    pub fn new(
+        clock: WallClock,
+        lines: bool,
+        text: bool,
+        output: Option<OutputTarget>,
+        header: HeaderJson,
+    ) -> Result<Self> {
+        let json = match output {
+            None => None,
+            Some(OutputTarget::Stdout) => {
+                let mut buf = Vec::with_capacity(1 << 16);
+                json::write_line(&mut buf, &Record::Header(&header));
+                Some(JsonDest::Stdout(buf))
+            }
+            Some(OutputTarget::File {
+                path,
+                file,
+                gzip,
+                rotation,
+                force,
+            }) => {
+                let opts = writer::Options {
+                    gzip,
+                    rotation,
+                    flush_every: writer::FLUSH_EVERY,
+                };
+                let framing = Box::new(TraceFraming { header, clock });
+                let w = TraceWriter::new(Files::new(path, force), file, opts, framing)?;
+                Some(JsonDest::File(Box::new(w)))
+            }
+        };
+        Ok(Self {
             clock,
             lines: lines.then(|| Vec::with_capacity(1 << 16)),
             text: text.then(Vec::new),
             header_printed: false,
             json,
             transitions: 0,
+            records: RecordCounts::default(),
+            alert_kinds: BTreeMap::new(),
+        })
+    }
+
+    fn record(&mut self, record: &Record<'_>) {
+        match self.json.as_mut() {
+            None => {}
+            Some(JsonDest::Stdout(buf)) => json::write_line(buf, record),
+            Some(JsonDest::File(w)) => w.push_with(|buf| json::write_line(buf, record)),
+        }
+    }
+
+    /// A socket that existed at start.
+    pub fn census(&mut self, c: CensusJson<'_>) {
+        if self.json.is_some() {
+            self.records.census += 1;
+            self.record(&Record::Census(c));
         }
     }
 
@@ -73,11 +163,11 @@ impl Sinks {
     }
 
     pub fn alert(&mut self, alert: &Alert, mono_ns: u64) {
-        if let Some((_, buf)) = self.json.as_mut() {
-            json::write_line(
-                buf,
-                &Record::Alert(AlertJson::new(alert, mono_ns, self.clock)),
-            );
+        if self.json.is_some() {
+            self.records.alert += 1;
+            *self.alert_kinds.entry(alert_kind(alert)).or_default() += 1;
+            let clock = self.clock;
+            self.record(&Record::Alert(AlertJson::new(alert, mono_ns, clock)));
         }
         for buf in [self.lines.as_mut(), self.text.as_mut()]
             .into_iter()
@@ -100,14 +190,18 @@ impl Sinks {
             buf.extend_from_slice(text::transition_line(t, self.clock).as_bytes());
             buf.push(b'\n');
         }
-        if let Some((_, buf)) = self.json.as_mut() {
-            json::write_line(buf, &Record::Transition(TransitionJson::new(t, self.clock)));
+        if self.json.is_some() {
+            self.records.transition += 1;
+            let clock = self.clock;
+            self.record(&Record::Transition(TransitionJson::new(t, clock)));
         }
     }
 
     pub fn snapshot(&mut self, snap: &Snapshot) {
-        if let Some((_, buf)) = self.json.as_mut() {
-            json::write_line(buf, &Record::Snapshot(SnapshotJson::new(snap, self.clock)));
+        if self.json.is_some() {
+            self.records.snapshot += 1;
+            let clock = self.clock;
+            self.record(&Record::Snapshot(SnapshotJson::new(snap, clock)));
         }
     }
 
@@ -118,8 +212,7 @@ impl Sinks {
         }
     }
 
-    /// Writes out what the last drain produced.
-    pub fn flush(&mut self) -> Result<(), SinkError> {
+    fn flush_stdout(&mut self) -> Result<(), SinkError> {
         for buf in [self.lines.as_mut(), self.text.as_mut()]
             .into_iter()
             .flatten()
@@ -137,37 +230,82 @@ impl Sinks {
                 })?;
             }
         }
-        if let Some((dest, buf)) = self.json.as_mut() {
+        if let Some(JsonDest::Stdout(buf)) = self.json.as_mut() {
             if !buf.is_empty() {
-                let r = match dest {
-                    JsonDest::Stdout => {
-                        let mut out = io::stdout().lock();
-                        out.write_all(buf).and_then(|_| out.flush())
-                    }
-                    JsonDest::File { file, .. } => file.write_all(buf),
-                };
+                let mut out = io::stdout().lock();
+                let r = out.write_all(buf).and_then(|_| out.flush());
                 buf.clear();
-                r.map_err(|e| match dest {
-                    JsonDest::Stdout if is_closed_pipe(&e) => SinkError::ClosedPipe,
-                    JsonDest::Stdout => {
+                r.map_err(|e| {
+                    if is_closed_pipe(&e) {
+                        SinkError::ClosedPipe
+                    } else {
                         SinkError::Io(anyhow::Error::new(e).context("writing JSON to stdout"))
                     }
-                    JsonDest::File { path, .. } => SinkError::Io(
-                        anyhow::Error::new(e)
-                            .context(format!("writing the trace to {}", path.display())),
-                    ),
                 })?;
             }
         }
         Ok(())
     }
 
-    /// Makes the trace durable at exit.
-    pub fn finish(&mut self) -> Result<()> {
-        if let Some((JsonDest::File { path, file }, _)) = self.json.as_mut() {
-            file.sync_data()
-                .with_context(|| format!("syncing the trace {}", path.display()))?;
+    /// Writes out what the last drain produced to stdout, and the trace file when its flush
+    /// interval has passed.
+    pub fn flush(&mut self) -> Result<(), SinkError> {
+        self.flush_stdout()?;
+        if let Some(JsonDest::File(w)) = self.json.as_mut() {
+            if w.due(Instant::now()) {
+                w.flush().map_err(|e| SinkError::Io(e.into()))?;
+            }
         }
         Ok(())
+    }
+
+    /// Ends the trace with `summary`, and makes it durable. Nothing is written after a write
+    /// failed (already reported): that file ends at its last whole record.
+    pub fn finish(&mut self, summary: &SummaryJson) -> Result<Option<TraceFiles>> {
+        let closed = match self.flush_stdout() {
+            Ok(()) => false,
+            Err(SinkError::ClosedPipe) => true,
+            Err(SinkError::Io(e)) => return Err(e),
+        };
+        match self.json.as_mut() {
+            None => Ok(None),
+            Some(JsonDest::Stdout(buf)) => {
+                if !closed {
+                    json::write_line(buf, &Record::Summary(summary));
+                    match self.flush_stdout() {
+                        Ok(()) | Err(SinkError::ClosedPipe) => {}
+                        Err(SinkError::Io(e)) => return Err(e),
+                    }
+                }
+                Ok(None)
+            }
+            Some(JsonDest::File(w)) => {
+                let failed = w.failed();
+                let mut line = Vec::new();
+                json::write_line(&mut line, &Record::Summary(summary));
+                let finished = w.finish(&line)?;
+                let warnings = std::mem::take(&mut w.warnings);
+                Ok(Some(TraceFiles {
+                    finished,
+                    complete: !failed,
+                    warnings,
+                }))
+            }
+        }
+    }
+}
+
+/// The trace files at exit.
+#[derive(Debug)]
+pub struct TraceFiles {
+    pub finished: Finished,
+    /// Ends with the summary (false when writing failed earlier).
+    pub complete: bool,
+    pub warnings: Vec<String>,
+}
+
+impl TraceFiles {
+    pub fn first(&self) -> Option<&PathBuf> {
+        self.finished.files.first()
     }
 }

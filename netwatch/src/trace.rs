@@ -1,6 +1,7 @@
 //! `netwatch trace`: attach, drain the ring buffer on a timer, feed the dwell engine and the
-//! sinks, and show the live view, until Ctrl-C, SIGTERM, `--duration`, `q` in the
-//! dashboard, or a closed stdout.
+//! sinks, and show the live view, until Ctrl-C, SIGTERM, SIGHUP, `--duration`, `q` in the
+//! dashboard, or a closed stdout. However it stops, the trace gets its last records, a last
+//! snapshot and the summary (see [`crate::writer`] for what survives a full disk or a kill).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -18,12 +19,16 @@ use crate::core::{
     clock::{mono_now_ns, WallClock},
     decode::Decoder,
     event::{Event, Owner, Transition},
+    json::{
+        CensusJson, FiltersJson, HeaderJson, SummaryJson, SummaryTotals, FORMAT, SCHEMA_VERSION,
+    },
     plain,
     signals::{Alert, Environment, Signals},
 };
 use crate::loader::Probes;
 use crate::preflight;
-use crate::sink::{SinkError, Sinks};
+use crate::procfs;
+use crate::sink::{SinkError, Sinks, TraceFiles};
 use crate::ui;
 
 /// How often the ring buffer is drained. The kernel side never wakes us, so this bounds the
@@ -54,11 +59,34 @@ struct Tracer {
     /// Alerts of this interval, for the live views.
     alerts: Vec<Alert>,
     undecodable: u64,
+    /// When the engine's view began (the census), for the summary's duration.
+    start_mono: u64,
 }
 
+/// What ended the trace, as the summary's `stopped_by` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stop {
-    Done,
+    Interrupt,
+    Terminate,
+    Hangup,
+    Duration,
+    Quit,
     ClosedPipe,
+    Error,
+}
+
+impl Stop {
+    fn as_str(self) -> &'static str {
+        match self {
+            Stop::Interrupt => "sigint",
+            Stop::Terminate => "sigterm",
+            Stop::Hangup => "sighup",
+            Stop::Duration => "duration",
+            Stop::Quit => "quit",
+            Stop::ClosedPipe => "closed_pipe",
+            Stop::Error => "error",
+        }
+    }
 }
 
 impl Tracer {
@@ -69,6 +97,7 @@ impl Tracer {
             }
             Event::Drop(d) => self.cfg.addrs.matches_addrs(d.saddr, d.daddr),
             Event::SynackRetransmit(r) => self.cfg.addrs.matches_addrs(r.laddr, r.raddr),
+            Event::ConntrackEnd(c) => self.cfg.addrs.matches_addrs(c.saddr, c.daddr),
         }
     }
 
@@ -163,7 +192,10 @@ impl Tracer {
         Ok(false)
     }
 
-    async fn run(&mut self, duration: Option<Duration>) -> Result<Stop, SinkError> {
+    /// Traces until told to stop; says why, and the error that stopped it, if any. The signal
+    /// handlers stay installed after the loop, so a second Ctrl-C while the trace is being
+    /// finished does not cut it short.
+    async fn run(&mut self, duration: Option<Duration>) -> (Stop, Result<(), SinkError>) {
         let mut tick = tokio::time::interval(DRAIN_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut every = tokio::time::interval(self.cfg.interval);
@@ -171,6 +203,8 @@ impl Tracer {
         every.tick().await;
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
         let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        // A closed terminal (an ssh session that dropped) must not lose the trace either.
+        let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
         let deadline = async {
             match duration {
                 Some(d) => tokio::time::sleep(d).await,
@@ -178,26 +212,49 @@ impl Tracer {
             }
         };
         tokio::pin!(deadline);
-        let r = loop {
+        let (stop, r) = loop {
             let step = tokio::select! {
-                _ = tick.tick() => self.drain().and_then(|_| self.keys()),
-                _ = every.tick() => self.snapshot().map(|_| false),
-                _ = int.recv() => Ok(true),
-                _ = term.recv() => Ok(true),
-                _ = &mut deadline => Ok(true),
+                _ = tick.tick() => self
+                    .drain()
+                    .and_then(|_| self.keys())
+                    .map(|quit| quit.then_some(Stop::Quit)),
+                _ = every.tick() => self.snapshot().map(|_| None),
+                _ = int.recv() => Ok(Some(Stop::Interrupt)),
+                _ = term.recv() => Ok(Some(Stop::Terminate)),
+                _ = hup.recv() => Ok(Some(Stop::Hangup)),
+                _ = &mut deadline => Ok(Some(Stop::Duration)),
             };
             match step {
-                Ok(false) => {}
-                Ok(true) => break Ok(()),
-                Err(e) => break Err(e),
+                Ok(None) => {}
+                Ok(Some(stop)) => break (stop, Ok(())),
+                Err(SinkError::ClosedPipe) => break (Stop::ClosedPipe, Ok(())),
+                Err(e) => break (Stop::Error, Err(e)),
             }
         };
-        // What the kernel sent before we were told to stop, and a last snapshot.
-        match r.and_then(|_| self.drain()).and_then(|_| self.snapshot()) {
-            Ok(()) => Ok(Stop::Done),
-            Err(SinkError::ClosedPipe) => Ok(Stop::ClosedPipe),
-            Err(e) => Err(e),
+        if r.is_err() {
+            return (stop, r);
         }
+        // What the kernel sent before we were told to stop, and a last snapshot.
+        match self.drain().and_then(|_| self.snapshot()) {
+            Ok(()) | Err(SinkError::ClosedPipe) => (stop, Ok(())),
+            Err(e) => (Stop::Error, Err(e)),
+        }
+    }
+
+    /// The summary record: the engine's final view and the run's totals.
+    fn summary(&self, stop: Stop) -> SummaryJson {
+        let lost_records = self.probes.counters().map(|c| c.lost_records).unwrap_or(0);
+        let snap = self
+            .agg
+            .peek(mono_now_ns(), lost_records + self.undecodable);
+        let totals = SummaryTotals {
+            stopped_by: stop.as_str(),
+            start_mono_ns: self.start_mono,
+            records: self.sinks.records,
+            lost_records,
+            undecodable: self.undecodable,
+        };
+        SummaryJson::new(&snap, self.clock, totals, self.sinks.alert_kinds.clone())
     }
 }
 
@@ -213,14 +270,23 @@ fn attribute(owners: &mut HashMap<u64, Owner>, t: &mut Transition) {
     }
 }
 
+/// What the census found, for the trace: each socket with its owner, seeded at `mono_ns`.
+#[derive(Default)]
+struct Census {
+    warnings: Vec<String>,
+    mono_ns: u64,
+    sockets: Vec<(census::CensusSocket, Option<Owner>)>,
+}
+
 /// Seeds the engine with the sockets that exist now, in the traced namespaces (or this
 /// one), so gauges are right from the first second.
 fn take_census(
     cfg: &TraceConfig,
     agg: &mut Aggregator,
     owners: &mut HashMap<u64, Owner>,
-) -> Vec<String> {
+) -> Census {
     let mut warnings = Vec::new();
+    let mut found = Vec::new();
     let spaces: Vec<Option<&std::path::Path>> = if cfg.netns.is_empty() {
         vec![None]
     } else {
@@ -254,13 +320,152 @@ fn take_census(
                     }
                 }
                 agg.seed(now, socks.iter().map(existing));
+                found.extend(socks.into_iter().map(|s| {
+                    let owner = owners.get(&s.cookie).cloned();
+                    (s, owner)
+                }));
             }
             Err(e) => warnings.push(format!(
                 "census of existing sockets failed ({e:#}); counts start from zero"
             )),
         }
     }
-    warnings
+    Census {
+        warnings,
+        mono_ns: now,
+        sockets: found,
+    }
+}
+
+fn census_json<'a>(
+    s: &'a census::CensusSocket,
+    owner: Option<&'a Owner>,
+    mono_ns: u64,
+    clock: WallClock,
+) -> CensusJson<'a> {
+    CensusJson {
+        ts: clock.rfc3339(mono_ns),
+        mono_ns,
+        sock_id: s.cookie,
+        family: if s.family == netwatch_common::AF_INET6 {
+            "ipv6"
+        } else {
+            "ipv4"
+        },
+        saddr: s.saddr.to_string(),
+        sport: s.sport,
+        daddr: s.daddr.to_string(),
+        dport: s.dport,
+        state: state::name(s.state),
+        age_ns: existing(s).age_ns,
+        netns: s.netns,
+        pid: owner.map(|o| o.pid),
+        comm: owner.map(|o| &*o.comm),
+    }
+}
+
+/// `uname -r` and `uname -n`.
+fn uname() -> (String, String) {
+    // SAFETY: utsname is plain old data; uname fills it or fails.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out pointer.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return (String::new(), String::new());
+    }
+    let text = |field: &[libc::c_char]| {
+        let bytes: Vec<u8> = field
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    (text(&u.release), text(&u.nodename))
+}
+
+/// The trace's header: what wrote it, where, when, with which limits and filters.
+fn header(cfg: &TraceConfig, clock: WallClock, start_mono: u64) -> HeaderJson {
+    let (kernel, hostname) = uname();
+    let pairs = |p: Option<&std::path::Path>| {
+        procfs::read_sysctls(p)
+            .as_pairs()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect()
+    };
+    let netns_sysctls = traced_spaces(cfg)
+        .into_iter()
+        .filter_map(|(ino, path)| Some((ino.to_string(), pairs(Some(path?.as_path())))))
+        .collect();
+    let start = clock.rfc3339(start_mono);
+    HeaderJson {
+        ts: start.clone(),
+        mono_ns: start_mono,
+        format: FORMAT,
+        schema_version: SCHEMA_VERSION,
+        netwatch_version: env!("CARGO_PKG_VERSION"),
+        run_id: format!(
+            "{}-{}-{}",
+            hostname,
+            clock.to_datetime(start_mono).unix_timestamp_nanos(),
+            std::process::id()
+        ),
+        part: 0,
+        start,
+        start_mono_ns: start_mono,
+        kernel,
+        hostname,
+        interval_ns: cfg.interval.as_nanos() as u64,
+        sysctls: pairs(None),
+        netns_sysctls,
+        filters: FiltersJson {
+            ports: cfg.ports.clone(),
+            addrs: cfg.addr_specs.clone(),
+            netns: cfg.netns.clone(),
+        },
+        argv: std::env::args().collect(),
+    }
+}
+
+/// Says on stderr where the trace is and whether it is complete.
+fn report_files(files: &TraceFiles) {
+    for w in &files.warnings {
+        eprintln!("netwatch: warning: {w}");
+    }
+    let Some(first) = files.first() else {
+        return;
+    };
+    let parts = files.finished.files.len();
+    let more = if parts > 1 {
+        format!(
+            " and {} more part(s) up to {}{}",
+            parts - 1,
+            files.finished.files[parts - 1].display(),
+            if files.finished.deleted > 0 {
+                format!(
+                    " ({} older part(s) deleted by rotation)",
+                    files.finished.deleted
+                )
+            } else {
+                String::new()
+            }
+        )
+    } else {
+        String::new()
+    };
+    if files.complete {
+        eprintln!(
+            "netwatch: trace saved to {}{more}, ending with its summary; read it with \
+             `netwatch report {}`",
+            first.display(),
+            first.display()
+        );
+    } else {
+        eprintln!(
+            "netwatch: trace {}{more} ends at its last whole record, without a summary",
+            first.display()
+        );
+    }
 }
 
 /// TIME_WAIT lasts TCP_TIMEWAIT_LEN, so the timer's remaining time tells a census socket's
@@ -307,21 +512,32 @@ fn census_wanted(cfg: &TraceConfig, s: &census::CensusSocket) -> bool {
 pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
     preflight::check_privileges()?;
     let btf = preflight::kernel_btf()?;
-    let probes = Probes::attach(&cfg, &btf)?;
     let mut agg = Aggregator::new();
     let mut owners = HashMap::new();
+    let mut found = Census::default();
+    // The census runs after the programs are verified and before they attach, so that the
+    // ring buffer does not fill while it walks a large socket table.
+    let probes = Probes::attach(&cfg, &btf, || {
+        found = take_census(&cfg, &mut agg, &mut owners);
+    })?;
     let mut warnings = probes.warnings.clone();
-    warnings.extend(take_census(&cfg, &mut agg, &mut owners));
+    warnings.extend(std::mem::take(&mut found.warnings));
     for w in &warnings {
         eprintln!("netwatch: warning: {w}");
     }
     let clock = WallClock::now();
-    let sinks = Sinks::new(
+    let start_mono = found.mono_ns;
+    let mut sinks = Sinks::new(
         clock,
         cfg.view == View::Events,
         cfg.view == View::Plain,
         cfg.output.take(),
-    );
+        header(&cfg, clock, start_mono),
+    )?;
+    for (s, owner) in &found.sockets {
+        sinks.census(census_json(s, owner.as_ref(), start_mono, clock));
+    }
+    drop(found);
     let duration = cfg.duration;
     eprintln!(
         "netwatch: attached to {}; tracing{} (Ctrl-C to stop)",
@@ -349,21 +565,26 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         env: EnvSource::new(env_spaces),
         alerts: Vec::new(),
         undecodable: 0,
+        start_mono,
     };
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let stopped = rt.block_on(tracer.run(duration));
+    let (stop, stopped) = rt.block_on(tracer.run(duration));
     // Leave the alternate screen before anything is printed on the way out.
     tracer.dashboard = None;
-    match stopped {
-        Ok(Stop::Done) | Ok(Stop::ClosedPipe) => {}
-        Err(SinkError::ClosedPipe) => {}
-        Err(SinkError::Io(e)) => return Err(e),
+    // The summary goes in however tracing stopped; after a failed write nothing does.
+    let summary = tracer.summary(stop);
+    let finished = tracer.sinks.finish(&summary);
+    if let Ok(Some(files)) = &finished {
+        report_files(files);
     }
-    tracer.sinks.finish()?;
+    if let Err(SinkError::Io(e)) = stopped {
+        return Err(e);
+    }
+    finished?;
     let counters = tracer.probes.counters()?;
     if counters.state_map_full > 0 || counters.read_errors > 0 {
         eprintln!(

@@ -131,6 +131,8 @@ pub struct Tracer {
     stdout: Arc<Mutex<String>>,
     readers: Vec<JoinHandle<()>>,
     command: String,
+    /// The test owns the output file (see [`Tracer::keep_file`]).
+    keep: bool,
 }
 
 /// What a stopped tracer left: all records (every type), and its stderr.
@@ -192,7 +194,13 @@ impl Tracer {
         let output =
             std::env::temp_dir().join(format!("netwatch-test-{}-{n}.jsonl", std::process::id()));
         let _ = std::fs::remove_file(&output);
+        Tracer::start_to(bin, &output, args)
+    }
 
+    /// Like [`Tracer::start_with`] writing to `output` (e.g. a `.gz` name, or a directory the
+    /// test controls). The file is removed when the tracer is dropped, as with the others.
+    pub fn start_to(bin: &Path, output: &Path, args: &[&str]) -> Result<Tracer> {
+        let output = output.to_owned();
         let mut cmd = Command::new(bin);
         cmd.arg("trace")
             .arg("--output")
@@ -223,6 +231,7 @@ impl Tracer {
             stdout,
             readers,
             command,
+            keep: false,
         };
 
         let deadline = Instant::now() + ATTACH_TIMEOUT;
@@ -259,6 +268,13 @@ impl Tracer {
                 );
             }
         }
+    }
+
+    /// Leaves the output file in place when the tracer is gone: the test removes it (for
+    /// tests of the file itself, which read it after netwatch exited).
+    pub fn keep_file(mut self) -> Self {
+        self.keep = true;
+        self
     }
 
     /// The JSON Lines output file.
@@ -322,6 +338,38 @@ impl Tracer {
     /// [`Tracer::stop`].
     pub fn wait(self, timeout: Duration) -> Result<TraceOutput> {
         self.finish(timeout)
+    }
+
+    /// Sends `signal` (SIGTERM, SIGHUP, ...), then as [`Tracer::stop`].
+    pub fn stop_with(self, signal: i32) -> Result<TraceOutput> {
+        if let Some(child) = &self.child {
+            // SAFETY: as in `stop`.
+            unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        }
+        self.finish(STOP_TIMEOUT)
+    }
+
+    /// Sends `signal` (None: none, netwatch stops by itself), waits at most `timeout`, and
+    /// returns how it exited and its stderr, judging neither (for kills and failures).
+    pub fn exit_with(
+        mut self,
+        signal: Option<i32>,
+        timeout: Duration,
+    ) -> Result<(ExitStatus, String)> {
+        if let (Some(sig), Some(child)) = (signal, &self.child) {
+            // SAFETY: as in `stop`.
+            unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+        }
+        let Some(status) = self.wait_bounded(timeout) else {
+            self.kill();
+            bail!(
+                "{} did not exit within {timeout:?} (killed); stderr:\n{}",
+                self.command,
+                self.stderr_text()
+            );
+        };
+        self.join_readers(Duration::from_secs(5));
+        Ok((status, self.stderr_text()))
     }
 
     fn finish(mut self, timeout: Duration) -> Result<TraceOutput> {
@@ -410,6 +458,9 @@ impl Drop for Tracer {
                 let _ = c.wait();
             }
         }
+        if self.keep {
+            return;
+        }
         if keep_output() || (thread::panicking() && self.output.exists()) {
             eprintln!("netwatch output kept at {}", self.output.display());
         } else {
@@ -418,11 +469,22 @@ impl Drop for Tracer {
     }
 }
 
-/// Parses a JSON Lines file strictly: every non-empty line must be a JSON object.
+/// Parses a JSON Lines file strictly: every non-empty line must be a JSON object. A gzip
+/// file (told by its magic) is decompressed, all of its members.
 pub fn read_records(path: &Path) -> Result<Vec<Value>> {
     let file = File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let mut input = BufReader::new(file);
+    let gzip = input
+        .fill_buf()
+        .with_context(|| format!("read {}", path.display()))?
+        .starts_with(&[0x1f, 0x8b]);
+    let input: Box<dyn BufRead> = if gzip {
+        Box::new(BufReader::new(flate2::bufread::MultiGzDecoder::new(input)))
+    } else {
+        Box::new(input)
+    };
     let mut records = Vec::new();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
+    for (i, line) in input.lines().enumerate() {
         let line = line.with_context(|| format!("read {}", path.display()))?;
         if line.trim().is_empty() {
             continue;

@@ -29,6 +29,13 @@
 //! - `dwell`: per state with completed dwells since the start: `count`, `p50`, `p90`,
 //!   `p99`, `max` in ns. `age`: the same over the sockets still in the state.
 //! - `transitions`: records so far; `lost`: records the kernel could not send.
+//!
+//! `"type":"header"` ([`HeaderJson`]) opens every file of a trace, `"type":"census"`
+//! ([`CensusJson`]) lists the sockets that existed at start (first file only),
+//! `"type":"part_end"` ([`PartEndJson`]) closes a file that the trace continues after
+//! (`--max-size`), and `"type":"summary"` ([`SummaryJson`]) closes the trace. The whole format,
+//! with examples, is in docs/trace-format.md; `netwatch schema` prints its JSON Schema
+//! ([`SCHEMA`]), against which the tests validate real traces.
 
 use std::collections::BTreeMap;
 
@@ -40,15 +47,218 @@ use super::{
     clock::WallClock,
     event::Transition,
     signals::Alert,
-    snapshot::{ConntrackStats, Percentiles, Snapshot},
+    snapshot::{Bucket, ConntrackStats, Percentiles, Snapshot},
 };
+
+/// The value of a header's `format`: tells a netwatch trace from other JSON Lines.
+pub const FORMAT: &str = "netwatch-trace";
+/// Version of the record layout. Adding a record type or an optional field keeps it; renaming,
+/// removing or changing the meaning of anything bumps it, and `report` refuses other versions.
+pub const SCHEMA_VERSION: u32 = 1;
+/// The JSON Schema (draft 2020-12) of every record of this version.
+pub const SCHEMA: &str = include_str!("../../schema/trace.schema.json");
 
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Record<'a> {
+    Header(&'a HeaderJson),
+    Census(CensusJson<'a>),
     Transition(TransitionJson<'a>),
     Snapshot(SnapshotJson),
     Alert(AlertJson<'a>),
+    PartEnd(PartEndJson),
+    Summary(&'a SummaryJson),
+}
+
+/// `"type":"header"`: the first record of every file of a trace. Everything a reader needs to
+/// interpret the rest without the machine: what wrote it, where, when, with which limits and
+/// which filters.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeaderJson {
+    /// When this file was begun, and its CLOCK_MONOTONIC stamp.
+    pub ts: String,
+    pub mono_ns: u64,
+    /// Always [`FORMAT`].
+    pub format: &'static str,
+    pub schema_version: u32,
+    pub netwatch_version: &'static str,
+    /// Same in every file of one trace: how `report` knows the files belong together.
+    pub run_id: String,
+    /// 0 for the file named by `--output`, then 1, 2, ... (see docs/trace-format.md).
+    pub part: u32,
+    /// When tracing began (UTC) and its CLOCK_MONOTONIC stamp: `ts` of any record is
+    /// `start + (mono_ns - start_mono_ns)`.
+    pub start: String,
+    pub start_mono_ns: u64,
+    /// `uname -r` and `uname -n`.
+    pub kernel: String,
+    pub hostname: String,
+    /// `--interval`: the spacing of snapshot records.
+    pub interval_ns: u64,
+    /// TCP and conntrack settings (dotted sysctl name -> value as the kernel prints it) of
+    /// the namespace netwatch ran in; absent settings are left out.
+    pub sysctls: BTreeMap<String, String>,
+    /// The same for each traced namespace (`--netns`), keyed by its inode.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub netns_sysctls: BTreeMap<String, BTreeMap<String, String>>,
+    pub filters: FiltersJson,
+    /// The command line.
+    pub argv: Vec<String>,
+}
+
+/// The filters a trace was recorded with: only matching connections are in it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FiltersJson {
+    pub ports: Vec<u16>,
+    pub addrs: Vec<String>,
+    pub netns: Vec<u32>,
+}
+
+/// `"type":"census"`: a socket that existed when tracing began (sock_diag), one record each,
+/// right after the first header. Its `age_ns` is known only for TIME_WAIT (from its timer).
+#[derive(Debug, Serialize)]
+pub struct CensusJson<'a> {
+    pub ts: String,
+    pub mono_ns: u64,
+    pub sock_id: u64,
+    pub family: &'a str,
+    pub saddr: String,
+    pub sport: u16,
+    pub daddr: String,
+    pub dport: u16,
+    pub state: &'a str,
+    pub age_ns: Option<u64>,
+    pub netns: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm: Option<&'a str>,
+}
+
+/// `"type":"part_end"`: the last record of a file after which the trace goes on in `next`.
+#[derive(Debug, Serialize)]
+pub struct PartEndJson {
+    pub ts: String,
+    pub mono_ns: u64,
+    pub part: u32,
+    /// File name (no directory) of the next part.
+    pub next: String,
+}
+
+/// One bar of a dwell histogram: dwells of at most `upper_ns` (and above the previous bar).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct BucketJson {
+    pub upper_ns: u64,
+    pub count: u64,
+}
+
+impl From<Bucket> for BucketJson {
+    fn from(b: Bucket) -> Self {
+        Self {
+            upper_ns: b.upper_ns,
+            count: b.count,
+        }
+    }
+}
+
+/// How many records of each type the whole trace holds (all parts).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct RecordCounts {
+    pub census: u64,
+    pub transition: u64,
+    pub alert: u64,
+    pub snapshot: u64,
+}
+
+/// `"type":"summary"`: the last record of a complete trace, written however tracing stopped
+/// (Ctrl-C, SIGTERM, SIGHUP, `--duration`, `q`, a closed pipe, an error of the live view).
+/// Totals since the start, the engine's final view, and why it stopped.
+#[derive(Debug, Clone, Serialize)]
+pub struct SummaryJson {
+    pub ts: String,
+    pub mono_ns: u64,
+    /// `sigint`, `sigterm`, `sighup`, `duration`, `quit`, `closed_pipe` or `error`.
+    pub stopped_by: &'static str,
+    /// From the header's `start_mono_ns` to this record.
+    pub duration_ns: u64,
+    pub records: RecordCounts,
+    /// Transitions seen (all written to the trace).
+    pub transitions: u64,
+    /// Sockets in each state at the end (every reported state, zeros included).
+    pub states: BTreeMap<&'static str, u64>,
+    /// Completed dwells since the start per state: as in a snapshot.
+    pub dwell: BTreeMap<&'static str, PercentilesJson>,
+    /// The same dwells as histogram bars (empty bars left out), for plots.
+    pub histogram: BTreeMap<&'static str, Vec<BucketJson>>,
+    /// Ages of the sockets still in each state at the end.
+    pub age: BTreeMap<&'static str, PercentilesJson>,
+    /// Alert records by `kind`.
+    pub alerts: BTreeMap<String, u64>,
+    /// `lost_records + undecodable`, as `lost` in snapshots.
+    pub lost: u64,
+    /// Records the kernel could not send (ring buffer full).
+    pub lost_records: u64,
+    /// Records that arrived but could not be decoded.
+    pub undecodable: u64,
+}
+
+/// What the summary needs besides the engine's view.
+#[derive(Debug, Clone, Copy)]
+pub struct SummaryTotals {
+    pub stopped_by: &'static str,
+    pub start_mono_ns: u64,
+    pub records: RecordCounts,
+    pub lost_records: u64,
+    pub undecodable: u64,
+}
+
+impl SummaryJson {
+    /// From the engine's view at the end (its `lost` is ignored for `totals`').
+    pub fn new(
+        s: &Snapshot,
+        clock: WallClock,
+        totals: SummaryTotals,
+        alerts: BTreeMap<String, u64>,
+    ) -> Self {
+        let mut out = Self {
+            ts: clock.rfc3339(s.mono_ns),
+            mono_ns: s.mono_ns,
+            stopped_by: totals.stopped_by,
+            duration_ns: s.mono_ns.saturating_sub(totals.start_mono_ns),
+            records: totals.records,
+            transitions: s.transitions,
+            states: BTreeMap::new(),
+            dwell: BTreeMap::new(),
+            histogram: BTreeMap::new(),
+            age: BTreeMap::new(),
+            alerts,
+            lost: totals.lost_records + totals.undecodable,
+            lost_records: totals.lost_records,
+            undecodable: totals.undecodable,
+        };
+        for st in reported_states() {
+            let name = state::name(st);
+            let stats = s.state(st);
+            out.states.insert(name, stats.now);
+            if stats.dwell.count > 0 {
+                out.dwell.insert(name, stats.dwell.into());
+                out.histogram
+                    .insert(name, stats.buckets.iter().map(|&b| b.into()).collect());
+            }
+            if stats.age.count > 0 {
+                out.age.insert(name, stats.age.into());
+            }
+        }
+        out
+    }
+}
+
+/// An alert's `kind`, as its record spells it.
+pub fn alert_kind(alert: &Alert) -> String {
+    serde_json::to_value(alert)
+        .ok()
+        .and_then(|v| v.get("kind")?.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 /// `"type":"alert"`: a named incident signal. `kind` is one of `paws_reject`,
@@ -75,7 +285,7 @@ impl<'a> AlertJson<'a> {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize)]
 pub struct PercentilesJson {
     pub count: u64,
     pub p50: u64,
@@ -281,5 +491,111 @@ mod tests {
         assert_eq!(v["new"], "ESTABLISHED");
         assert_eq!(v["dwell_ns"], 42);
         assert_eq!(v["netns"], 4026531840u64);
+    }
+
+    fn validator() -> jsonschema::Validator {
+        let schema: serde_json::Value = serde_json::from_str(SCHEMA).expect("the schema is JSON");
+        jsonschema::validator_for(&schema).expect("the schema is a valid JSON Schema")
+    }
+
+    fn errors(v: &jsonschema::Validator, r: &serde_json::Value) -> Vec<String> {
+        v.iter_errors(r)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect()
+    }
+
+    fn line_of(r: &Record<'_>) -> serde_json::Value {
+        let mut out = Vec::new();
+        write_line(&mut out, r);
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    #[test]
+    fn every_record_type_validates_against_the_schema() {
+        let v = validator();
+        let sample = crate::core::replay::tests::sample();
+        let mut seen = std::collections::BTreeSet::new();
+        for line in sample
+            .bytes
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+        {
+            let r: serde_json::Value = serde_json::from_slice(line).unwrap();
+            let errs = errors(&v, &r);
+            assert!(errs.is_empty(), "{r}: {errs:?}");
+            seen.insert(r["type"].as_str().unwrap().to_owned());
+        }
+        let clock = WallClock::with_offset(0);
+        // The optional parts: a request socket's end with an owner, a part_end, conntrack.
+        let Ok(Event::Transition(mut t)) = decode(&bytes_of(&raw_v4())) else {
+            panic!()
+        };
+        t.synack_retransmits = Some(2);
+        t.accept_wait_ns = Some(5);
+        t.timewait = true;
+        t.owner = Some(crate::core::event::Owner {
+            pid: 42,
+            comm: "nginx".into(),
+        });
+        t.saddr = "::ffff:10.0.0.1".parse().unwrap();
+        let mut others = vec![
+            line_of(&Record::Transition(TransitionJson::new(&t, clock))),
+            line_of(&Record::PartEnd(PartEndJson {
+                ts: clock.rfc3339(5),
+                mono_ns: 5,
+                part: 0,
+                next: "t.jsonl.1".into(),
+            })),
+        ];
+        let mut snap = Snapshot::empty();
+        snap.conntrack = Some(ConntrackStats {
+            count: Some(10),
+            max: None,
+            lifetimes: vec![("TIME_WAIT", Percentiles::default())],
+            ..Default::default()
+        });
+        others.push(line_of(&Record::Snapshot(SnapshotJson::new(&snap, clock))));
+        for r in &others {
+            let errs = errors(&v, r);
+            assert!(errs.is_empty(), "{r}: {errs:?}");
+            seen.insert(r["type"].as_str().unwrap().to_owned());
+        }
+        assert_eq!(
+            seen.into_iter().collect::<Vec<_>>(),
+            [
+                "alert",
+                "census",
+                "header",
+                "part_end",
+                "snapshot",
+                "summary",
+                "transition"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_schema_catches_drift() {
+        let v = validator();
+        let sample = crate::core::replay::tests::sample();
+        let first: serde_json::Value =
+            serde_json::from_slice(sample.bytes.split(|&b| b == b'\n').next().unwrap()).unwrap();
+        let mut extra = first.clone();
+        extra["undocumented"] = 1.into();
+        assert!(!errors(&v, &extra).is_empty(), "an undocumented field");
+        let mut missing = first.clone();
+        missing.as_object_mut().unwrap().remove("run_id");
+        assert!(!errors(&v, &missing).is_empty(), "a missing field");
+        let mut version = first;
+        version["schema_version"] = 2.into();
+        assert!(!errors(&v, &version).is_empty(), "another version");
+        let bad_type = serde_json::json!({"type": "telemetry"});
+        assert!(!errors(&v, &bad_type).is_empty(), "an unknown record type");
+        let bad_ts = serde_json::json!({"type": "part_end", "ts": "yesterday", "mono_ns": 1,
+            "part": 0, "next": "x"});
+        assert!(
+            !errors(&v, &bad_ts).is_empty(),
+            "a time that is not RFC 3339 UTC"
+        );
     }
 }

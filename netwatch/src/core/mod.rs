@@ -9,6 +9,7 @@ pub mod event;
 pub mod filter;
 pub mod json;
 pub mod plain;
+pub mod replay;
 pub mod signals;
 pub mod snapshot;
 pub mod text;

@@ -1,0 +1,845 @@
+//! Reading a trace back and replaying it through the same engine `trace` ran: the census
+//! seeds an [`Aggregator`], the transitions are applied in file order (the order the live
+//! engine applied them), and at every recorded snapshot the engine's view is taken again, so
+//! the report's histograms and gauges are the tracer's own numbers, recomputed. Where nothing
+//! was filtered out, every replayed snapshot is compared with the recorded one.
+//!
+//! Pure: it reads from any `BufRead` (the caller opens files and undoes gzip).
+
+use std::collections::BTreeMap;
+use std::io::{self, BufRead};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use netwatch_common::state;
+use serde::Deserialize;
+use serde_json::Value;
+use thiserror::Error;
+
+use super::{
+    aggregate::{Aggregator, Existing},
+    event::{Family, Owner, Transition},
+    filter::AddrFilter,
+    json::{reported_states, FORMAT, SCHEMA_VERSION},
+    snapshot::{Percentiles, Snapshot},
+};
+
+/// Longest line accepted; longer means this is not a trace (or is damaged).
+const MAX_LINE: usize = 16 << 20;
+/// The record types of this schema version.
+const KNOWN_TYPES: &[&str] = &[
+    "header",
+    "census",
+    "transition",
+    "snapshot",
+    "alert",
+    "part_end",
+    "summary",
+];
+/// Damaged lines listed one by one; beyond, only counted.
+const LISTED_WARNINGS: usize = 5;
+
+#[derive(Debug, Error)]
+pub enum ReadError {
+    #[error(
+        "{name} is empty: not a netwatch trace (a trace starts with a \"type\":\"header\" record)"
+    )]
+    Empty { name: String },
+    #[error(
+        "{name} is not a netwatch trace: {why} (a trace is JSON Lines that start with a \
+         \"type\":\"header\" record; `netwatch schema` prints the format)"
+    )]
+    NotATrace { name: String, why: String },
+    #[error(
+        "{name} is a netwatch trace of schema version {found}; this netwatch ({ours}) reads \
+         version {SCHEMA_VERSION}: read it with a netwatch that writes version {found}"
+    )]
+    Version {
+        name: String,
+        found: u64,
+        ours: &'static str,
+    },
+    #[error("reading {name}: {source}")]
+    Io { name: String, source: io::Error },
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+pub struct PercentilesIn {
+    pub count: u64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+impl From<Percentiles> for PercentilesIn {
+    fn from(p: Percentiles) -> Self {
+        Self {
+            count: p.count,
+            p50: p.p50,
+            p90: p.p90,
+            p99: p.p99,
+            max: p.max,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct FiltersIn {
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    #[serde(default)]
+    pub addrs: Vec<String>,
+    #[serde(default)]
+    pub netns: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HeaderIn {
+    pub mono_ns: u64,
+    pub schema_version: u64,
+    pub netwatch_version: String,
+    pub run_id: String,
+    pub part: u32,
+    pub start: String,
+    pub start_mono_ns: u64,
+    #[serde(default)]
+    pub kernel: String,
+    #[serde(default)]
+    pub hostname: String,
+    pub interval_ns: u64,
+    #[serde(default)]
+    pub sysctls: BTreeMap<String, String>,
+    #[serde(default)]
+    pub netns_sysctls: BTreeMap<String, BTreeMap<String, String>>,
+    #[serde(default)]
+    pub filters: FiltersIn,
+    #[serde(default)]
+    pub argv: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CensusIn {
+    pub mono_ns: u64,
+    pub sock_id: u64,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    pub state: String,
+    pub age_ns: Option<u64>,
+    pub netns: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TransitionIn {
+    pub mono_ns: u64,
+    pub sock_id: u64,
+    pub family: String,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    pub old: String,
+    pub new: String,
+    pub dwell_ns: Option<u64>,
+    pub netns: u32,
+    #[serde(default)]
+    pub synack_retransmits: Option<u8>,
+    #[serde(default)]
+    pub accept_wait_ns: Option<u64>,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    #[serde(default)]
+    pub comm: Option<String>,
+    #[serde(default)]
+    pub timewait: bool,
+}
+
+impl TransitionIn {
+    /// The engine's event, as the tracer had it (state names back to numbers).
+    pub fn to_transition(&self) -> Transition {
+        Transition {
+            mono_ns: self.mono_ns,
+            sock_id: self.sock_id,
+            family: if self.family == "ipv6" {
+                Family::Ipv6
+            } else {
+                Family::Ipv4
+            },
+            saddr: self.saddr,
+            sport: self.sport,
+            daddr: self.daddr,
+            dport: self.dport,
+            old: state::from_name(&self.old).unwrap_or(0),
+            new: state::from_name(&self.new).unwrap_or(0),
+            dwell_ns: self.dwell_ns,
+            netns: self.netns,
+            timewait: self.timewait,
+            synack_retransmits: self.synack_retransmits,
+            accept_wait_ns: self.accept_wait_ns,
+            owner: match (self.pid, &self.comm) {
+                (Some(pid), Some(comm)) => Some(Owner {
+                    pid,
+                    comm: Arc::from(comm.as_str()),
+                }),
+                _ => None,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ConntrackIn {
+    pub count: Option<u64>,
+    pub max: Option<u64>,
+    #[serde(default)]
+    pub table_full_drops: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SnapshotIn {
+    pub ts: String,
+    pub mono_ns: u64,
+    pub interval_ns: u64,
+    pub states: BTreeMap<String, u64>,
+    pub entered: BTreeMap<String, u64>,
+    pub dwell: BTreeMap<String, PercentilesIn>,
+    pub age: BTreeMap<String, PercentilesIn>,
+    pub transitions: u64,
+    pub lost: u64,
+    #[serde(default)]
+    pub conntrack: Option<ConntrackIn>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct BucketIn {
+    pub upper_ns: u64,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SummaryIn {
+    pub mono_ns: u64,
+    pub stopped_by: String,
+    pub transitions: u64,
+    pub states: BTreeMap<String, u64>,
+    pub dwell: BTreeMap<String, PercentilesIn>,
+    #[serde(default)]
+    pub histogram: BTreeMap<String, Vec<BucketIn>>,
+    pub age: BTreeMap<String, PercentilesIn>,
+    #[serde(default)]
+    pub alerts: BTreeMap<String, u64>,
+    pub lost: u64,
+    #[serde(default)]
+    pub lost_records: u64,
+    #[serde(default)]
+    pub undecodable: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AlertIn {
+    pub ts: String,
+    pub mono_ns: u64,
+    pub kind: String,
+    pub message: String,
+    /// The kind's evidence fields.
+    #[serde(flatten)]
+    pub evidence: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PartEndIn {
+    /// File name of the next part.
+    pub next: String,
+}
+
+/// One record of a trace. Types this version does not know are `Other`: the format may grow
+/// within a schema version.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RecordIn {
+    Header(Box<HeaderIn>),
+    Census(CensusIn),
+    Transition(TransitionIn),
+    Snapshot(Box<SnapshotIn>),
+    Alert(AlertIn),
+    PartEnd(PartEndIn),
+    Summary(Box<SummaryIn>),
+    #[serde(other)]
+    Other,
+}
+
+/// Reads one trace file: checks its header, then yields its records. Damage after the header
+/// (a truncated last line, a gzip stream cut short, a garbled line) is skipped with a warning.
+pub struct TraceReader<R> {
+    name: String,
+    input: R,
+    line: Vec<u8>,
+    line_no: u64,
+    pub header: HeaderIn,
+    pub warnings: Vec<String>,
+    damaged: usize,
+    done: bool,
+}
+
+/// Reads up to and including the next newline, at most `limit` bytes. Ok(true) when a
+/// newline ended it.
+fn read_line<R: BufRead>(input: &mut R, out: &mut Vec<u8>, limit: usize) -> io::Result<bool> {
+    out.clear();
+    loop {
+        let buf = match input.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.is_empty() {
+            return Ok(false);
+        }
+        let room = limit.saturating_sub(out.len());
+        match buf.iter().take(room).position(|&b| b == b'\n') {
+            Some(i) => {
+                out.extend_from_slice(&buf[..=i]);
+                input.consume(i + 1);
+                return Ok(true);
+            }
+            None => {
+                let n = buf.len().min(room);
+                out.extend_from_slice(&buf[..n]);
+                input.consume(n);
+                if out.len() >= limit {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("a line longer than {limit} bytes"),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// A read error that means "the compressed stream stops here", not "the disk failed".
+fn is_cut_short(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData
+    )
+}
+
+impl<R: BufRead> TraceReader<R> {
+    /// Reads and checks the header. `name` is for messages.
+    pub fn new(name: &str, mut input: R) -> Result<Self, ReadError> {
+        let name = name.to_owned();
+        let mut line = Vec::new();
+        let not_trace = |why: String| ReadError::NotATrace {
+            name: name.clone(),
+            why,
+        };
+        match read_line(&mut input, &mut line, 1 << 20) {
+            Ok(_) if line.is_empty() => return Err(ReadError::Empty { name }),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::InvalidData && !line.is_empty() => {
+                return Err(not_trace("its first line is not JSON".into()))
+            }
+            Err(e) if is_cut_short(&e) => {
+                return Err(not_trace(format!("it cannot be decompressed ({e})")))
+            }
+            Err(source) => return Err(ReadError::Io { name, source }),
+        }
+        let value: Value = serde_json::from_slice(&line)
+            .map_err(|_| not_trace("its first line is not JSON".into()))?;
+        let kind = value.get("type").and_then(Value::as_str);
+        if kind != Some("header") {
+            let why = match kind {
+                Some(k) => format!(
+                    "its first record is a \"{k}\" record, not a header (written by a netwatch \
+                     from before traces had headers, or cut from the middle of one)"
+                ),
+                None => "its first line is not a record with a \"type\"".into(),
+            };
+            return Err(not_trace(why));
+        }
+        if value.get("format").and_then(Value::as_str) != Some(FORMAT) {
+            return Err(not_trace(format!(
+                "its header's \"format\" is not \"{FORMAT}\""
+            )));
+        }
+        let found = value
+            .get("schema_version")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| not_trace("its header has no \"schema_version\"".into()))?;
+        if found != u64::from(SCHEMA_VERSION) {
+            return Err(ReadError::Version {
+                name,
+                found,
+                ours: env!("CARGO_PKG_VERSION"),
+            });
+        }
+        let header: HeaderIn = serde_json::from_value(value)
+            .map_err(|e| not_trace(format!("its header is incomplete ({e})")))?;
+        Ok(Self {
+            name,
+            input,
+            line,
+            line_no: 1,
+            header,
+            warnings: Vec::new(),
+            damaged: 0,
+            done: false,
+        })
+    }
+
+    fn warn_damaged(&mut self, what: String) {
+        self.damaged += 1;
+        if self.damaged <= LISTED_WARNINGS {
+            self.warnings
+                .push(format!("{}:{}: {what}", self.name, self.line_no));
+        }
+    }
+
+    /// The next record; None at the end (or where the file is cut short).
+    pub fn next_record(&mut self) -> Result<Option<RecordIn>, ReadError> {
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            self.line_no += 1;
+            let ended = match read_line(&mut self.input, &mut self.line, MAX_LINE) {
+                Ok(newline) => newline,
+                Err(e) if is_cut_short(&e) => {
+                    self.done = true;
+                    self.warnings.push(format!(
+                        "{}: the file is cut short after line {} ({e}): the tracer was killed \
+                         or its disk filled; read up to the last whole record",
+                        self.name,
+                        self.line_no - 1
+                    ));
+                    return Ok(None);
+                }
+                Err(source) => {
+                    return Err(ReadError::Io {
+                        name: self.name.clone(),
+                        source,
+                    })
+                }
+            };
+            if self.line.is_empty() {
+                self.done = true;
+                return Ok(None);
+            }
+            if self.line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match serde_json::from_slice::<RecordIn>(&self.line) {
+                Ok(r) => return Ok(Some(r)),
+                Err(_) if !ended => {
+                    self.done = true;
+                    self.warnings.push(format!(
+                        "{}:{}: the last line is truncated ({} bytes, no newline): skipped; \
+                         the tracer was killed or its disk filled",
+                        self.name,
+                        self.line_no,
+                        self.line.len()
+                    ));
+                    return Ok(None);
+                }
+                Err(e) => match serde_json::from_slice::<Value>(&self.line) {
+                    // A record type this version does not know: the format may grow.
+                    Ok(v)
+                        if v.get("type")
+                            .and_then(Value::as_str)
+                            .is_some_and(|t| !KNOWN_TYPES.contains(&t)) =>
+                    {
+                        return Ok(Some(RecordIn::Other))
+                    }
+                    Ok(_) => self
+                        .warn_damaged(format!("a record this netwatch cannot read ({e}): skipped")),
+                    Err(_) => self.warn_damaged("not JSON: skipped".to_owned()),
+                },
+            }
+        }
+    }
+
+    /// Warnings, with the count of damaged lines not listed.
+    pub fn finish_warnings(&mut self) -> Vec<String> {
+        if self.damaged > LISTED_WARNINGS {
+            self.warnings.push(format!(
+                "{}: {} more damaged lines skipped",
+                self.name,
+                self.damaged - LISTED_WARNINGS
+            ));
+        }
+        std::mem::take(&mut self.warnings)
+    }
+}
+
+/// What a report looks at.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayFilter {
+    pub ports: Vec<u16>,
+    pub addrs: AddrFilter,
+    pub has_addrs: bool,
+    /// The time window, CLOCK_MONOTONIC of the trace.
+    pub since_mono: Option<u64>,
+    pub until_mono: Option<u64>,
+}
+
+impl ReplayFilter {
+    /// Whether connections are filtered (so recorded snapshots, of all, do not apply).
+    pub fn filters_connections(&self) -> bool {
+        !self.ports.is_empty() || self.has_addrs
+    }
+
+    pub fn has_window(&self) -> bool {
+        self.since_mono.is_some() || self.until_mono.is_some()
+    }
+
+    pub fn connection(&self, saddr: IpAddr, sport: u16, daddr: IpAddr, dport: u16) -> bool {
+        (self.ports.is_empty() || self.ports.contains(&sport) || self.ports.contains(&dport))
+            && self.addrs.matches_addrs(saddr, daddr)
+    }
+
+    pub fn in_window(&self, mono_ns: u64) -> bool {
+        self.since_mono.is_none_or(|s| mono_ns >= s) && self.until_mono.is_none_or(|u| mono_ns <= u)
+    }
+
+    /// An alert is kept when it is in the window and, if it names endpoints or ports, one
+    /// of them passes the connection filter.
+    pub fn alert(&self, a: &AlertIn) -> bool {
+        if !self.in_window(a.mono_ns) {
+            return false;
+        }
+        if !self.filters_connections() {
+            return true;
+        }
+        let mut addrs: Vec<IpAddr> = Vec::new();
+        let mut ports: Vec<u16> = Vec::new();
+        for (k, v) in &a.evidence {
+            match (k.as_str(), v) {
+                ("saddr" | "daddr" | "addr", Value::String(s)) => {
+                    addrs.extend(s.parse::<IpAddr>().ok())
+                }
+                ("sport" | "dport", v) => ports.extend(v.as_u64().map(|p| p as u16)),
+                ("ports", Value::Array(a)) => {
+                    ports.extend(a.iter().filter_map(|p| p.as_u64().map(|p| p as u16)))
+                }
+                ("listener", Value::String(s)) => {
+                    if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
+                        addrs.push(sa.ip());
+                        ports.push(sa.port());
+                    }
+                }
+                _ => {}
+            }
+        }
+        let port_ok = self.ports.is_empty()
+            || ports.is_empty()
+            || ports.iter().any(|p| self.ports.contains(p));
+        let addr_ok = !self.has_addrs
+            || addrs.is_empty()
+            || addrs.iter().any(|&a| self.addrs.matches_addrs(a, a));
+        port_ok && addr_ok
+    }
+}
+
+/// Gauges at one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GaugePoint {
+    pub mono_ns: u64,
+    /// Sockets in each state, by state number.
+    pub states: [u64; state::COUNT],
+    /// Entries into each state during the interval before.
+    pub entered: [u64; state::COUNT],
+    pub interval_ns: u64,
+    pub lost: u64,
+    /// conntrack `count`, `max` and `table_full_drops` when recorded.
+    pub conntrack: Option<(Option<u64>, Option<u64>, u64)>,
+}
+
+/// The replay of one trace (all its parts).
+pub struct Replay {
+    pub filter: ReplayFilter,
+    full: Aggregator,
+    window: Option<Aggregator>,
+    census_batch: Vec<Existing>,
+    census_key: Option<(u32, u64)>,
+    pub census: u64,
+    /// Transitions read, and those applied (passing the filters, in the window).
+    pub transitions_read: u64,
+    pub transitions: u64,
+    pub gauges: Vec<GaugePoint>,
+    pub alerts: Vec<AlertIn>,
+    pub summary: Option<SummaryIn>,
+    /// Snapshots recomputed, and those that came out different from the recorded ones
+    /// (only compared when nothing was filtered out), with the first differences.
+    pub snapshots_checked: u64,
+    pub snapshots_differing: u64,
+    pub differences: Vec<String>,
+    /// Highest `lost` seen in a snapshot or the summary.
+    pub lost: u64,
+    /// CLOCK_MONOTONIC of the last record read.
+    pub last_mono: u64,
+    /// False when part of the trace is missing (a deleted part, a part not given), so the
+    /// recomputed state cannot be compared with the recorded one.
+    pub complete: bool,
+}
+
+fn state_map(m: &BTreeMap<String, u64>) -> [u64; state::COUNT] {
+    let mut out = [0; state::COUNT];
+    for (k, v) in m {
+        if let Some(s) = state::from_name(k) {
+            out[s as usize] = *v;
+        }
+    }
+    out
+}
+
+impl Replay {
+    pub fn new(filter: ReplayFilter) -> Self {
+        let window = filter.has_window().then(Aggregator::new);
+        Self {
+            filter,
+            full: Aggregator::new(),
+            window,
+            census_batch: Vec::new(),
+            census_key: None,
+            census: 0,
+            transitions_read: 0,
+            transitions: 0,
+            gauges: Vec::new(),
+            alerts: Vec::new(),
+            summary: None,
+            snapshots_checked: 0,
+            snapshots_differing: 0,
+            differences: Vec::new(),
+            lost: 0,
+            last_mono: 0,
+            complete: true,
+        }
+    }
+
+    /// Marks a gap: records are missing before what comes next.
+    pub fn gap(&mut self) {
+        self.complete = false;
+    }
+
+    fn seed_batch(&mut self) {
+        if let Some((_, mono)) = self.census_key.take() {
+            let batch = std::mem::take(&mut self.census_batch);
+            self.full.seed(mono, batch);
+        }
+    }
+
+    /// Applies one record.
+    pub fn apply(&mut self, r: RecordIn) {
+        if !matches!(r, RecordIn::Census(_)) {
+            self.seed_batch();
+        }
+        match r {
+            RecordIn::Census(c) => {
+                // The live engine seeded each namespace's census in one call.
+                let key = (c.netns, c.mono_ns);
+                if self.census_key.is_some_and(|k| k != key) {
+                    self.seed_batch();
+                }
+                self.census_key = Some(key);
+                self.last_mono = self.last_mono.max(c.mono_ns);
+                if !self.filter.connection(c.saddr, c.sport, c.daddr, c.dport) {
+                    return;
+                }
+                self.census += 1;
+                self.census_batch.push(Existing {
+                    sock_id: c.sock_id,
+                    state: state::from_name(&c.state).unwrap_or(0),
+                    sport: c.sport,
+                    daddr: c.daddr,
+                    dport: c.dport,
+                    age_ns: c.age_ns,
+                });
+            }
+            RecordIn::Transition(t) => {
+                self.transitions_read += 1;
+                self.last_mono = self.last_mono.max(t.mono_ns);
+                if !self.filter.connection(t.saddr, t.sport, t.daddr, t.dport) {
+                    return;
+                }
+                let tr = t.to_transition();
+                self.full.apply(&tr);
+                match self.window.as_mut() {
+                    Some(w) if self.filter.in_window(tr.mono_ns) => {
+                        w.apply(&tr);
+                        self.transitions += 1;
+                    }
+                    Some(_) => {}
+                    None => self.transitions += 1,
+                }
+            }
+            RecordIn::Snapshot(s) => self.snapshot(*s),
+            RecordIn::Alert(a) => {
+                self.last_mono = self.last_mono.max(a.mono_ns);
+                if self.filter.alert(&a) {
+                    self.alerts.push(a);
+                }
+            }
+            RecordIn::Summary(s) => {
+                self.last_mono = self.last_mono.max(s.mono_ns);
+                self.lost = self.lost.max(s.lost);
+                self.summary = Some(*s);
+            }
+            RecordIn::Header(h) => self.last_mono = self.last_mono.max(h.mono_ns),
+            RecordIn::PartEnd(_) | RecordIn::Other => {}
+        }
+    }
+
+    /// Seeds a census that ended the input.
+    pub fn end(&mut self) {
+        self.seed_batch();
+    }
+
+    fn snapshot(&mut self, s: SnapshotIn) {
+        self.last_mono = self.last_mono.max(s.mono_ns);
+        self.lost = self.lost.max(s.lost);
+        let replayed = self.full.snapshot(s.mono_ns, s.lost);
+        if !self.filter.filters_connections() && self.complete {
+            self.snapshots_checked += 1;
+            let diffs = snapshot_differences(&s, &replayed);
+            if !diffs.is_empty() {
+                self.snapshots_differing += 1;
+                if self.differences.len() < LISTED_WARNINGS {
+                    self.differences
+                        .push(format!("snapshot at {}: {}", s.ts, diffs.join("; ")));
+                }
+            }
+        }
+        if !self.filter.in_window(s.mono_ns) {
+            return;
+        }
+        // Unfiltered, the recorded gauges are the truth (they count the census even where a
+        // part is missing); filtered, only the replay knows.
+        let (states, entered) = if self.filter.filters_connections() {
+            (
+                std::array::from_fn(|i| replayed.states[i].now),
+                std::array::from_fn(|i| replayed.states[i].entered),
+            )
+        } else {
+            (state_map(&s.states), state_map(&s.entered))
+        };
+        self.gauges.push(GaugePoint {
+            mono_ns: s.mono_ns,
+            states,
+            entered,
+            interval_ns: s.interval_ns,
+            lost: s.lost,
+            conntrack: s
+                .conntrack
+                .as_ref()
+                .map(|c| (c.count, c.max, c.table_full_drops)),
+        });
+    }
+
+    /// The engine's view at `mono_ns`: dwells of the window (or of everything), and the
+    /// sockets alive then with their ages.
+    pub fn view(&self, mono_ns: u64) -> (Snapshot, Snapshot) {
+        let alive = self.full.peek(mono_ns, self.lost);
+        let dwells = match &self.window {
+            Some(w) => w.peek(mono_ns, self.lost),
+            None => alive.clone(),
+        };
+        (dwells, alive)
+    }
+
+    /// Compares the final view with the recorded summary: None when not comparable.
+    pub fn check_summary(&self) -> Option<Vec<String>> {
+        let s = self.summary.as_ref()?;
+        if self.filter.filters_connections() || self.filter.has_window() || !self.complete {
+            return None;
+        }
+        let view = self.full.peek(s.mono_ns, s.lost);
+        let mut diffs = Vec::new();
+        if view.transitions != s.transitions {
+            diffs.push(format!(
+                "transitions {} recorded, {} replayed",
+                s.transitions, view.transitions
+            ));
+        }
+        for st in reported_states() {
+            let name = state::name(st);
+            let stats = view.state(st);
+            let rec = s.states.get(name).copied().unwrap_or(0);
+            if rec != stats.now {
+                diffs.push(format!("{name} now {rec} recorded, {} replayed", stats.now));
+            }
+            let rec = s.dwell.get(name).copied().unwrap_or_default();
+            if rec != PercentilesIn::from(stats.dwell) {
+                diffs.push(format!(
+                    "{name} dwell {rec:?} recorded, {:?} replayed",
+                    stats.dwell
+                ));
+            }
+            let rec: Vec<(u64, u64)> = s
+                .histogram
+                .get(name)
+                .map(|b| b.iter().map(|b| (b.upper_ns, b.count)).collect())
+                .unwrap_or_default();
+            let got: Vec<(u64, u64)> = stats
+                .buckets
+                .iter()
+                .map(|b| (b.upper_ns, b.count))
+                .collect();
+            if rec != got {
+                diffs.push(format!(
+                    "{name} histogram {rec:?} recorded, {got:?} replayed"
+                ));
+            }
+            let rec = s.age.get(name).copied().unwrap_or_default();
+            if rec != PercentilesIn::from(stats.age) {
+                diffs.push(format!(
+                    "{name} age {rec:?} recorded, {:?} replayed",
+                    stats.age
+                ));
+            }
+        }
+        Some(diffs)
+    }
+}
+
+/// Where a recomputed snapshot differs from the recorded one.
+fn snapshot_differences(rec: &SnapshotIn, got: &Snapshot) -> Vec<String> {
+    let mut out = Vec::new();
+    if rec.transitions != got.transitions {
+        out.push(format!(
+            "transitions {} recorded, {} replayed",
+            rec.transitions, got.transitions
+        ));
+    }
+    for st in reported_states() {
+        let name = state::name(st);
+        let stats = got.state(st);
+        let pairs = [
+            ("now", rec.states.get(name).copied().unwrap_or(0), stats.now),
+            (
+                "entered",
+                rec.entered.get(name).copied().unwrap_or(0),
+                stats.entered,
+            ),
+        ];
+        for (what, r, g) in pairs {
+            if r != g {
+                out.push(format!("{name} {what} {r} recorded, {g} replayed"));
+            }
+        }
+        for (what, map, p) in [
+            ("dwell", &rec.dwell, stats.dwell),
+            ("age", &rec.age, stats.age),
+        ] {
+            let r = map.get(name).copied().unwrap_or_default();
+            if r != PercentilesIn::from(p) {
+                out.push(format!("{name} {what} {r:?} recorded, {p:?} replayed"));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+pub mod tests;

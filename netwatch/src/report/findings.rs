@@ -1,0 +1,234 @@
+//! Findings: what the numbers mean, set against the limits the machine ran with (the
+//! header's sysctls). Each rule names the evidence and the knob to look at; the alerts the
+//! tracer raised are findings too, one per kind.
+
+use serde::Serialize;
+
+use super::Report;
+use crate::core::text::duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Critical,
+    Warning,
+    Info,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Critical => "critical",
+            Severity::Warning => "warning",
+            Severity::Info => "info",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub severity: Severity,
+    /// A short name, stable for machines: `records_lost`, `alert:port_exhaustion`, ...
+    pub id: String,
+    pub title: String,
+    pub detail: String,
+}
+
+fn finding(severity: Severity, id: &str, title: String, detail: String) -> Finding {
+    Finding {
+        severity,
+        id: id.to_owned(),
+        title,
+        detail,
+    }
+}
+
+/// The lowest value of a setting over the traced namespaces (or of the host, when none was
+/// recorded per namespace): the limit hit first.
+fn setting(r: &Report, name: &str) -> Option<String> {
+    let per_ns: Vec<&String> = r
+        .trace
+        .netns_sysctls
+        .values()
+        .filter_map(|m| m.get(name))
+        .collect();
+    if per_ns.is_empty() {
+        return r.trace.sysctls.get(name).cloned();
+    }
+    per_ns
+        .into_iter()
+        .min_by_key(|v| {
+            v.split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .cloned()
+}
+
+fn number(r: &Report, name: &str) -> Option<u64> {
+    setting(r, name)?.trim().parse().ok()
+}
+
+fn peak(r: &Report, st: &str) -> u64 {
+    let gauge = r.peaks.get(st).map_or(0, |p| p.max);
+    gauge.max(r.states.get(st).copied().unwrap_or(0))
+}
+
+fn alert_severity(kind: &str) -> Severity {
+    match kind {
+        "port_exhaustion" | "listen_overflow" | "conntrack_full" => Severity::Critical,
+        "paws_reject" => Severity::Info,
+        _ => Severity::Warning,
+    }
+}
+
+pub fn findings(r: &Report) -> Vec<Finding> {
+    let mut out = Vec::new();
+    if r.lost > 0 {
+        out.push(finding(
+            Severity::Critical,
+            "records_lost",
+            format!("{} records lost", r.lost),
+            "the kernel's ring buffer was full (or records could not be decoded): counts and \
+             histograms undercount; trace with filters (--port, --netns) to record less"
+                .to_owned(),
+        ));
+    }
+    if !r.complete {
+        out.push(finding(
+            Severity::Warning,
+            "incomplete_trace",
+            "the trace is incomplete".to_owned(),
+            "it lacks its summary or a part: see the warnings; the numbers cover what is there"
+                .to_owned(),
+        ));
+    }
+    for (kind, n) in &r.alert_counts {
+        let first = r.alerts.iter().find(|a| &a.kind == kind);
+        out.push(finding(
+            alert_severity(kind),
+            &format!("alert:{kind}"),
+            format!("{n} {kind} alert{}", if *n == 1 { "" } else { "s" }),
+            first.map(|a| a.message.clone()).unwrap_or_default(),
+        ));
+    }
+
+    let tw = peak(r, "TIME_WAIT");
+    if let Some(buckets) = number(r, "net.ipv4.tcp_max_tw_buckets") {
+        if buckets > 0 && tw * 10 >= buckets * 9 {
+            out.push(finding(
+                Severity::Warning,
+                "timewait_buckets",
+                format!("TIME_WAIT peaked at {tw} of net.ipv4.tcp_max_tw_buckets = {buckets}"),
+                "past the limit closing connections skip TIME_WAIT (TCPTimeWaitOverflow): old \
+                 duplicates can then reach new connections on the same ports"
+                    .to_owned(),
+            ));
+        }
+    }
+    if let Some(range) = setting(r, "net.ipv4.ip_local_port_range") {
+        let mut it = range
+            .split_whitespace()
+            .filter_map(|n| n.parse::<u64>().ok());
+        if let (Some(lo), Some(hi)) = (it.next(), it.next()) {
+            let width = hi.saturating_sub(lo) + 1;
+            if tw > 0 && tw * 2 >= width {
+                out.push(finding(
+                    Severity::Warning,
+                    "ephemeral_ports",
+                    format!(
+                        "TIME_WAIT peaked at {tw}, {}% of the {width} ephemeral ports \
+                         ({lo}-{hi})",
+                        tw * 100 / width
+                    ),
+                    "client connections to one destination run out of local ports while \
+                     theirs sit in TIME_WAIT (EADDRNOTAVAIL): widen \
+                     net.ipv4.ip_local_port_range, reuse connections, or enable \
+                     net.ipv4.tcp_tw_reuse"
+                        .to_owned(),
+                ));
+            }
+        }
+    }
+    if let Some(a) = r.age.get("CLOSE_WAIT") {
+        if a.max >= 10_000_000_000 {
+            out.push(finding(
+                Severity::Warning,
+                "close_wait_leak",
+                format!(
+                    "{} sockets in CLOSE_WAIT at the end, the oldest for {}",
+                    r.states.get("CLOSE_WAIT").copied().unwrap_or(a.count),
+                    duration(Some(a.max))
+                ),
+                "the peer closed and the application has not: a missing close() (a leak), or \
+                 a worker stuck before it"
+                    .to_owned(),
+            ));
+        }
+    }
+    for (st, what, knob) in [
+        (
+            "SYN_RECV",
+            "handshakes waited for SYN-ACK retransmits: final ACKs are lost or late",
+            "net.ipv4.tcp_synack_retries",
+        ),
+        (
+            "SYN_SENT",
+            "connects waited for SYN retransmits: SYNs dropped or unanswered (a full \
+             listener, a firewall, conntrack)",
+            "net.ipv4.tcp_syn_retries",
+        ),
+    ] {
+        if let Some(d) = r.dwell.get(st) {
+            if d.p99 >= 1_000_000_000 {
+                out.push(finding(
+                    Severity::Warning,
+                    &format!("slow_{}", st.to_ascii_lowercase()),
+                    format!(
+                        "{st} p99 {} (max {}) over {} dwells",
+                        duration(Some(d.p99)),
+                        duration(Some(d.max)),
+                        d.count
+                    ),
+                    format!("{what} (see {knob})"),
+                ));
+            }
+        }
+    }
+    if let (Some(d), Some(fin)) = (
+        r.dwell.get("FIN_WAIT2"),
+        number(r, "net.ipv4.tcp_fin_timeout"),
+    ) {
+        if fin > 0 && d.p90 * 10 >= fin * 9 * 1_000_000_000 {
+            out.push(finding(
+                Severity::Info,
+                "fin_wait2_timeout",
+                format!(
+                    "FIN_WAIT2 p90 {} against net.ipv4.tcp_fin_timeout = {fin} s",
+                    duration(Some(d.p90))
+                ),
+                "peers do not close their side: orphaned sockets wait out tcp_fin_timeout"
+                    .to_owned(),
+            ));
+        }
+    }
+    let ct = r
+        .gauges
+        .iter()
+        .filter_map(|g| Some((g.conntrack_count?, g.conntrack_max?)))
+        .max_by_key(|&(c, _)| c);
+    if let Some((count, max)) = ct {
+        if max > 0 && count * 10 >= max * 9 {
+            out.push(finding(
+                Severity::Critical,
+                "conntrack_full",
+                format!("conntrack peaked at {count} of nf_conntrack_max = {max}"),
+                "a full table drops new flows (\"nf_conntrack: table full, dropping packet\"): \
+                 raise net.netfilter.nf_conntrack_max or shorten its TCP timeouts"
+                    .to_owned(),
+            ));
+        }
+    }
+    out.sort_by_key(|f| f.severity);
+    out
+}

@@ -1,0 +1,612 @@
+//! `netwatch report TRACE`: the postmortem view of a saved trace, without root or eBPF.
+//!
+//! The trace is replayed through the tracer's own engine ([`crate::core::replay`]), so the
+//! histograms and percentiles are the ones the tracer computed, and (where nothing is filtered
+//! out) every snapshot and the summary are checked against the replay. The result is one
+//! [`Report`], rendered as text ([`text`]), JSON (its serde form) or an HTML page with plots
+//! ([`html`]).
+
+pub mod findings;
+pub mod html;
+pub mod text;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use netwatch_common::state;
+use serde::Serialize;
+use serde_json::Value;
+use time::{format_description::well_known::Rfc3339, OffsetDateTime};
+
+use crate::cli::TimeSpec;
+use crate::config::ReportConfig;
+use crate::core::{
+    json::{reported_states, BucketJson, PercentilesJson},
+    replay::{HeaderIn, PercentilesIn, ReadError, RecordIn, Replay, ReplayFilter, TraceReader},
+    snapshot::Percentiles,
+};
+use crate::writer;
+
+pub use findings::Finding;
+
+/// The trace as recorded: who wrote it, where, with which limits.
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceInfo {
+    pub files: Vec<String>,
+    pub run_id: String,
+    pub hostname: String,
+    pub kernel: String,
+    pub netwatch_version: String,
+    pub schema_version: u64,
+    pub start: String,
+    pub interval_ns: u64,
+    /// Filters the trace was recorded with.
+    pub recorded_ports: Vec<u16>,
+    pub recorded_addrs: Vec<String>,
+    pub recorded_netns: Vec<u32>,
+    pub sysctls: BTreeMap<String, String>,
+    pub netns_sysctls: BTreeMap<String, BTreeMap<String, String>>,
+    pub argv: Vec<String>,
+}
+
+/// What the report covers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Window {
+    pub from: String,
+    pub to: String,
+    /// From the start of the trace.
+    pub from_offset_ns: u64,
+    pub to_offset_ns: u64,
+    pub ports: Vec<u16>,
+    pub addrs: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GaugeJson {
+    pub ts: String,
+    pub offset_ns: u64,
+    /// Sockets per state (the states that were ever non-zero in the report).
+    pub states: BTreeMap<&'static str, u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conntrack_count: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conntrack_max: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PeakJson {
+    pub max: u64,
+    pub offset_ns: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AlertItem {
+    pub ts: String,
+    pub offset_ns: u64,
+    pub kind: String,
+    pub message: String,
+    pub evidence: BTreeMap<String, Value>,
+}
+
+/// How well the replay matched what the tracer recorded.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub snapshots_checked: u64,
+    pub snapshots_differing: u64,
+    /// `match`, `differs`, or `not_compared` (filtered, windowed, a part missing, or no
+    /// summary).
+    pub summary: &'static str,
+    pub differences: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub trace: TraceInfo,
+    pub window: Window,
+    /// The trace ends with its summary and no part is missing.
+    pub complete: bool,
+    pub stopped_by: Option<String>,
+    /// Transitions replayed (those passing the filters, in the window).
+    pub transitions: u64,
+    /// `replay`, or `summary` where parts are missing and the tracer's summary of the whole
+    /// run gives the histograms, percentiles and totals.
+    pub numbers_from: &'static str,
+    /// Sockets that existed at start (passing the filters).
+    pub census: u64,
+    /// Records the tracer lost: `lost_records` (its ring buffer was full) plus
+    /// `undecodable`, as its summary says (the highest `lost` seen when there is none).
+    pub lost: u64,
+    pub lost_records: Option<u64>,
+    pub undecodable: Option<u64>,
+    /// Sockets in each state at the end of the window.
+    pub states: BTreeMap<&'static str, u64>,
+    /// Completed dwells per state (in the window), as in the trace's summary.
+    pub dwell: BTreeMap<&'static str, PercentilesJson>,
+    pub histogram: BTreeMap<&'static str, Vec<BucketJson>>,
+    /// Ages of the sockets still in each state at the end of the window.
+    pub age: BTreeMap<&'static str, PercentilesJson>,
+    pub gauges: Vec<GaugeJson>,
+    pub peaks: BTreeMap<&'static str, PeakJson>,
+    pub alert_counts: BTreeMap<String, u64>,
+    pub alerts: Vec<AlertItem>,
+    pub findings: Vec<Finding>,
+    pub check: Check,
+    pub warnings: Vec<String>,
+}
+
+/// Mono stamps of the trace to wall-clock time, from its header.
+#[derive(Debug, Clone, Copy)]
+pub struct TraceClock {
+    start_wall: OffsetDateTime,
+    start_mono: u64,
+}
+
+impl TraceClock {
+    pub fn from_header(h: &HeaderIn) -> Result<Self> {
+        let start_wall = OffsetDateTime::parse(&h.start, &Rfc3339)
+            .with_context(|| format!("the trace header's start {:?} is not RFC 3339", h.start))?;
+        Ok(Self {
+            start_wall,
+            start_mono: h.start_mono_ns,
+        })
+    }
+
+    pub fn offset(&self, mono: u64) -> u64 {
+        mono.saturating_sub(self.start_mono)
+    }
+
+    pub fn ts(&self, mono: u64) -> String {
+        let delta = time::Duration::nanoseconds(mono as i64 - self.start_mono as i64);
+        (self.start_wall + delta)
+            .format(&Rfc3339)
+            .unwrap_or_default()
+    }
+
+    /// A --since/--until as a mono stamp of the trace.
+    pub fn mono_of(&self, t: TimeSpec) -> u64 {
+        match t {
+            TimeSpec::Offset(d) => self.start_mono + d.as_nanos() as u64,
+            TimeSpec::At(at) => {
+                let delta = (at - self.start_wall).whole_nanoseconds();
+                (self.start_mono as i128 + delta).clamp(0, u64::MAX as i128) as u64
+            }
+        }
+    }
+}
+
+/// Opens a trace file, undoing gzip (told by its magic bytes, whatever its name).
+pub fn open_trace(path: &Path) -> Result<Box<dyn BufRead>> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut input = BufReader::with_capacity(1 << 16, file);
+    let gzip = input
+        .fill_buf()
+        .with_context(|| format!("reading {}", path.display()))?
+        .starts_with(&[0x1f, 0x8b]);
+    Ok(if gzip {
+        Box::new(BufReader::with_capacity(
+            1 << 16,
+            flate2::bufread::MultiGzDecoder::new(input),
+        ))
+    } else {
+        Box::new(input)
+    })
+}
+
+/// The files to read: the ones named, or the one named followed by its later parts.
+fn trace_files(named: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    if named.len() > 1 {
+        return Ok(named.to_vec());
+    }
+    let base = &named[0];
+    let mut files = Vec::new();
+    if base.exists() {
+        files.push(base.clone());
+    }
+    files.extend(writer::existing_parts(base).into_iter().map(|(_, p)| p));
+    if files.is_empty() {
+        bail!("cannot open {}: no such file", base.display());
+    }
+    Ok(files)
+}
+
+/// Everything read from the files.
+struct Loaded {
+    first: HeaderIn,
+    files: Vec<String>,
+    replay: Replay,
+    warnings: Vec<String>,
+}
+
+fn read_trace(cfg: &ReportConfig, files: &[PathBuf]) -> Result<Loaded> {
+    if let (Some(a), Some(b)) = (cfg.since, cfg.until) {
+        // Offsets were checked with the flags; times of day only compare on one clock.
+        if let (TimeSpec::At(a), TimeSpec::At(b)) = (a, b) {
+            if b <= a {
+                bail!("--until must be after --since");
+            }
+        }
+    }
+    let mut first: Option<(HeaderIn, TraceClock)> = None;
+    let mut replay: Option<Replay> = None;
+    let mut warnings = Vec::new();
+    let mut used = Vec::new();
+    let mut last_part: Option<u32> = None;
+    let mut continues_in: Option<String> = None;
+    let explicit = cfg.traces.len() > 1;
+    for path in files {
+        let name = path.display().to_string();
+        let input = open_trace(path)?;
+        let mut reader = match TraceReader::new(&name, input) {
+            Ok(r) => r,
+            // A later part found next to the first that is not a trace: not ours to judge.
+            Err(e @ (ReadError::NotATrace { .. } | ReadError::Empty { .. }))
+                if first.is_some() && !explicit =>
+            {
+                warnings.push(format!("{e}; skipped"));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let header = reader.header.clone();
+        let (h0, _) = match &first {
+            Some(f) => f,
+            None => {
+                let clock = TraceClock::from_header(&header)?;
+                let filter = replay_filter(cfg, clock);
+                replay = Some(Replay::new(filter));
+                first.insert((header.clone(), clock))
+            }
+        };
+        let replay = replay.as_mut().expect("set with the first header");
+        if header.run_id != h0.run_id {
+            warnings.push(format!(
+                "{name} is from another trace (run {}, not {}); skipped",
+                header.run_id, h0.run_id
+            ));
+            continue;
+        }
+        let expected = last_part.map_or(0, |p| p + 1);
+        if header.part != expected {
+            if last_part.is_some_and(|p| header.part <= p) {
+                bail!(
+                    "{name} is part {} of the trace, which was already read; name the parts \
+                     in order",
+                    header.part
+                );
+            }
+            replay.gap();
+            warnings.push(if expected == 0 {
+                format!(
+                    "{name} is part {} of the trace: the first part{} (with the census and \
+                     the start) is not read, so gauges replayed from it lack the sockets that \
+                     existed before",
+                    header.part,
+                    if header.part > 1 { "s" } else { "" }
+                )
+            } else {
+                format!(
+                    "parts {expected}..{} of the trace are missing (deleted by rotation, \
+                     --max-files?): the replayed histograms lack their records",
+                    header.part - 1
+                )
+            });
+        }
+        last_part = Some(header.part);
+        used.push(name.clone());
+        replay.apply(RecordIn::Header(Box::new(header)));
+        continues_in = None;
+        while let Some(rec) = reader.next_record()? {
+            continues_in = match &rec {
+                RecordIn::PartEnd(p) => Some(p.next.clone()),
+                _ => None,
+            };
+            replay.apply(rec);
+        }
+        warnings.extend(reader.finish_warnings());
+    }
+    if let Some(next) = continues_in {
+        warnings.push(format!(
+            "the trace goes on in {next} (its part_end record says so), which was not read"
+        ));
+    }
+    let (Some((first, _)), Some(mut replay)) = (first, replay) else {
+        bail!("no trace to read");
+    };
+    replay.end();
+    Ok(Loaded {
+        first,
+        files: used,
+        replay,
+        warnings,
+    })
+}
+
+fn replay_filter(cfg: &ReportConfig, clock: TraceClock) -> ReplayFilter {
+    ReplayFilter {
+        ports: cfg.ports.clone(),
+        addrs: cfg.addrs.clone(),
+        has_addrs: !cfg.addr_specs.is_empty(),
+        since_mono: cfg.since.map(|t| clock.mono_of(t)),
+        until_mono: cfg.until.map(|t| clock.mono_of(t)),
+    }
+}
+
+fn pct(p: Percentiles) -> PercentilesJson {
+    p.into()
+}
+
+fn percentiles_json(p: PercentilesIn) -> PercentilesJson {
+    PercentilesJson {
+        count: p.count,
+        p50: p.p50,
+        p90: p.p90,
+        p99: p.p99,
+        max: p.max,
+    }
+}
+
+/// Builds the report from the trace files.
+pub fn build(cfg: &ReportConfig) -> Result<Report> {
+    let files = trace_files(&cfg.traces)?;
+    let Loaded {
+        first,
+        files,
+        replay,
+        mut warnings,
+    } = read_trace(cfg, &files)?;
+    let clock = TraceClock::from_header(&first)?;
+    let summary = replay.summary.as_ref();
+    let trace_end = summary.map_or(replay.last_mono, |s| s.mono_ns);
+    let since = replay.filter.since_mono.unwrap_or(first.start_mono_ns);
+    let end = replay
+        .filter
+        .until_mono
+        .map_or(trace_end, |u| u.min(trace_end));
+    if replay.filter.since_mono.is_some_and(|s| s > trace_end) {
+        warnings.push(format!(
+            "--since is after the end of the trace ({}): the report is empty",
+            clock.ts(trace_end)
+        ));
+    }
+    let (dwells, alive) = replay.view(end.max(since));
+
+    let mut ever = [false; state::COUNT];
+    for g in &replay.gauges {
+        for (i, &n) in g.states.iter().enumerate() {
+            ever[i] |= n > 0;
+        }
+    }
+    for st in reported_states() {
+        ever[st as usize] |= alive.state(st).now > 0;
+    }
+    let shown: Vec<u8> = reported_states().filter(|&s| ever[s as usize]).collect();
+
+    let mut states = BTreeMap::new();
+    let mut dwell = BTreeMap::new();
+    let mut histogram = BTreeMap::new();
+    let mut age = BTreeMap::new();
+    for st in reported_states() {
+        let name = state::name(st);
+        states.insert(name, alive.state(st).now);
+        let d = dwells.state(st);
+        if d.dwell.count > 0 {
+            dwell.insert(name, pct(d.dwell));
+            histogram.insert(name, d.buckets.iter().map(|&b| b.into()).collect());
+        }
+        let a = alive.state(st);
+        if a.age.count > 0 {
+            age.insert(name, pct(a.age));
+        }
+    }
+    let mut transitions = replay.transitions;
+    // With parts missing, the replay lacks their records; the tracer's own summary has the
+    // whole run, so its numbers stand in (when the report looks at the whole run).
+    let from_summary = summary.filter(|_| {
+        !replay.complete && !replay.filter.filters_connections() && !replay.filter.has_window()
+    });
+    if let Some(s) = from_summary {
+        let pcts = |m: &BTreeMap<String, PercentilesIn>| {
+            reported_states()
+                .map(state::name)
+                .filter_map(|n| Some((n, percentiles_json(*m.get(n)?))))
+                .collect()
+        };
+        states = reported_states()
+            .map(state::name)
+            .map(|n| (n, s.states.get(n).copied().unwrap_or(0)))
+            .collect();
+        dwell = pcts(&s.dwell);
+        age = pcts(&s.age);
+        histogram = reported_states()
+            .map(state::name)
+            .filter_map(|n| {
+                let bars = s.histogram.get(n)?;
+                Some((
+                    n,
+                    bars.iter()
+                        .map(|b| BucketJson {
+                            upper_ns: b.upper_ns,
+                            count: b.count,
+                        })
+                        .collect(),
+                ))
+            })
+            .collect();
+        transitions = s.transitions;
+        warnings.push(
+            "parts of the trace are missing: its histograms, percentiles and totals are those \
+             of the tracer's summary (the whole run), not replayed"
+                .to_owned(),
+        );
+    }
+
+    let mut peaks: BTreeMap<&'static str, PeakJson> = BTreeMap::new();
+    let gauges: Vec<GaugeJson> = replay
+        .gauges
+        .iter()
+        .map(|g| {
+            let offset_ns = clock.offset(g.mono_ns);
+            let mut m = BTreeMap::new();
+            for &st in &shown {
+                let n = g.states[st as usize];
+                m.insert(state::name(st), n);
+                let peak = peaks
+                    .entry(state::name(st))
+                    .or_insert(PeakJson { max: n, offset_ns });
+                if n > peak.max {
+                    *peak = PeakJson { max: n, offset_ns };
+                }
+            }
+            GaugeJson {
+                ts: clock.ts(g.mono_ns),
+                offset_ns,
+                states: m,
+                conntrack_count: g.conntrack.and_then(|c| c.0),
+                conntrack_max: g.conntrack.and_then(|c| c.1),
+            }
+        })
+        .collect();
+
+    let mut alert_counts = BTreeMap::new();
+    let alerts: Vec<AlertItem> = replay
+        .alerts
+        .iter()
+        .map(|a| {
+            *alert_counts.entry(a.kind.clone()).or_insert(0) += 1;
+            AlertItem {
+                ts: a.ts.clone(),
+                offset_ns: clock.offset(a.mono_ns),
+                kind: a.kind.clone(),
+                message: a.message.clone(),
+                evidence: a.evidence.clone(),
+            }
+        })
+        .collect();
+
+    let mut summary_check = replay.check_summary();
+    if let (Some(diffs), Some(s)) = (summary_check.as_mut(), summary) {
+        if s.alerts != alert_counts {
+            diffs.push(format!(
+                "alerts by kind {:?} in the summary, {:?} in the records",
+                s.alerts, alert_counts
+            ));
+        }
+    }
+    let mut differences = replay.differences.clone();
+    let summary_state = match &summary_check {
+        None => "not_compared",
+        Some(d) if d.is_empty() => "match",
+        Some(d) => {
+            differences.extend(d.iter().take(5).map(|d| format!("summary: {d}")));
+            "differs"
+        }
+    };
+    if summary.is_none() {
+        warnings.push(
+            "the trace ends without its summary record: the tracer was killed (SIGKILL, a \
+             crash) or its disk filled; up to its last second of records may be missing"
+                .to_owned(),
+        );
+    }
+    let complete = summary.is_some() && replay.complete;
+    let lost = replay.lost;
+
+    let trace = TraceInfo {
+        files,
+        run_id: first.run_id.clone(),
+        hostname: first.hostname.clone(),
+        kernel: first.kernel.clone(),
+        netwatch_version: first.netwatch_version.clone(),
+        schema_version: first.schema_version,
+        start: first.start.clone(),
+        interval_ns: first.interval_ns,
+        recorded_ports: first.filters.ports.clone(),
+        recorded_addrs: first.filters.addrs.clone(),
+        recorded_netns: first.filters.netns.clone(),
+        sysctls: first.sysctls.clone(),
+        netns_sysctls: first.netns_sysctls.clone(),
+        argv: first.argv.clone(),
+    };
+    let window = Window {
+        from: clock.ts(since),
+        to: clock.ts(end),
+        from_offset_ns: clock.offset(since),
+        to_offset_ns: clock.offset(end),
+        ports: cfg.ports.clone(),
+        addrs: cfg.addr_specs.clone(),
+    };
+    let mut report = Report {
+        trace,
+        window,
+        complete,
+        stopped_by: summary.map(|s| s.stopped_by.clone()),
+        transitions,
+        numbers_from: if from_summary.is_some() {
+            "summary"
+        } else {
+            "replay"
+        },
+        census: replay.census,
+        lost,
+        lost_records: summary.map(|s| s.lost_records),
+        undecodable: summary.map(|s| s.undecodable),
+        states,
+        dwell,
+        histogram,
+        age,
+        gauges,
+        peaks,
+        alert_counts,
+        alerts,
+        findings: Vec::new(),
+        check: Check {
+            snapshots_checked: replay.snapshots_checked,
+            snapshots_differing: replay.snapshots_differing,
+            summary: summary_state,
+            differences,
+        },
+        warnings,
+    };
+    report.findings = findings::findings(&report);
+    Ok(report)
+}
+
+/// Writes to stdout; a reader that went away (`| head`) is not an error.
+fn to_stdout(bytes: &[u8]) -> Result<()> {
+    let mut out = io::stdout().lock();
+    match out.write_all(bytes).and_then(|_| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(anyhow::Error::new(e).context("writing the report to stdout")),
+    }
+}
+
+pub fn run(cfg: ReportConfig) -> Result<()> {
+    let report = build(&cfg)?;
+    for w in &report.warnings {
+        eprintln!("netwatch: warning: {w}");
+    }
+    if cfg.json {
+        let mut out = serde_json::to_vec_pretty(&report).context("serializing the report")?;
+        out.push(b'\n');
+        to_stdout(&out)?;
+    } else if cfg.html.is_none() {
+        to_stdout(text::render(&report).as_bytes())?;
+    }
+    if let Some(path) = &cfg.html {
+        let page = html::render(&report);
+        let mut f = writer::open_part(path, cfg.force)
+            .with_context(|| format!("cannot create the HTML report {}", path.display()))?;
+        f.write_all(page.as_bytes())
+            .and_then(|_| f.sync_data())
+            .with_context(|| format!("writing the HTML report {}", path.display()))?;
+        eprintln!("netwatch: HTML report written to {}", path.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,312 @@
+//! The report as text for a terminal.
+
+use std::fmt::Write as _;
+
+use super::Report;
+use crate::core::text::duration;
+
+/// Gauge rows shown at most (evenly spaced, the peak rows kept).
+const GAUGE_ROWS: usize = 24;
+/// Alerts listed at most.
+const ALERT_ROWS: usize = 30;
+const BAR: usize = 40;
+
+pub fn offset(ns: u64) -> String {
+    let s = ns as f64 / 1e9;
+    if s >= 3600.0 {
+        format!(
+            "+{}h{:02}m{:02}s",
+            ns / 3_600_000_000_000,
+            (ns / 60_000_000_000) % 60,
+            (ns / 1_000_000_000) % 60
+        )
+    } else if s >= 60.0 {
+        format!("+{}m{:04.1}s", ns / 60_000_000_000, s % 60.0)
+    } else {
+        format!("+{s:.1}s")
+    }
+}
+
+/// The label of a histogram bar: its upper bound.
+pub fn bound(ns: u64) -> String {
+    match ns {
+        n if n >= 86_400_000_000_000 => format!("<={}d", n / 86_400_000_000_000),
+        n if n >= 3_600_000_000_000 => format!("<={}h", n / 3_600_000_000_000),
+        n if n >= 60_000_000_000 && n % 60_000_000_000 == 0 => {
+            format!("<={}m", n / 60_000_000_000)
+        }
+        n if n >= 1_000_000_000 => format!("<={}s", n / 1_000_000_000),
+        n if n >= 1_000_000 => format!("<={}ms", n / 1_000_000),
+        n => format!("<={}us", n / 1_000),
+    }
+}
+
+/// Which rows of `n` to show: evenly spaced, always the first, the last and `keep`.
+pub fn pick_rows(n: usize, max: usize, keep: &[usize]) -> Vec<usize> {
+    if n <= max {
+        return (0..n).collect();
+    }
+    let mut rows: Vec<usize> = (0..max).map(|i| i * (n - 1) / (max - 1)).collect();
+    rows.extend(keep.iter().copied().filter(|&k| k < n));
+    rows.sort_unstable();
+    rows.dedup();
+    rows
+}
+
+pub fn render(r: &Report) -> String {
+    let mut o = String::new();
+    let t = &r.trace;
+    let _ = writeln!(
+        o,
+        "netwatch report of {} ({} file{})",
+        t.files.first().map(String::as_str).unwrap_or("?"),
+        t.files.len(),
+        if t.files.len() == 1 { "" } else { "s" }
+    );
+    let _ = writeln!(
+        o,
+        "  host {}, kernel {}, written by netwatch {} (schema {})",
+        t.hostname, t.kernel, t.netwatch_version, t.schema_version
+    );
+    let _ = writeln!(
+        o,
+        "  {} .. {} ({}){}",
+        r.window.from,
+        r.window.to,
+        duration(Some(r.window.to_offset_ns - r.window.from_offset_ns)),
+        r.stopped_by
+            .as_ref()
+            .map(|s| format!(", stopped by {s}"))
+            .unwrap_or_else(|| ", no summary".to_owned())
+    );
+    let mut rec = Vec::new();
+    if !t.recorded_ports.is_empty() {
+        rec.push(format!("ports {:?}", t.recorded_ports));
+    }
+    if !t.recorded_addrs.is_empty() {
+        rec.push(format!("addrs {}", t.recorded_addrs.join(",")));
+    }
+    if !t.recorded_netns.is_empty() {
+        rec.push(format!("netns {:?}", t.recorded_netns));
+    }
+    if !rec.is_empty() {
+        let _ = writeln!(o, "  recorded with filters: {}", rec.join("; "));
+    }
+    let mut ours = Vec::new();
+    if !r.window.ports.is_empty() {
+        ours.push(format!("--port {:?}", r.window.ports));
+    }
+    if !r.window.addrs.is_empty() {
+        ours.push(format!("--addr {}", r.window.addrs.join(",")));
+    }
+    if r.window.from_offset_ns > 0 || r.stopped_by.is_none() {
+        ours.push(format!(
+            "window {} .. {}",
+            offset(r.window.from_offset_ns),
+            offset(r.window.to_offset_ns)
+        ));
+    }
+    if !ours.is_empty() {
+        let _ = writeln!(o, "  this report: {}", ours.join("; "));
+    }
+    let _ = writeln!(
+        o,
+        "  {} transitions, {} sockets at start, {} records lost{}",
+        r.transitions,
+        r.census,
+        r.lost,
+        match (r.lost, r.lost_records, r.undecodable) {
+            (0, _, _) => String::new(),
+            (_, Some(full), Some(bad)) =>
+                format!(" (ring buffer full {full}, undecodable {bad}: COUNTS UNDERSTATED)"),
+            _ => " (COUNTS UNDERSTATED)".to_owned(),
+        }
+    );
+    if r.numbers_from == "summary" {
+        let _ = writeln!(
+            o,
+            "  parts are missing: histograms, percentiles and totals are the tracer's summary"
+        );
+    }
+    let c = &r.check;
+    let _ = match c.summary {
+        "match" if c.snapshots_differing == 0 => writeln!(
+            o,
+            "  replay check: all {} snapshots and the summary reproduced exactly",
+            c.snapshots_checked
+        ),
+        _ if c.snapshots_checked == 0 && c.summary == "not_compared" => writeln!(
+            o,
+            "  replay check: not compared (filtered, windowed, or a part missing)"
+        ),
+        s => writeln!(
+            o,
+            "  replay check: {} of {} snapshots differ; summary {s}",
+            c.snapshots_differing, c.snapshots_checked
+        ),
+    };
+    for d in &c.differences {
+        let _ = writeln!(o, "    {d}");
+    }
+
+    let _ = writeln!(o, "\nFINDINGS");
+    if r.findings.is_empty() {
+        let _ = writeln!(o, "  none: no alert, no limit approached");
+    }
+    for f in &r.findings {
+        let _ = writeln!(o, "  [{}] {}", f.severity.as_str(), f.title);
+        if !f.detail.is_empty() {
+            let _ = writeln!(o, "      {}", f.detail);
+        }
+    }
+
+    let _ = writeln!(o, "\nSOCKETS AT THE END (peak)");
+    let mut line = String::from(" ");
+    for (st, n) in r.states.iter().filter(|(_, n)| **n > 0) {
+        let _ = write!(line, " {st} {n}");
+        if let Some(p) = r.peaks.get(st).filter(|p| p.max > *n) {
+            let _ = write!(line, " ({} at {})", p.max, offset(p.offset_ns));
+        }
+    }
+    let _ = writeln!(
+        o,
+        "{}",
+        if line.trim().is_empty() {
+            "  none"
+        } else {
+            &line
+        }
+    );
+
+    let _ = writeln!(o, "\nDWELL (completed, per state)");
+    if r.dwell.is_empty() {
+        let _ = writeln!(o, "  no completed dwells");
+    } else {
+        let _ = writeln!(
+            o,
+            "  {:<12} {:>8} {:>9} {:>9} {:>9} {:>9}",
+            "STATE", "COUNT", "P50", "P90", "P99", "MAX"
+        );
+        for (st, p) in &r.dwell {
+            let _ = writeln!(
+                o,
+                "  {:<12} {:>8} {:>9} {:>9} {:>9} {:>9}",
+                st,
+                p.count,
+                duration(Some(p.p50)),
+                duration(Some(p.p90)),
+                duration(Some(p.p99)),
+                duration(Some(p.max))
+            );
+        }
+        for (st, bars) in &r.histogram {
+            let top = bars.iter().map(|b| b.count).max().unwrap_or(1).max(1);
+            let _ = writeln!(o, "  {st}");
+            for b in bars {
+                let len = (b.count as f64 / top as f64 * BAR as f64).ceil() as usize;
+                let _ = writeln!(
+                    o,
+                    "    {:>8} {:<width$} {}",
+                    bound(b.upper_ns),
+                    "#".repeat(len),
+                    b.count,
+                    width = BAR
+                );
+            }
+        }
+    }
+    if !r.age.is_empty() {
+        let _ = writeln!(o, "\nAGES OF SOCKETS STILL IN A STATE AT THE END");
+        for (st, p) in &r.age {
+            let _ = writeln!(
+                o,
+                "  {:<12} {:>8} p50 {} p99 {} oldest {}",
+                st,
+                p.count,
+                duration(Some(p.p50)),
+                duration(Some(p.p99)),
+                duration(Some(p.max))
+            );
+        }
+    }
+
+    let _ = writeln!(
+        o,
+        "\nGAUGES OVER TIME ({} snapshots, every {})",
+        r.gauges.len(),
+        duration(Some(r.trace.interval_ns))
+    );
+    if let Some(g0) = r.gauges.first() {
+        let cols: Vec<&str> = g0.states.keys().copied().collect();
+        let _ = write!(o, "  {:<11}", "TIME");
+        for c in &cols {
+            let _ = write!(o, " {:>11}", c);
+        }
+        let ct = r.gauges.iter().any(|g| g.conntrack_count.is_some());
+        if ct {
+            let _ = write!(o, " {:>11}", "CONNTRACK");
+        }
+        o.push('\n');
+        let peaks: Vec<usize> = cols
+            .iter()
+            .filter_map(|c| {
+                let p = r.peaks.get(c)?;
+                r.gauges.iter().position(|g| g.offset_ns == p.offset_ns)
+            })
+            .collect();
+        for i in pick_rows(r.gauges.len(), GAUGE_ROWS, &peaks) {
+            let g = &r.gauges[i];
+            let _ = write!(o, "  {:<11}", offset(g.offset_ns));
+            for c in &cols {
+                let _ = write!(o, " {:>11}", g.states.get(c).copied().unwrap_or(0));
+            }
+            if ct {
+                let v = g.conntrack_count.map(|n| n.to_string()).unwrap_or_default();
+                let _ = write!(o, " {v:>11}");
+            }
+            o.push('\n');
+        }
+    }
+
+    let _ = writeln!(o, "\nALERTS ({})", r.alerts.len());
+    if !r.alert_counts.is_empty() {
+        let counts: Vec<String> = r
+            .alert_counts
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        let _ = writeln!(o, "  {}", counts.join(", "));
+    }
+    for a in r.alerts.iter().take(ALERT_ROWS) {
+        let _ = writeln!(
+            o,
+            "  {:<10} {:<20} {}",
+            offset(a.offset_ns),
+            a.kind,
+            a.message
+        );
+    }
+    if r.alerts.len() > ALERT_ROWS {
+        let _ = writeln!(
+            o,
+            "  ... {} more (--json lists all)",
+            r.alerts.len() - ALERT_ROWS
+        );
+    }
+
+    let _ = writeln!(o, "\nSETTINGS");
+    for (k, v) in &r.trace.sysctls {
+        let _ = writeln!(o, "  {k} = {v}");
+    }
+    for (ns, m) in &r.trace.netns_sysctls {
+        let differ: Vec<String> = m
+            .iter()
+            .filter(|(k, v)| r.trace.sysctls.get(*k) != Some(v))
+            .map(|(k, v)| format!("{k} = {v}"))
+            .collect();
+        if !differ.is_empty() {
+            let _ = writeln!(o, "  in netns {ns}: {}", differ.join(", "));
+        }
+    }
+    o
+}
