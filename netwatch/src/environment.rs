@@ -11,9 +11,10 @@ use crate::procfs::{self, conntrack, Netstat};
 
 /// Tables up to this many entries are read whole for idle times and states...
 const CONNTRACK_TABLE_READ_LIMIT: u64 = 20_000;
-/// ...at most this often: reading /proc/net/nf_conntrack also makes the kernel free the
-/// expired entries it walks, which would hide the garbage collector's lag being observed.
-const CONNTRACK_TABLE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// ...at most this often. Reading /proc/net/nf_conntrack also makes the kernel free the
+/// expired entries it walks (the GC would free them up to ~30 s later): harmless to the
+/// lifetimes, which are taken to each entry's expiry, but a cost, so not more than this.
+const CONNTRACK_TABLE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// TcpExt counters whose increase the signals use.
 const COUNTERS: &[&str] = &[
@@ -59,6 +60,11 @@ impl EnvSource {
             }
         }
         s
+    }
+
+    /// The sampled namespaces, in the order they were given.
+    pub fn namespaces(&self) -> impl Iterator<Item = u32> + '_ {
+        self.spaces.iter().map(|(ns, _)| *ns)
     }
 
     pub fn sample(&mut self) -> HashMap<u32, Environment> {

@@ -11,7 +11,11 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::census;
 use crate::config::{TraceConfig, View};
-use crate::environment::EnvSource;
+use crate::core::conntrack::ConntrackTracker;
+use crate::environment::{kernel_hz, EnvSource};
+
+/// Kernel tick rate assumed when /proc/timer_list cannot tell (Debian's default).
+const DEFAULT_HZ: u64 = 250;
 use netwatch_common::state;
 
 use crate::core::{
@@ -56,6 +60,7 @@ struct Tracer {
     decoder: Decoder,
     signals: Signals,
     env: EnvSource,
+    conntrack: ConntrackTracker,
     /// Alerts of this interval, for the live views.
     alerts: Vec<Alert>,
     undecodable: u64,
@@ -117,9 +122,13 @@ impl Tracer {
             if !self.wanted(&ev) {
                 continue;
             }
-            if let Event::Transition(t) = &mut ev {
-                attribute(&mut self.owners, t);
-                self.agg.apply(t);
+            match &mut ev {
+                Event::Transition(t) => {
+                    attribute(&mut self.owners, t);
+                    self.agg.apply(t);
+                }
+                Event::ConntrackEnd(c) => self.conntrack.apply(c),
+                Event::Drop(_) | Event::SynackRetransmit(_) => {}
             }
             self.signals.observe(&ev, &mut now);
             self.sinks.push(&ev);
@@ -147,10 +156,26 @@ impl Tracer {
 
     fn snapshot(&mut self) -> Result<(), SinkError> {
         let env = self.environment();
+        // Events up to the moment the counters were read belong to this interval too, so
+        // a drop and the counter it bumped land in the same alert.
+        self.drain()?;
         let ended = self.signals.end_interval(&env, &self.agg);
         self.publish(ended);
         let lost = self.lost();
-        let snap = self.agg.snapshot(mono_now_ns(), lost);
+        let mut snap = self.agg.snapshot(mono_now_ns(), lost);
+        // The table the entries came from; else, of the traced namespaces, the busiest
+        // (alerts are per namespace anyway).
+        let ct_env = self
+            .conntrack
+            .netns()
+            .and_then(|ns| env.get(&ns)?.conntrack.as_ref())
+            .or_else(|| {
+                self.env
+                    .namespaces()
+                    .filter_map(|ns| env.get(&ns)?.conntrack.as_ref())
+                    .reduce(|a, b| if b.count > a.count { b } else { a })
+            });
+        snap.conntrack = self.conntrack.snapshot(ct_env);
         self.sinks.snapshot(&snap);
         let alerts = std::mem::take(&mut self.alerts);
         match self.cfg.view {
@@ -515,11 +540,15 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
     let mut agg = Aggregator::new();
     let mut owners = HashMap::new();
     let mut found = Census::default();
+    let mut env = None;
     // The census runs after the programs are verified and before they attach, so that the
-    // ring buffer does not fill while it walks a large socket table.
+    // ring buffer does not fill while it walks a large socket table; the counters'
+    // baseline is taken then too, so nothing that happens after the attach is lost in it.
     let probes = Probes::attach(&cfg, &btf, || {
         found = take_census(&cfg, &mut agg, &mut owners);
+        env = Some(EnvSource::new(traced_spaces(&cfg)));
     })?;
+    let env = env.context("the programs were never attached")?;
     let mut warnings = probes.warnings.clone();
     warnings.extend(std::mem::take(&mut found.warnings));
     for w in &warnings {
@@ -551,7 +580,6 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         None
     };
     let probes_reasons = probes.reasons.clone();
-    let env_spaces = traced_spaces(&cfg);
     let mut tracer = Tracer {
         probes,
         cfg,
@@ -562,7 +590,8 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         owners,
         decoder: Decoder::new(probes_reasons),
         signals: Signals::new(),
-        env: EnvSource::new(env_spaces),
+        env,
+        conntrack: ConntrackTracker::new(kernel_hz().unwrap_or(DEFAULT_HZ)),
         alerts: Vec::new(),
         undecodable: 0,
         start_mono,

@@ -35,6 +35,8 @@ pub struct ConntrackTracker {
     /// they give the insertions.
     confirmed_freed: u64,
     last_count: Option<u64>,
+    /// Namespace of the latest entry seen.
+    netns: Option<u32>,
     seen: bool,
 }
 
@@ -47,12 +49,19 @@ impl ConntrackTracker {
             unconfirmed: 0,
             confirmed_freed: 0,
             last_count: None,
+            netns: None,
             seen: false,
         }
     }
 
+    /// The namespace whose table the entries came from.
+    pub fn netns(&self) -> Option<u32> {
+        self.netns
+    }
+
     pub fn apply(&mut self, e: &ConntrackEnd) {
         self.seen = true;
+        self.netns = Some(e.netns);
         self.freed += 1;
         if !e.confirmed {
             self.unconfirmed += 1;

@@ -647,13 +647,15 @@ mod tests {
     #[test]
     fn conntrack_full_names_fill_and_drops() {
         let mut s = Signals::new();
-        let mut e = Environment::default();
-        e.conntrack = Some(ConntrackEnv {
-            count: Some(64),
-            max: Some(64),
-            table_full_drops: 7,
+        let e = Environment {
+            conntrack: Some(ConntrackEnv {
+                count: Some(64),
+                max: Some(64),
+                table_full_drops: 7,
+                ..Default::default()
+            }),
             ..Default::default()
-        });
+        };
         let alerts = s.end_interval(&HashMap::from([(9, e)]), &View { tw: 0 });
         let a = alerts
             .iter()
@@ -662,22 +664,26 @@ mod tests {
         assert!(a.message().contains("64 of nf_conntrack_max 64"));
         assert!(a.message().contains("7 packets dropped"));
         // Still full without new drops: said already.
-        let mut still = Environment::default();
-        still.conntrack = Some(ConntrackEnv {
-            count: Some(64),
-            max: Some(64),
+        let still = Environment {
+            conntrack: Some(ConntrackEnv {
+                count: Some(64),
+                max: Some(64),
+                ..Default::default()
+            }),
             ..Default::default()
-        });
+        };
         assert!(s
             .end_interval(&HashMap::from([(9, still)]), &View { tw: 0 })
             .is_empty());
         // A quiet table says nothing.
-        let mut quiet = Environment::default();
-        quiet.conntrack = Some(ConntrackEnv {
-            count: Some(3),
-            max: Some(64),
+        let quiet = Environment {
+            conntrack: Some(ConntrackEnv {
+                count: Some(3),
+                max: Some(64),
+                ..Default::default()
+            }),
             ..Default::default()
-        });
+        };
         assert!(s
             .end_interval(&HashMap::from([(9, quiet)]), &View { tw: 0 })
             .is_empty());
