@@ -20,7 +20,7 @@ use crate::core::{
     event::{Event, Transition},
     json::{
         self, alert_kind, AlertJson, CensusJson, HeaderJson, PartEndJson, Record, RecordCounts,
-        SnapshotJson, SummaryJson, TransitionJson,
+        SnapshotJson, SummaryJson,
     },
     signals::Alert,
     snapshot::Snapshot,
@@ -46,6 +46,7 @@ pub struct Sinks {
     pub records: RecordCounts,
     /// Alert records by kind.
     pub alert_kinds: BTreeMap<String, u64>,
+    ts_cache: json::TsCache,
 }
 
 /// Why writing stopped.
@@ -137,6 +138,7 @@ impl Sinks {
             transitions: 0,
             records: RecordCounts::default(),
             alert_kinds: BTreeMap::new(),
+            ts_cache: json::TsCache::default(),
         })
     }
 
@@ -193,7 +195,14 @@ impl Sinks {
         if self.json.is_some() {
             self.records.transition += 1;
             let clock = self.clock;
-            self.record(&Record::Transition(TransitionJson::new(t, clock)));
+            let ts = &mut self.ts_cache;
+            match self.json.as_mut() {
+                None => {}
+                Some(JsonDest::Stdout(buf)) => json::write_transition(buf, t, clock, ts),
+                Some(JsonDest::File(w)) => {
+                    w.push_with(|buf| json::write_transition(buf, t, clock, ts))
+                }
+            }
         }
     }
 

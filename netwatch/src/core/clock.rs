@@ -41,6 +41,19 @@ impl WallClock {
         }
     }
 
+    /// Nanoseconds since the Unix epoch at a monotonic stamp.
+    pub fn unix_ns(self, mono_ns: u64) -> i128 {
+        mono_ns as i128 + self.realtime_minus_mono_ns
+    }
+
+    /// RFC 3339 of a wall-clock instant, for callers that cache by the second.
+    pub fn rfc3339_at_unix_ns(self, unix_ns: i128) -> String {
+        OffsetDateTime::from_unix_timestamp_nanos(unix_ns)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+            .format(&Rfc3339)
+            .unwrap_or_else(|_| String::from("1970-01-01T00:00:00Z"))
+    }
+
     pub fn to_datetime(self, mono_ns: u64) -> OffsetDateTime {
         OffsetDateTime::from_unix_timestamp_nanos(mono_ns as i128 + self.realtime_minus_mono_ns)
             .unwrap_or(OffsetDateTime::UNIX_EPOCH)

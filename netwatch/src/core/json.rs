@@ -63,6 +63,9 @@ pub const SCHEMA: &str = include_str!("../../schema/trace.schema.json");
 pub enum Record<'a> {
     Header(&'a HeaderJson),
     Census(CensusJson<'a>),
+    /// The reference definition of the transition record; traces are written by
+    /// `write_transition`, which a test holds byte-equal to it.
+    #[cfg_attr(not(test), allow(dead_code))]
     Transition(TransitionJson<'a>),
     Snapshot(SnapshotJson),
     Alert(AlertJson<'a>),
@@ -426,6 +429,7 @@ pub struct TransitionJson<'a> {
 }
 
 impl<'a> TransitionJson<'a> {
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn new(t: &'a Transition, clock: WallClock) -> Self {
         Self {
             ts: clock.rfc3339(t.mono_ns),
@@ -449,6 +453,112 @@ impl<'a> TransitionJson<'a> {
     }
 }
 
+/// Caches the date-and-time part of RFC 3339 stamps for the second being written, so a
+/// burst of records in one second formats its date once.
+#[derive(Debug, Default)]
+pub struct TsCache {
+    second: Option<i128>,
+    prefix: Vec<u8>,
+}
+
+impl TsCache {
+    /// Appends the stamp as `WallClock::rfc3339` writes it (fraction without trailing
+    /// zeros, none when zero).
+    pub fn write(&mut self, out: &mut Vec<u8>, clock: WallClock, mono_ns: u64) {
+        let unix_ns = clock.unix_ns(mono_ns);
+        let second = unix_ns.div_euclid(1_000_000_000);
+        let nanos = unix_ns.rem_euclid(1_000_000_000) as u32;
+        if self.second != Some(second) {
+            let whole = clock.rfc3339_at_unix_ns(second * 1_000_000_000);
+            self.prefix.clear();
+            self.prefix
+                .extend_from_slice(whole.trim_end_matches('Z').as_bytes());
+            self.second = Some(second);
+        }
+        out.extend_from_slice(&self.prefix);
+        if nanos != 0 {
+            let digits = format_nanos(nanos);
+            let len = 9 - digits.iter().rev().take_while(|&&d| d == b'0').count();
+            out.push(b'.');
+            out.extend_from_slice(&digits[..len]);
+        }
+        out.push(b'Z');
+    }
+}
+
+fn format_nanos(mut n: u32) -> [u8; 9] {
+    let mut d = [b'0'; 9];
+    for slot in d.iter_mut().rev() {
+        *slot = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    d
+}
+
+fn push_num(out: &mut Vec<u8>, n: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+    use std::io::Write as _;
+    out.push(b'"');
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{ip}");
+    out.push(b'"');
+}
+
+/// Appends one transition record and its newline: the same bytes `write_line` produces for
+/// `Record::Transition` (a test holds them equal), without building strings for the
+/// timestamp and addresses. This is the per-record cost of a JSON trace, hence by hand.
+pub fn write_transition(out: &mut Vec<u8>, t: &Transition, clock: WallClock, ts: &mut TsCache) {
+    out.extend_from_slice(br#"{"type":"transition","ts":""#);
+    ts.write(out, clock, t.mono_ns);
+    out.extend_from_slice(br#"","mono_ns":"#);
+    push_num(out, t.mono_ns);
+    out.extend_from_slice(br#","sock_id":"#);
+    push_num(out, t.sock_id);
+    out.extend_from_slice(br#","family":""#);
+    out.extend_from_slice(t.family.as_str().as_bytes());
+    out.extend_from_slice(br#"","saddr":"#);
+    push_ip(out, t.saddr);
+    out.extend_from_slice(br#","sport":"#);
+    push_num(out, t.sport);
+    out.extend_from_slice(br#","daddr":"#);
+    push_ip(out, t.daddr);
+    out.extend_from_slice(br#","dport":"#);
+    push_num(out, t.dport);
+    out.extend_from_slice(br#","old":""#);
+    out.extend_from_slice(t.old_name().as_bytes());
+    out.extend_from_slice(br#"","new":""#);
+    out.extend_from_slice(t.new_name().as_bytes());
+    out.extend_from_slice(br#"","dwell_ns":"#);
+    match t.dwell_ns {
+        Some(d) => push_num(out, d),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(br#","netns":"#);
+    push_num(out, t.netns);
+    if let Some(n) = t.synack_retransmits {
+        out.extend_from_slice(br#","synack_retransmits":"#);
+        push_num(out, n);
+    }
+    if let Some(n) = t.accept_wait_ns {
+        out.extend_from_slice(br#","accept_wait_ns":"#);
+        push_num(out, n);
+    }
+    if let Some(o) = &t.owner {
+        out.extend_from_slice(br#","pid":"#);
+        push_num(out, o.pid);
+        out.extend_from_slice(br#","comm":"#);
+        // Command names are the process's to choose: escape them properly.
+        serde_json::to_writer(&mut *out, &*o.comm).expect("serializing a string");
+    }
+    if t.timewait {
+        out.extend_from_slice(br#","timewait":true"#);
+    }
+    out.extend_from_slice(b"}\n");
+}
+
 /// Appends one record and its newline to `out`.
 pub fn write_line(out: &mut Vec<u8>, record: &Record<'_>) {
     // Serializing these plain structs into a Vec cannot fail.
@@ -458,6 +568,49 @@ pub fn write_line(out: &mut Vec<u8>, record: &Record<'_>) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn fast_transition_writer_matches_serde_byte_for_byte() {
+        use crate::core::event::{Family, Owner};
+        let clock = WallClock::with_offset(1_796_150_101_000_000_000);
+        let base = {
+            let Ok(Event::Transition(t)) = decode(&bytes_of(&raw_v4())) else {
+                panic!()
+            };
+            t
+        };
+        let mut v6 = base.clone();
+        v6.family = Family::Ipv6;
+        v6.saddr = "fd00:231:5::1".parse().unwrap();
+        v6.daddr = "::ffff:10.0.0.2".parse().unwrap();
+        v6.dwell_ns = None;
+        v6.timewait = true;
+        let mut req = base.clone();
+        req.synack_retransmits = Some(2);
+        req.accept_wait_ns = Some(980_000_000);
+        req.owner = Some(Owner {
+            pid: 42,
+            comm: "we\"ird\\cmd\u{1}".into(),
+        });
+        let mut cache = TsCache::default();
+        for (i, t) in [base, v6, req].iter().enumerate() {
+            for mono in [0u64, 1, 1_000, 999_999_999, 1_000_000_000, 123_456_789_012] {
+                let mut t = t.clone();
+                t.mono_ns = mono + i as u64;
+                let mut fast = Vec::new();
+                write_transition(&mut fast, &t, clock, &mut cache);
+                let mut slow = Vec::new();
+                write_line(
+                    &mut slow,
+                    &Record::Transition(TransitionJson::new(&t, clock)),
+                );
+                assert_eq!(
+                    String::from_utf8(fast).unwrap(),
+                    String::from_utf8(slow).unwrap()
+                );
+            }
+        }
+    }
+
     use super::*;
     use crate::core::decode::{
         decode,
