@@ -12,6 +12,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::census;
 use crate::config::{TraceConfig, View};
 use crate::core::conntrack::ConntrackTracker;
+use crate::core::fasthash::IdMap;
 use crate::environment::{kernel_hz, EnvSource};
 
 /// Kernel tick rate assumed when /proc/timer_list cannot tell (Debian's default).
@@ -56,7 +57,7 @@ struct Tracer {
     dashboard: Option<(ui::Tui, ui::Dashboard)>,
     /// Socket -> the process that owns it, learned where the kernel ran in its context, so
     /// that later transitions (run in softirq context) are attributed too.
-    owners: HashMap<u64, Owner>,
+    owners: IdMap<u64, Owner>,
     decoder: Decoder,
     signals: Signals,
     env: EnvSource,
@@ -283,7 +284,7 @@ impl Tracer {
     }
 }
 
-fn attribute(owners: &mut HashMap<u64, Owner>, t: &mut Transition) {
+fn attribute(owners: &mut IdMap<u64, Owner>, t: &mut Transition) {
     match &t.owner {
         Some(o) => {
             owners.insert(t.sock_id, o.clone());
@@ -305,11 +306,7 @@ struct Census {
 
 /// Seeds the engine with the sockets that exist now, in the traced namespaces (or this
 /// one), so gauges are right from the first second.
-fn take_census(
-    cfg: &TraceConfig,
-    agg: &mut Aggregator,
-    owners: &mut HashMap<u64, Owner>,
-) -> Census {
+fn take_census(cfg: &TraceConfig, agg: &mut Aggregator, owners: &mut IdMap<u64, Owner>) -> Census {
     let mut warnings = Vec::new();
     let mut found = Vec::new();
     let spaces: Vec<Option<&std::path::Path>> = if cfg.netns.is_empty() {
@@ -538,7 +535,7 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
     preflight::check_privileges()?;
     let btf = preflight::kernel_btf()?;
     let mut agg = Aggregator::new();
-    let mut owners = HashMap::new();
+    let mut owners = IdMap::default();
     let mut found = Census::default();
     let mut env = None;
     // The census runs after the programs are verified and before they attach, so that the

@@ -9,6 +9,7 @@ use hdrhistogram::Histogram;
 use netwatch_common::state;
 
 use super::event::Transition;
+use super::fasthash::IdMap;
 use super::snapshot::{Bucket, Percentiles, Snapshot, StateStats, Talker};
 
 /// Longest dwell a histogram records exactly (ten days); longer ones are clamped, so a
@@ -102,12 +103,12 @@ fn buckets(h: &Histogram<u64>) -> Vec<Bucket> {
 
 pub struct Aggregator {
     dwell: Vec<Histogram<u64>>,
-    live: HashMap<u64, Live>,
+    live: IdMap<u64, Live>,
     /// Sockets in each state now, kept in step with `live`.
     counts: [u64; state::COUNT],
     entered: [u64; state::COUNT],
     /// Local ports of listeners alive now: a socket with such a local port was accepted.
-    listening: HashMap<u16, u32>,
+    listening: IdMap<u16, u32>,
     transitions: u64,
     last_snapshot_ns: Option<u64>,
 }
@@ -122,10 +123,10 @@ impl Aggregator {
     pub fn new() -> Self {
         Self {
             dwell: (0..state::COUNT).map(|_| new_histogram()).collect(),
-            live: HashMap::new(),
+            live: IdMap::default(),
             counts: [0; state::COUNT],
             entered: [0; state::COUNT],
-            listening: HashMap::new(),
+            listening: IdMap::default(),
             transitions: 0,
             last_snapshot_ns: None,
         }
@@ -141,6 +142,24 @@ impl Aggregator {
 
     fn remove(&mut self, sock_id: u64) -> Option<Live> {
         let old = self.live.remove(&sock_id)?;
+        self.count_out(&old);
+        Some(old)
+    }
+
+    fn insert(&mut self, sock_id: u64, live: Live) {
+        self.remove(sock_id);
+        self.count_in(&live);
+        self.live.insert(sock_id, live);
+    }
+
+    fn count_in(&mut self, live: &Live) {
+        self.counts[live.state as usize] += 1;
+        if live.state == state::LISTEN {
+            *self.listening.entry(live.service_port).or_default() += 1;
+        }
+    }
+
+    fn count_out(&mut self, old: &Live) {
         self.counts[old.state as usize] -= 1;
         if old.state == state::LISTEN {
             if let Some(n) = self.listening.get_mut(&old.service_port) {
@@ -150,16 +169,6 @@ impl Aggregator {
                 }
             }
         }
-        Some(old)
-    }
-
-    fn insert(&mut self, sock_id: u64, live: Live) {
-        self.remove(sock_id);
-        self.counts[live.state as usize] += 1;
-        if live.state == state::LISTEN {
-            *self.listening.entry(live.service_port).or_default() += 1;
-        }
-        self.live.insert(sock_id, live);
     }
 
     /// Seeds the live mirror with the sockets that existed at start (the census).
@@ -192,32 +201,35 @@ impl Aggregator {
                 self.dwell[t.old as usize].saturating_record(d.min(MAX_TRACKABLE_NS));
             }
         }
+        // One lookup for everything below: this runs for every record.
+        let cur = self.live.get(&t.sock_id).copied();
         // A request socket's record arrives at accept(), stamped with the child's creation;
         // the child may have moved on since. Only the newest news updates the mirror.
-        if let Some(cur) = self.live.get(&t.sock_id) {
-            if cur.since.is_some_and(|s| s > t.mono_ns) {
-                return;
-            }
+        if cur.is_some_and(|c| c.since.is_some_and(|s| s > t.mono_ns)) {
+            return;
         }
         if (t.new as usize) < state::COUNT && t.new != state::CLOSE {
             self.entered[t.new as usize] += 1;
         }
         if t.new == state::CLOSE {
-            self.remove(t.sock_id);
+            if cur.is_some() {
+                self.remove(t.sock_id);
+            }
             return;
         }
         let accepted = t.synack_retransmits.is_some()
-            || self
-                .live
-                .get(&t.sock_id)
-                .is_some_and(|l| l.service_port == t.sport && t.sport != 0);
+            || cur.is_some_and(|l| l.service_port == t.sport && t.sport != 0);
         let live = Live {
             state: t.new,
             since: Some(t.mono_ns),
             service_port: self.service_port(t.new, t.sport, t.dport, accepted),
             remote: t.daddr,
         };
-        self.insert(t.sock_id, live);
+        if let Some(old) = &cur {
+            self.count_out(old);
+        }
+        self.count_in(&live);
+        self.live.insert(t.sock_id, live);
     }
 
     /// Sockets in `s` now.

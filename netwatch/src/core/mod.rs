@@ -6,6 +6,7 @@ pub mod clock;
 pub mod conntrack;
 pub mod decode;
 pub mod event;
+pub mod fasthash;
 pub mod filter;
 pub mod json;
 pub mod plain;
