@@ -672,15 +672,31 @@ fn syn_recv_peers(ns: &Netns) -> Result<Vec<SocketAddr>> {
 /// netwatch: `listen_overflow` for the server's namespace, `dropped_final_acks` adding up to
 /// the ACK drops with the port listed, `listen_overflows`/`listen_drops` adding up to the
 /// namespace's counters, and the knobs.
+/// Marks an attempt whose kernel-side setup did not happen (which SYN-ACK resend gets
+/// through is the kernel's timing): the scenario is rebuilt, netwatch is not judged on it.
+const SETUP_MISSED: &str = "setup not reached";
+
 #[test]
 fn listen_overflow_with_backlog_one() -> Result<()> {
     if !require_root() {
         return Ok(());
     }
-    const PORT: u16 = 8003;
+    const ATTEMPTS: u16 = 3;
+    for attempt in 0..ATTEMPTS {
+        match listen_overflow_attempt(8003 + 100 * attempt) {
+            Err(e) if format!("{e}").starts_with(SETUP_MISSED) && attempt + 1 < ATTEMPTS => {
+                eprintln!("attempt {attempt}: {e:#}; building the scenario again");
+            }
+            other => return other,
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+fn listen_overflow_attempt(port: u16) -> Result<()> {
     const LATE_CLIENTS: u64 = 5;
     let net = TestNet::new("lov")?;
-    let server_addr = SocketAddr::new(net.server_v4().into(), PORT);
+    let server_addr = SocketAddr::new(net.server_v4().into(), port);
     let listener = in_netns(&net.server, || listen_backlog(server_addr, 1))?
         .with_context(|| format!("listen on {server_addr} with backlog 1"))?;
     let names = ["ListenOverflows", "ListenDrops", "TCPReqQFullDrop"];
@@ -689,7 +705,7 @@ fn listen_overflow_with_backlog_one() -> Result<()> {
     let tracer = start_tracer(&spaces)?;
 
     let mut clients = vec![connect_from(&net.client, server_addr).context("client 0")?];
-    let rule = ack_drop_rule(PORT);
+    let rule = ack_drop_rule(port);
     iptables(&net.server, "-I", &rule)?;
     let t0 = Instant::now();
     for i in 1..=2 {
@@ -720,8 +736,8 @@ fn listen_overflow_with_backlog_one() -> Result<()> {
         }
         ensure!(
             Instant::now() < deadline,
-            "no final ACK dropped within 8 s (ListenOverflows +{}, request sockets of \
-             {peers:?})",
+            "{SETUP_MISSED}: no final ACK dropped within 8 s (ListenOverflows +{}, request \
+             sockets of {peers:?})",
             lo - before[0]
         );
         thread::sleep(Duration::from_millis(20));
@@ -798,7 +814,7 @@ fn listen_overflow_with_backlog_one() -> Result<()> {
     for a in &lov {
         let ports = a.u64_list("ports")?;
         let want: Vec<u64> = if a.u64("dropped_final_acks")? > 0 {
-            vec![PORT.into()]
+            vec![port.into()]
         } else {
             vec![]
         };

@@ -15,7 +15,14 @@ pub fn test(args: &[OsString]) -> Result<ExitCode> {
     let bin = build::build_netwatch(false)?;
     let mut cmd = cargo();
     // netwatch-ebpf only builds for bpfel-unknown-none; its own build is covered by netwatch's.
-    cmd.args(["test", "--workspace", "--exclude", "netwatch-ebpf"]);
+    // Every test binary runs even after one fails, so one run shows every failure.
+    cmd.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "netwatch-ebpf",
+        "--no-fail-fast",
+    ]);
     if !args.is_empty() {
         cmd.arg("--").args(args);
     }
