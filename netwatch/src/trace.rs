@@ -62,6 +62,8 @@ struct Tracer {
     signals: Signals,
     env: EnvSource,
     conntrack: ConntrackTracker,
+    /// Whether the user was told, once, that conntrack is not in use.
+    conntrack_told: bool,
     /// Alerts of this interval, for the live views.
     alerts: Vec<Alert>,
     undecodable: u64,
@@ -177,6 +179,16 @@ impl Tracer {
                     .reduce(|a, b| if b.count > a.count { b } else { a })
             });
         snap.conntrack = self.conntrack.snapshot(ct_env);
+        if !self.conntrack_told {
+            self.conntrack_told = true;
+            // Not under the dashboard: stderr shares its terminal.
+            if snap.conntrack.is_none() && self.cfg.view != View::Dashboard {
+                eprintln!(
+                    "netwatch: conntrack is not in use in the traced namespaces; its views \
+                     appear once it is"
+                );
+            }
+        }
         self.sinks.snapshot(&snap);
         let alerts = std::mem::take(&mut self.alerts);
         match self.cfg.view {
@@ -589,6 +601,7 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         signals: Signals::new(),
         env,
         conntrack: ConntrackTracker::new(kernel_hz().unwrap_or(DEFAULT_HZ)),
+        conntrack_told: false,
         alerts: Vec::new(),
         undecodable: 0,
         start_mono,
