@@ -1,9 +1,60 @@
 //! Filtering and sending of records: the only place that touches the ring buffer.
 
 use aya_ebpf::bindings::BPF_RB_NO_WAKEUP;
-use netwatch_common::counter;
+use netwatch_common::{counter, kind, offsets::KernelOffsets, RecordHeader, Transition};
 
-use crate::{bump, filters, EVENTS, FILTER_NETNS, FILTER_PORTS};
+use crate::{bump, filters, read, EVENTS, FILTER_NETNS, FILTER_PORTS};
+
+/// What a transition record says beyond the socket's addresses, which
+/// [`transition`] reads itself.
+pub struct Change {
+    pub now: u64,
+    pub sock_id: u64,
+    pub dwell_ns: u64,
+    pub netns: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    pub old: u8,
+    pub new: u8,
+    pub flags: u8,
+    /// (tgid, comm) when the caller runs in the owner's context.
+    pub task: Option<(u32, [u8; 16])>,
+}
+
+/// Sends the transition of `sock` (a `sock`, timewait or request socket: all start with
+/// `sock_common`, where the addresses are).
+#[inline(always)]
+pub fn transition(sock: *const u8, off: &KernelOffsets, c: Change) {
+    let (pid, comm) = c.task.unwrap_or((0, [0; 16]));
+    let mut rec = Transition {
+        header: RecordHeader {
+            kind: kind::TRANSITION,
+            size: Transition::SIZE as u16,
+            _pad: 0,
+            mono_ns: c.now,
+        },
+        sock_id: c.sock_id,
+        dwell_ns: c.dwell_ns,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        netns: c.netns,
+        sport: c.sport,
+        dport: c.dport,
+        family: c.family,
+        old: c.old,
+        new: c.new,
+        flags: c.flags,
+        _pad: [0; 3],
+        pid,
+        comm,
+        _pad2: 0,
+    };
+    if !read::addresses(sock, off, c.family, &mut rec.saddr, &mut rec.daddr) {
+        bump(counter::READ_ERRORS);
+    }
+    send(&rec);
+}
 
 /// Whether a socket with these fields passes the load-time filters.
 #[inline(always)]

@@ -5,7 +5,7 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::BtfTracePointContext};
 use netwatch_common::{
-    counter, flag, kind, state, KnownCaches, RecordHeader, RequestEnd, Transition, DWELL_UNKNOWN,
+    counter, flag, kind, state, KnownCaches, RecordHeader, RequestEnd, DWELL_UNKNOWN,
 };
 
 use crate::{
@@ -105,33 +105,23 @@ fn timewait_died(tw: *const u8) {
     if !emit::wanted(netns, sport, dport) {
         return;
     }
-    let mut rec = Transition {
-        header: RecordHeader {
-            kind: kind::TRANSITION,
-            size: Transition::SIZE as u16,
-            _pad: 0,
-            mono_ns: now,
+    emit::transition(
+        tw,
+        &off,
+        emit::Change {
+            now,
+            sock_id: cookie,
+            dwell_ns,
+            netns,
+            sport,
+            dport,
+            family,
+            old,
+            new: state::CLOSE,
+            flags,
+            task: None,
         },
-        sock_id: cookie,
-        dwell_ns,
-        saddr: [0; 16],
-        daddr: [0; 16],
-        netns,
-        sport,
-        dport,
-        family,
-        old,
-        new: state::CLOSE,
-        flags,
-        _pad: [0; 3],
-        pid: 0,
-        comm: [0; 16],
-        _pad2: 0,
-    };
-    if !read::addresses(tw, &off, family, &mut rec.saddr, &mut rec.daddr) {
-        bump(counter::READ_ERRORS);
-    }
-    emit::send(&rec);
+    );
 }
 
 /// `tcp_retransmit_synack(listener, req)`: the final ACK of a handshake did not come.

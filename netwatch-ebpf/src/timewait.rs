@@ -7,9 +7,7 @@
 //! socket as `rx_sk` (reason NOT_SPECIFIED on 6.18), which is where this looks.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use netwatch_common::{
-    counter, flag, kind, state, RecordHeader, TimewaitEntry, Transition, DWELL_UNKNOWN,
-};
+use netwatch_common::{counter, flag, state, TimewaitEntry, DWELL_UNKNOWN};
 
 use crate::{bump, emit, offsets, read, TW_STATE};
 
@@ -46,35 +44,25 @@ pub fn segment_handled(tw: *const u8) {
     if !emit::wanted(netns, sport, dport) {
         return;
     }
-    let mut rec = Transition {
-        header: RecordHeader {
-            kind: kind::TRANSITION,
-            size: Transition::SIZE as u16,
-            _pad: 0,
-            mono_ns: now,
+    emit::transition(
+        tw,
+        &off,
+        emit::Change {
+            now,
+            sock_id: cookie,
+            dwell_ns: if entry.since_ns != 0 {
+                now.wrapping_sub(entry.since_ns)
+            } else {
+                DWELL_UNKNOWN
+            },
+            netns,
+            sport,
+            dport,
+            family,
+            old: state::FIN_WAIT2,
+            new: state::TIME_WAIT,
+            flags: flag::TIMEWAIT,
+            task: None,
         },
-        sock_id: cookie,
-        dwell_ns: if entry.since_ns != 0 {
-            now.wrapping_sub(entry.since_ns)
-        } else {
-            DWELL_UNKNOWN
-        },
-        saddr: [0; 16],
-        daddr: [0; 16],
-        netns,
-        sport,
-        dport,
-        family,
-        old: state::FIN_WAIT2,
-        new: state::TIME_WAIT,
-        flags: flag::TIMEWAIT,
-        _pad: [0; 3],
-        pid: 0,
-        comm: [0; 16],
-        _pad2: 0,
-    };
-    if !read::addresses(tw, &off, family, &mut rec.saddr, &mut rec.daddr) {
-        bump(counter::READ_ERRORS);
-    }
-    emit::send(&rec);
+    );
 }

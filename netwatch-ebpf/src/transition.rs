@@ -7,8 +7,8 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use netwatch_common::{
-    counter, kind, offsets::KernelOffsets, state, KnownCaches, RecordHeader, TimewaitEntry,
-    Transition, AF_INET, AF_INET6, DWELL_UNKNOWN,
+    counter, offsets::KernelOffsets, state, KnownCaches, TimewaitEntry, AF_INET, AF_INET6,
+    DWELL_UNKNOWN,
 };
 
 use crate::{bump, emit, offsets, read, CACHES, CHILD_BORN, RECENT_TW, SOCK_STATE, TW_STATE};
@@ -96,37 +96,25 @@ pub fn try_set_state(ctx: &BtfTracePointContext) {
     if !emit::wanted(netns, sport, dport) {
         return;
     }
-    let mut rec = Transition {
-        header: RecordHeader {
-            kind: kind::TRANSITION,
-            size: Transition::SIZE as u16,
-            _pad: 0,
-            mono_ns: now,
+    // connect() and listen() run in the caller's context.
+    let task = (old == state::CLOSE).then(read::current_task);
+    emit::transition(
+        sk,
+        &off,
+        emit::Change {
+            now,
+            sock_id: cookie,
+            dwell_ns,
+            netns,
+            sport,
+            dport,
+            family,
+            old,
+            new: shown_new,
+            flags: 0,
+            task,
         },
-        sock_id: cookie,
-        dwell_ns,
-        saddr: [0; 16],
-        daddr: [0; 16],
-        netns,
-        sport,
-        dport,
-        family,
-        old,
-        new: shown_new,
-        flags: 0,
-        _pad: [0; 3],
-        pid: 0,
-        comm: [0; 16],
-        _pad2: 0,
-    };
-    if old == state::CLOSE {
-        // connect() and listen() run in the caller's context.
-        (rec.pid, rec.comm) = read::current_task();
-    }
-    if !read::addresses(sk, &off, family, &mut rec.saddr, &mut rec.daddr) {
-        bump(counter::READ_ERRORS);
-    }
-    emit::send(&rec);
+    );
 }
 
 /// The substate of the timewait socket allocated for `cookie` on this CPU just before, if
