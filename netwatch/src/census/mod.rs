@@ -18,7 +18,7 @@
 //! v4-mapped addresses, as `ss` shows them.
 
 mod netlink;
-mod netns;
+pub(crate) mod netns;
 mod owners;
 
 use std::net::IpAddr;

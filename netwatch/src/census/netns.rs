@@ -39,7 +39,7 @@ pub(super) fn own_inode() -> Result<u32> {
 
 /// Runs `f` in a thread that has entered the network namespace at `path` (a file such as
 /// `/run/netns/NAME` or `/proc/PID/ns/net`), passing it that namespace's inode.
-pub(super) fn run_in<T: Send>(path: &Path, f: impl FnOnce(u32) -> Result<T> + Send) -> Result<T> {
+pub(crate) fn run_in<T: Send>(path: &Path, f: impl FnOnce(u32) -> Result<T> + Send) -> Result<T> {
     let ns = File::open(path).map_err(|e| {
         let hint = match e.kind() {
             io::ErrorKind::NotFound => "no such namespace (`ip netns list` shows the named ones)",
