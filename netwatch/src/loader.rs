@@ -229,6 +229,25 @@ impl Probes {
         })
     }
 
+    /// Runs of our programs the kernel skipped because another of them was already running
+    /// on that CPU (an interrupt nested in a slab hook, say): events that were never seen.
+    /// The kernel counts them per program and shows them in the program's fdinfo.
+    pub fn recursion_misses(&self) -> u64 {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        self.ebpf
+            .programs()
+            .filter_map(|(_, p)| {
+                let fd = p.fd().ok()?.as_fd().as_raw_fd();
+                let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+                info.lines()
+                    .find_map(|l| l.strip_prefix("recursion_misses:"))?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    }
+
     pub fn counters(&self) -> Result<KernelCounters> {
         let m: PerCpuArray<_, u64> = PerCpuArray::try_from(
             self.ebpf

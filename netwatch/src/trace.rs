@@ -625,6 +625,14 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
     }
     finished?;
     let counters = tracer.probes.counters()?;
+    let skipped = tracer.probes.recursion_misses();
+    if skipped > 0 {
+        eprintln!(
+            "netwatch: warning: the kernel skipped {skipped} runs of netwatch's programs nested \
+             on one CPU (mostly slab frees from interrupts); the end of a timewait or request socket \
+             may be among them"
+        );
+    }
     if counters.state_map_full > 0 || counters.read_errors > 0 {
         eprintln!(
             "netwatch: warning: {} socket entries could not be tracked, {} kernel reads failed",
