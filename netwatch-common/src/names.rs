@@ -13,6 +13,7 @@ pub mod map {
     pub const REQ_BORN: &str = "REQ_BORN";
     pub const CHILD_BORN: &str = "CHILD_BORN";
     pub const CT_BORN: &str = "CT_BORN";
+    pub const ACTIVE: &str = "ACTIVE";
 }
 
 pub mod program {
@@ -26,6 +27,14 @@ pub mod program {
     pub const DROPS: &str = "drops";
     /// tp_btf on `tcp_retransmit_synack`.
     pub const SYNACK_RETRANSMIT: &str = "synack_retransmit";
+    /// The second program of a hook, which handles the events the kernel kept from the
+    /// first because they arrived nested in it on one CPU: (first, second).
+    pub const NESTED: [(&str, &str); 4] = [
+        (SET_STATE, "set_state_nested"),
+        (SLAB_ALLOC, "slab_alloc_nested"),
+        (SLAB_FREE, "slab_free_nested"),
+        (DROPS, "drops_nested"),
+    ];
 }
 
 /// The kernel hook each program attaches to, for preflight checks against BTF.

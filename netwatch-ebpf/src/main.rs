@@ -102,27 +102,87 @@ fn filters() -> Filters {
     unsafe { core::ptr::read_volatile(&FILTERS) }
 }
 
+/// Per CPU and hook: whether the first program of the hook is running. The kernel skips a
+/// tracing program that is entered again on a CPU where it already runs (an interrupt's
+/// socket work nested in a process's, say), and counts a recursion miss: under churn that
+/// lost a few transitions in a thousand. Each hook therefore has a second, nested program,
+/// attached after the first, which does the work only while the first is running, i.e.
+/// exactly for the events the kernel kept from the first.
+#[map(name = "ACTIVE")]
+static ACTIVE: PerCpuArray<u32> = PerCpuArray::with_max_entries(4, 0);
+
+const HOOK_SET_STATE: u32 = 0;
+const HOOK_SLAB_ALLOC: u32 = 1;
+const HOOK_SLAB_FREE: u32 = 2;
+const HOOK_DROPS: u32 = 3;
+
+#[inline(always)]
+fn first(hook: u32, work: impl FnOnce()) {
+    let flag = ACTIVE.get_ptr_mut(hook);
+    if let Some(f) = flag {
+        // SAFETY: per-CPU value; programs on this CPU run one at a time or nested.
+        unsafe { *f = 1 };
+    }
+    work();
+    if let Some(f) = flag {
+        // SAFETY: as above.
+        unsafe { *f = 0 };
+    }
+}
+
+#[inline(always)]
+fn nested(hook: u32, work: impl FnOnce()) {
+    // SAFETY: as in `first`.
+    if ACTIVE.get_ptr_mut(hook).is_some_and(|f| unsafe { *f } != 0) {
+        work();
+    }
+}
+
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn set_state(ctx: BtfTracePointContext) -> i32 {
-    transition::try_set_state(&ctx);
+    first(HOOK_SET_STATE, || transition::try_set_state(&ctx));
+    0
+}
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn set_state_nested(ctx: BtfTracePointContext) -> i32 {
+    nested(HOOK_SET_STATE, || transition::try_set_state(&ctx));
     0
 }
 
 #[btf_tracepoint(function = "kmem_cache_alloc")]
 pub fn slab_alloc(ctx: BtfTracePointContext) -> i32 {
-    slab::try_alloc(&ctx);
+    first(HOOK_SLAB_ALLOC, || slab::try_alloc(&ctx));
+    0
+}
+
+#[btf_tracepoint(function = "kmem_cache_alloc")]
+pub fn slab_alloc_nested(ctx: BtfTracePointContext) -> i32 {
+    nested(HOOK_SLAB_ALLOC, || slab::try_alloc(&ctx));
     0
 }
 
 #[btf_tracepoint(function = "kmem_cache_free")]
 pub fn slab_free(ctx: BtfTracePointContext) -> i32 {
-    slab::try_free(&ctx);
+    first(HOOK_SLAB_FREE, || slab::try_free(&ctx));
+    0
+}
+
+#[btf_tracepoint(function = "kmem_cache_free")]
+pub fn slab_free_nested(ctx: BtfTracePointContext) -> i32 {
+    nested(HOOK_SLAB_FREE, || slab::try_free(&ctx));
     0
 }
 
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn drops(ctx: BtfTracePointContext) -> i32 {
-    drops::try_kfree_skb(&ctx);
+    first(HOOK_DROPS, || drops::try_kfree_skb(&ctx));
+    0
+}
+
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn drops_nested(ctx: BtfTracePointContext) -> i32 {
+    nested(HOOK_DROPS, || drops::try_kfree_skb(&ctx));
     0
 }
 

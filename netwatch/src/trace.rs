@@ -629,8 +629,7 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
     if skipped > 0 {
         eprintln!(
             "netwatch: warning: the kernel skipped {skipped} runs of netwatch's programs nested \
-             on one CPU (mostly slab frees from interrupts); the end of a timewait or request socket \
-             may be among them"
+             twice on one CPU; records may be among them"
         );
     }
     if counters.state_map_full > 0 || counters.read_errors > 0 {
