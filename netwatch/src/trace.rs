@@ -148,6 +148,25 @@ impl Tracer {
         }
     }
 
+    /// Request sockets waiting in SYN_RECV in the traced namespaces (None if a dump failed).
+    fn pending_requests(&self) -> Option<u64> {
+        let spaces: Vec<Option<&std::path::Path>> = if self.cfg.netns.is_empty() {
+            vec![None]
+        } else {
+            self.cfg
+                .netns_paths
+                .iter()
+                .map(|p| Some(p.as_path()))
+                .collect()
+        };
+        let mut n = 0;
+        for ns in spaces {
+            let socks = census::dump_syn_recv(ns).ok()?;
+            n += socks.iter().filter(|s| census_wanted(&self.cfg, s)).count() as u64;
+        }
+        Some(n)
+    }
+
     /// Counter deltas and settings of the traced namespaces.
     fn environment(&mut self) -> HashMap<u32, Environment> {
         self.env.sample()
@@ -165,6 +184,9 @@ impl Tracer {
         let ended = self.signals.end_interval(&env, &self.agg);
         self.publish(ended);
         let lost = self.lost();
+        if let Some(n) = self.pending_requests() {
+            self.agg.set_syn_recv_now(n);
+        }
         let mut snap = self.agg.snapshot(mono_now_ns(), lost);
         // The table the entries came from; else, of the traced namespaces, the busiest
         // (alerts are per namespace anyway).

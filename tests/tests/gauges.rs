@@ -142,3 +142,84 @@ fn gauges_agree_with_ss_for_census_and_new_sockets() -> Result<()> {
     out.check_no_loss()?;
     Ok(())
 }
+
+/// Request sockets make no record until they end, so their gauge comes from the kernel's
+/// own list each interval: with the final ACKs held back, netwatch's SYN_RECV count must
+/// equal what `ss` shows, and drop back when the handshakes complete.
+#[test]
+fn syn_recv_gauge_counts_waiting_request_sockets() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    const SYN_PORT: u16 = 8182;
+    let net = TestNet::new("gsyn")?;
+    let listener = in_netns(&net.server, || TcpListener::bind(("0.0.0.0", SYN_PORT)))??;
+    let rule = [
+        "INPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        "8182",
+        "--tcp-flags",
+        "SYN,ACK,FIN,RST",
+        "ACK",
+        "-j",
+        "DROP",
+    ];
+    let mut add = vec!["iptables", "-I"];
+    add.extend(rule);
+    net.server.exec(&add)?;
+    let tracer = Tracer::start(&[
+        "--netns",
+        net.client.name(),
+        "--netns",
+        net.server.name(),
+        "--interval",
+        "200ms",
+        "--quiet",
+    ])?;
+    let server: SocketAddr = (net.server_v4(), SYN_PORT).into();
+    // connect() returns on the SYN-ACK; the final ACK never reaches the server.
+    let mut clients: Vec<TcpStream> = Vec::new();
+    for _ in 0..3 {
+        clients.push(in_netns(&net.client, || {
+            connect_timeout(server, IO_TIMEOUT)
+        })??);
+    }
+    let waiting = ss_counts(&net.server)?
+        .get("SYN_RECV")
+        .copied()
+        .unwrap_or(0);
+    ensure!(
+        waiting == 3,
+        "setup: ss shows {waiting} SYN_RECV, expected 3"
+    );
+    let seen = tracer.wait_for(Duration::from_secs(5), |records| {
+        last_snapshot(records).is_some_and(|s| s["states"]["SYN_RECV"] == 3)
+    });
+    let mut del = vec!["iptables", "-D"];
+    del.extend(rule);
+    net.server.exec(&del)?;
+    ensure!(
+        seen,
+        "no snapshot with SYN_RECV 3: {:?}",
+        tracer
+            .records_so_far()
+            .iter()
+            .rev()
+            .find(|r| r["type"] == "snapshot")
+            .map(|s| s["states"].clone())
+    );
+    // Once the resent SYN-ACKs are acked, the children wait in the accept queue.
+    let settled = tracer.wait_for(Duration::from_secs(6), |records| {
+        last_snapshot(records).is_some_and(|s| s["states"]["SYN_RECV"] == 0)
+    });
+    drop(listener);
+    let out = tracer.stop()?;
+    ensure!(
+        settled,
+        "SYN_RECV did not return to 0 after the handshakes completed"
+    );
+    out.check_no_loss()?;
+    Ok(())
+}

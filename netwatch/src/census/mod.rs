@@ -25,7 +25,6 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-#[cfg(test)]
 use netwatch_common::state;
 
 pub use netlink::DiagError;
@@ -67,18 +66,31 @@ pub struct CensusSocket {
 /// be missed or met in its new state. A socket met twice (it became a timewait socket between
 /// two chunks of the dump) is kept once, in its later state.
 pub fn dump_tcp(netns: Option<&Path>) -> Result<Vec<CensusSocket>> {
+    dump_states(netns, netlink::ALL_STATES)
+}
+
+/// Request sockets (server-side SYN_RECV) only, which no tracepoint reports while they
+/// wait: the kernel dumps just those, so this stays cheap however many sockets the host has.
+pub fn dump_syn_recv(netns: Option<&Path>) -> Result<Vec<CensusSocket>> {
+    dump_states(netns, 1 << state::SYN_RECV | 1 << state::NEW_SYN_RECV)
+}
+
+fn dump_states(netns: Option<&Path>, states: u32) -> Result<Vec<CensusSocket>> {
     let (sockets, place) = match netns {
-        None => (netns::own_inode().and_then(dump_in_own), String::new()),
+        None => (
+            netns::own_inode().and_then(|ns| dump_in_own(ns, states)),
+            String::new(),
+        ),
         Some(path) => (
-            netns::run_in(path, dump_in_own),
+            netns::run_in(path, |ns| dump_in_own(ns, states)),
             format!(" of network namespace {}", path.display()),
         ),
     };
     sockets.with_context(|| format!("cannot list the TCP sockets{place}"))
 }
 
-fn dump_in_own(netns: u32) -> Result<Vec<CensusSocket>> {
-    netlink::dump_here(netns).map_err(|e| {
+fn dump_in_own(netns: u32, states: u32) -> Result<Vec<CensusSocket>> {
+    netlink::dump_here(netns, states).map_err(|e| {
         let errno = e.downcast_ref::<DiagError>().and_then(DiagError::errno);
         match errno.and_then(hint) {
             Some(hint) => e.context(hint),
@@ -205,7 +217,7 @@ mod tests {
 
     #[test]
     fn request_asks_for_every_tcp_socket_of_the_family() {
-        let r = dump_request(libc::AF_INET6 as u8, 77);
+        let r = dump_request(libc::AF_INET6 as u8, 77, ALL_STATES);
         assert_eq!(r.len(), REQUEST_LEN);
         assert_eq!(u32::from_ne_bytes(r[0..4].try_into().unwrap()), 72);
         assert_eq!(u16::from_ne_bytes(r[4..6].try_into().unwrap()), 20);
@@ -265,7 +277,7 @@ mod tests {
     #[test]
     fn kernel_errors_end_the_dump_with_their_errno() {
         let mut payload = (-libc::EPERM).to_ne_bytes().to_vec();
-        payload.extend_from_slice(&dump_request(2, 1)[..NLMSG_HDRLEN]);
+        payload.extend_from_slice(&dump_request(2, 1, ALL_STATES)[..NLMSG_HDRLEN]);
         let err = parse_datagram(&nlmsg(2, 1, &payload), 1, NS, &mut Vec::new()).unwrap_err();
         assert_eq!(err, DiagError::Refused { errno: libc::EPERM });
         assert_eq!(err.errno(), Some(libc::EPERM));

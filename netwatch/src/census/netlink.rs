@@ -84,8 +84,9 @@ pub enum Progress {
     Done,
 }
 
-/// The bytes of a dump request for every TCP socket of `family` in the socket's namespace.
-pub(super) fn dump_request(family: u8, seq: u32) -> [u8; REQUEST_LEN] {
+/// The bytes of a dump request for every TCP socket of `family` in the socket's namespace
+/// whose state is in the `states` bit mask.
+pub(super) fn dump_request(family: u8, seq: u32, states: u32) -> [u8; REQUEST_LEN] {
     let mut b = [0u8; REQUEST_LEN];
     b[0..4].copy_from_slice(&(REQUEST_LEN as u32).to_ne_bytes());
     b[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
@@ -95,7 +96,7 @@ pub(super) fn dump_request(family: u8, seq: u32) -> [u8; REQUEST_LEN] {
     b[16] = family;
     b[17] = libc::IPPROTO_TCP as u8;
     // idiag_ext 0 asks for no attributes: the fixed message holds all the census needs.
-    b[20..24].copy_from_slice(&ALL_STATES.to_ne_bytes());
+    b[20..24].copy_from_slice(&states.to_ne_bytes());
     // The socket id stays zero: a dump ignores it, and zero ports mean "any port".
     b
 }
@@ -324,15 +325,16 @@ impl DiagSocket {
         Ok(&self.buf[..n])
     }
 
-    /// Every TCP socket of `family` in this socket's namespace, appended to `out`.
+    /// Every TCP socket of `family` in this socket's namespace in `states`, appended to `out`.
     fn dump_family(
         &mut self,
         family: u8,
         seq: u32,
         netns: u32,
+        states: u32,
         out: &mut Vec<CensusSocket>,
     ) -> Result<()> {
-        self.send(&dump_request(family, seq))
+        self.send(&dump_request(family, seq, states))
             .context("cannot send the sock_diag dump request to the kernel")?;
         loop {
             let datagram = self.recv().map_err(|e| {
@@ -351,14 +353,14 @@ impl DiagSocket {
 
 /// Every TCP socket, IPv4 then IPv6, in the calling thread's network namespace, whose inode
 /// is `netns`.
-pub(super) fn dump_here(netns: u32) -> Result<Vec<CensusSocket>> {
+pub(super) fn dump_here(netns: u32, states: u32) -> Result<Vec<CensusSocket>> {
     let mut sock = DiagSocket::open().context(
         "cannot open a NETLINK_SOCK_DIAG socket; the kernel needs CONFIG_INET_DIAG and \
          CONFIG_INET_TCP_DIAG (module tcp_diag: `modprobe tcp_diag`)",
     )?;
     let mut out = Vec::new();
     for (seq, family) in [(1, libc::AF_INET as u8), (2, libc::AF_INET6 as u8)] {
-        sock.dump_family(family, seq, netns, &mut out)?;
+        sock.dump_family(family, seq, netns, states, &mut out)?;
     }
     Ok(dedup_by_cookie(out))
 }

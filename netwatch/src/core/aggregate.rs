@@ -111,6 +111,9 @@ pub struct Aggregator {
     listening: IdMap<u16, u32>,
     transitions: u64,
     last_snapshot_ns: Option<u64>,
+    /// Server-side SYN_RECV now, as the kernel lists its request sockets: they make no
+    /// record until they end, so the caller counts them (sock_diag) each interval.
+    syn_recv_now: Option<u64>,
 }
 
 impl Default for Aggregator {
@@ -129,6 +132,7 @@ impl Aggregator {
             listening: IdMap::default(),
             transitions: 0,
             last_snapshot_ns: None,
+            syn_recv_now: None,
         }
     }
 
@@ -171,9 +175,19 @@ impl Aggregator {
         }
     }
 
-    /// Seeds the live mirror with the sockets that existed at start (the census).
+    /// Sets how many sockets are in SYN_RECV now (see `syn_recv_now`).
+    pub fn set_syn_recv_now(&mut self, n: u64) {
+        self.syn_recv_now = Some(n);
+    }
+
+    /// Seeds the live mirror with the sockets that existed at start (the census). Sockets
+    /// in SYN_RECV are request sockets, counted by `set_syn_recv_now`: their end is reported
+    /// under the child's cookie, so a mirror entry would never leave.
     pub fn seed(&mut self, now_ns: u64, sockets: impl IntoIterator<Item = Existing>) {
-        let sockets: Vec<Existing> = sockets.into_iter().collect();
+        let sockets: Vec<Existing> = sockets
+            .into_iter()
+            .filter(|s| s.state != state::SYN_RECV)
+            .collect();
         for s in sockets.iter().filter(|s| s.state == state::LISTEN) {
             *self.listening.entry(s.sport).or_default() += 1;
         }
@@ -280,8 +294,12 @@ impl Aggregator {
             }
         }
         for i in 0..state::COUNT {
+            let now = match self.syn_recv_now {
+                Some(n) if i == state::SYN_RECV as usize => n,
+                _ => self.counts[i],
+            };
             snap.states[i] = StateStats {
-                now: self.counts[i],
+                now,
                 entered: self.entered[i],
                 dwell: percentiles(&self.dwell[i]),
                 age: percentiles(&ages[i]),

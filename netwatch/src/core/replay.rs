@@ -699,6 +699,11 @@ impl Replay {
     fn snapshot(&mut self, s: SnapshotIn) {
         self.last_mono = self.last_mono.max(s.mono_ns);
         self.lost = self.lost.max(s.lost);
+        // Request sockets were counted by sock_diag live, not from records: take the count
+        // the snapshot recorded, as the census is taken from its records.
+        if let Some(&n) = s.states.get(state::name(state::SYN_RECV)) {
+            self.full.set_syn_recv_now(n);
+        }
         let replayed = self.full.snapshot(s.mono_ns, s.lost);
         if !self.filter.filters_connections() && self.complete {
             self.snapshots_checked += 1;
