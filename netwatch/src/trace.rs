@@ -64,6 +64,8 @@ struct Tracer {
     conntrack: ConntrackTracker,
     /// Whether the user was told, once, that conntrack is not in use.
     conntrack_told: bool,
+    /// When the request sockets may be listed again (see `snapshot`).
+    syn_recv_next: std::time::Instant,
     /// Alerts of this interval, for the live views.
     alerts: Vec<Alert>,
     undecodable: u64,
@@ -184,8 +186,14 @@ impl Tracer {
         let ended = self.signals.end_interval(&env, &self.agg);
         self.publish(ended);
         let lost = self.lost();
-        if let Some(n) = self.pending_requests() {
-            self.agg.set_syn_recv_now(n);
+        if std::time::Instant::now() >= self.syn_recv_next {
+            let started = std::time::Instant::now();
+            if let Some(n) = self.pending_requests() {
+                self.agg.set_syn_recv_now(n);
+            }
+            // The kernel walks its whole socket table for the dump (30 ms at a full 131k
+            // TIME_WAIT table here): keep it under 2 % of the time, however big that gets.
+            self.syn_recv_next = std::time::Instant::now() + started.elapsed() * 50;
         }
         let mut snap = self.agg.snapshot(mono_now_ns(), lost);
         // The table the entries came from; else, of the traced namespaces, the busiest
@@ -624,6 +632,7 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         env,
         conntrack: ConntrackTracker::new(kernel_hz().unwrap_or(DEFAULT_HZ)),
         conntrack_told: false,
+        syn_recv_next: std::time::Instant::now(),
         alerts: Vec::new(),
         undecodable: 0,
         start_mono,
