@@ -79,3 +79,38 @@ pub fn send<T: 'static>(rec: &T) {
         bump(counter::LOST_RECORDS);
     }
 }
+
+/// Sends a transition of a timewait socket, whose ports sit in `sock_common` (host-order
+/// `skc_num`), after the load-time filters.
+#[inline(always)]
+pub fn timewait_transition(
+    tw: *const u8,
+    off: &KernelOffsets,
+    now: u64,
+    sock_id: u64,
+    dwell_ns: u64,
+    (old, new, flags): (u8, u8, u8),
+) {
+    let netns = read::netns(tw, off);
+    let (sport, dport) = read::mini_ports(tw, off);
+    if !wanted(netns, sport, dport) {
+        return;
+    }
+    transition(
+        tw,
+        off,
+        Change {
+            now,
+            sock_id,
+            dwell_ns,
+            netns,
+            sport,
+            dport,
+            family: read::family(tw, off),
+            old,
+            new,
+            flags,
+            task: None,
+        },
+    );
+}

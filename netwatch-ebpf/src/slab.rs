@@ -99,29 +99,7 @@ fn timewait_died(tw: *const u8) {
         Some(e) => (e.state, DWELL_UNKNOWN, flag::TIMEWAIT),
         None => (substate, DWELL_UNKNOWN, flag::TIMEWAIT),
     };
-    let family = read::family(tw, &off);
-    let netns = read::netns(tw, &off);
-    let (sport, dport) = read::mini_ports(tw, &off);
-    if !emit::wanted(netns, sport, dport) {
-        return;
-    }
-    emit::transition(
-        tw,
-        &off,
-        emit::Change {
-            now,
-            sock_id: cookie,
-            dwell_ns,
-            netns,
-            sport,
-            dport,
-            family,
-            old,
-            new: state::CLOSE,
-            flags,
-            task: None,
-        },
-    );
+    emit::timewait_transition(tw, &off, now, cookie, dwell_ns, (old, state::CLOSE, flags));
 }
 
 /// `tcp_retransmit_synack(listener, req)`: the final ACK of a handshake did not come.

@@ -38,31 +38,17 @@ pub fn segment_handled(tw: *const u8) {
     if TW_STATE.insert(cookie, updated, 0).is_err() {
         bump(counter::STATE_MAP_FULL);
     }
-    let family = read::family(tw, &off);
-    let netns = read::netns(tw, &off);
-    let (sport, dport) = read::mini_ports(tw, &off);
-    if !emit::wanted(netns, sport, dport) {
-        return;
-    }
-    emit::transition(
+    let dwell_ns = if entry.since_ns != 0 {
+        now.wrapping_sub(entry.since_ns)
+    } else {
+        DWELL_UNKNOWN
+    };
+    emit::timewait_transition(
         tw,
         &off,
-        emit::Change {
-            now,
-            sock_id: cookie,
-            dwell_ns: if entry.since_ns != 0 {
-                now.wrapping_sub(entry.since_ns)
-            } else {
-                DWELL_UNKNOWN
-            },
-            netns,
-            sport,
-            dport,
-            family,
-            old: state::FIN_WAIT2,
-            new: state::TIME_WAIT,
-            flags: flag::TIMEWAIT,
-            task: None,
-        },
+        now,
+        cookie,
+        dwell_ns,
+        (state::FIN_WAIT2, state::TIME_WAIT, flag::TIMEWAIT),
     );
 }

@@ -12,6 +12,8 @@ mod preflight;
 mod procfs;
 mod report;
 mod sink;
+#[cfg(test)]
+mod testing;
 mod trace;
 mod ui;
 mod writer;

@@ -407,15 +407,7 @@ mod tests {
         use super::super::*;
 
         fn root(test: &str) -> bool {
-            // SAFETY: geteuid has no preconditions.
-            if unsafe { libc::geteuid() } == 0 {
-                return true;
-            }
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("{test}: needs root, and CI=true forbids skipping it");
-            }
-            eprintln!("skipping {test}: needs root (sock_diag of other namespaces, setns)");
-            false
+            crate::testing::root(test, "sock_diag of other namespaces, setns")
         }
 
         /// The cookie the kernel gives a socket fd: what bpf_get_socket_cookie returns.

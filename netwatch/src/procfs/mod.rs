@@ -54,15 +54,7 @@ mod tests {
         use super::*;
 
         fn root(test: &str) -> bool {
-            // SAFETY: geteuid has no preconditions.
-            if unsafe { libc::geteuid() } == 0 {
-                return true;
-            }
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("{test}: needs root, and CI=true forbids skipping it");
-            }
-            eprintln!("skipping {test}: needs root (ip netns add, setns)");
-            false
+            crate::testing::root(test, "ip netns add, setns")
         }
 
         /// A namespace of our own, deleted on drop so that a failed assertion leaves nothing.
