@@ -81,17 +81,18 @@ impl ConntrackTracker {
 
     /// The interval's view; None when conntrack is not in use (nothing to show).
     pub fn snapshot(&mut self, env: Option<&ConntrackEnv>) -> Option<ConntrackStats> {
-        let in_use = self.seen || env.is_some_and(|e| e.count.unwrap_or(0) > 0 || e.inserted > 0);
-        if !in_use {
-            return None;
-        }
         let e = env.cloned().unwrap_or_default();
-        // Entries now = entries before + inserted - freed.
+        // Entries now = entries before + inserted - freed. Kept up while the table is idle
+        // too, so the interval in which its first entry appears counts it.
         let derived = match (e.count, self.last_count) {
             (Some(now), Some(before)) => (now + self.confirmed_freed).saturating_sub(before),
             _ => 0,
         };
         self.last_count = e.count.or(self.last_count);
+        let in_use = self.seen || e.count.unwrap_or(0) > 0 || e.inserted > 0;
+        if !in_use {
+            return None;
+        }
         let stats = ConntrackStats {
             count: e.count,
             max: e.max,
@@ -175,6 +176,18 @@ mod tests {
             t.apply(&end(3, 0, 1, 0, true));
         }
         assert_eq!(t.snapshot(Some(&env(12))).unwrap().inserted, 7);
+    }
+
+    #[test]
+    fn the_first_entry_after_an_idle_table_is_counted() {
+        let mut t = ConntrackTracker::new(250);
+        let env = |count| ConntrackEnv {
+            count: Some(count),
+            max: Some(100),
+            ..Default::default()
+        };
+        assert_eq!(t.snapshot(Some(&env(0))), None);
+        assert_eq!(t.snapshot(Some(&env(1))).unwrap().inserted, 1);
     }
 
     #[test]
