@@ -13,7 +13,10 @@ use netwatch_common::{
     Filters, DROP_REASON_SLOTS,
 };
 
-use crate::{btf::Btf, config::TraceConfig, core::event::DropReason, offsets, preflight};
+use crate::{
+    btf::Btf, config::TraceConfig, core::event::DropReason, features::KernelFeatures, offsets,
+    preflight,
+};
 
 /// The kernel object built by build.rs from netwatch-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netwatch-probes"));
@@ -29,6 +32,20 @@ pub struct Probes {
     /// Cookies of the sockets netwatch itself opened to teach the kernel side the slab
     /// caches; their records are not the user's traffic.
     pub own_sockets: Vec<u64>,
+    /// What this trace can see on this kernel (decided by the attach plan).
+    pub features: KernelFeatures,
+    /// The verifier's own words for each program variant this kernel refused: shown under
+    /// `--verbose`, never by default (the one-line feature losses say what matters).
+    pub verifier_logs: Vec<VerifierLog>,
+}
+
+/// Why the kernel refused one program variant: the last lines of the verifier's log, which
+/// name the cause (its first lines describe the program's arguments).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifierLog {
+    pub program: String,
+    pub attach_point: String,
+    pub tail: Vec<String>,
 }
 
 /// Loss and error counts the kernel side kept, summed over CPUs.
@@ -239,6 +256,8 @@ impl Probes {
             warnings,
             reasons,
             own_sockets,
+            features: KernelFeatures::all("tp_btf"),
+            verifier_logs: Vec::new(),
         })
     }
 

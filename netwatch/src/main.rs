@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod core;
 mod environment;
+mod features;
 mod loader;
 mod offsets;
 mod preflight;
