@@ -236,7 +236,8 @@ pub struct KnownCaches {
 
 /// Timewait sockets allocated lately on one CPU: the state change that follows the
 /// allocation (`FIN_WAIT2 -> CLOSE` of the socket it replaces) runs on the same CPU right
-/// after, and finds its timewait socket here by cookie.
+/// after, and finds its timewait socket here (by cookie, or by ports and address where the
+/// kernel gave the socket no cookie).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RecentTimewaits {
@@ -245,15 +246,30 @@ pub struct RecentTimewaits {
     pub _pad: u32,
 }
 
-/// What a timewait socket is known by while it lives.
+/// What a timewait socket is known by while it lives (keyed by its address in `TW_STATE`,
+/// which needs no cookie, so the same map works on every kernel).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TimewaitEntry {
     /// When the socket entered `state` (0: unknown).
     pub since_ns: u64,
+    /// The `sock_id` of the full socket it replaced, carried on into its records.
+    pub sock_id: u64,
     /// TIME_WAIT, or FIN_WAIT2 for an orphan waiting out `tcp_fin_timeout`.
     pub state: u8,
     pub _pad: [u8; 7],
+}
+
+/// A full socket known by its address, on kernels whose tracing programs cannot ask for a
+/// socket cookie (before 5.12): when it entered its state, and the id its records carry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PointerEntry {
+    pub since_ns: u64,
+    /// The socket's cookie if it had one when first seen (sockets the start-up census
+    /// listed: inet_diag gives every socket it dumps a cookie), else its address; kept for
+    /// the socket's life so its records agree whatever asks for a cookie later.
+    pub sock_id: u64,
 }
 
 /// Slots of the per-CPU `COUNTERS` array: what the kernel side could not do, never silent.

@@ -4,6 +4,9 @@
 pub mod map {
     pub const EVENTS: &str = "EVENTS";
     pub const SOCK_STATE: &str = "SOCK_STATE";
+    /// Pointer-keyed twin of `SOCK_STATE` for kernels without the cookie helper; sized to
+    /// one entry elsewhere.
+    pub const SOCK_PTR: &str = "SOCK_PTR";
     pub const COUNTERS: &str = "COUNTERS";
     pub const FILTER_NETNS: &str = "FILTER_NETNS";
     pub const FILTER_PORTS: &str = "FILTER_PORTS";
@@ -17,23 +20,41 @@ pub mod map {
 }
 
 pub mod program {
-    /// tp_btf on `inet_sock_set_state`.
+    /// tp_btf on `inet_sock_set_state`, sockets keyed by cookie (5.12+).
     pub const SET_STATE: &str = "set_state";
+    /// The same keyed by socket address, for kernels whose tracing programs cannot call
+    /// `bpf_get_socket_cookie` (5.10, 5.11).
+    pub const SET_STATE_PTR: &str = "set_state_ptr";
     /// tp_btf on `kmem_cache_alloc`: births of timewait and request sockets.
     pub const SLAB_ALLOC: &str = "slab_alloc";
     /// tp_btf on `kmem_cache_free`: deaths of timewait and request sockets.
     pub const SLAB_FREE: &str = "slab_free";
-    /// tp_btf on `kfree_skb`: drops with a reason (PAWS, listen overflow, netfilter).
+    /// fexit on the slab allocator function, for kernels whose slab tracepoints carry no
+    /// cache (before 6.0).
+    pub const SLAB_ALLOC_FEXIT: &str = "slab_alloc_fexit";
+    /// fentry on `kmem_cache_free`, likewise.
+    pub const SLAB_FREE_FENTRY: &str = "slab_free_fentry";
+    /// tp_btf on `kfree_skb` with `rx_sk` (6.8+): drops with a reason (PAWS, listen
+    /// overflow, netfilter) and segments handled by timewait sockets.
     pub const DROPS: &str = "drops";
+    /// tp_btf on `kfree_skb` with a reason but no `rx_sk` (5.17 to 6.7).
+    pub const DROPS_NO_RX_SK: &str = "drops_no_rx_sk";
+    /// fexit on `tcp_timewait_state_process`: the peer's FIN reaching an orphan's FIN_WAIT2
+    /// timewait socket, where `kfree_skb` does not name the socket.
+    pub const TW_SEGMENT_FEXIT: &str = "tw_segment_fexit";
     /// tp_btf on `tcp_retransmit_synack`.
     pub const SYNACK_RETRANSMIT: &str = "synack_retransmit";
     /// The second program of a hook, which handles the events the kernel kept from the
     /// first because they arrived nested in it on one CPU: (first, second).
-    pub const NESTED: [(&str, &str); 4] = [
+    pub const NESTED: [(&str, &str); 8] = [
         (SET_STATE, "set_state_nested"),
+        (SET_STATE_PTR, "set_state_ptr_nested"),
         (SLAB_ALLOC, "slab_alloc_nested"),
         (SLAB_FREE, "slab_free_nested"),
+        (SLAB_ALLOC_FEXIT, "slab_alloc_fexit_nested"),
+        (SLAB_FREE_FENTRY, "slab_free_fentry_nested"),
         (DROPS, "drops_nested"),
+        (DROPS_NO_RX_SK, "drops_no_rx_sk_nested"),
     ];
 }
 
@@ -44,6 +65,10 @@ pub mod hook {
     pub const SLAB_FREE: &str = "kmem_cache_free";
     pub const DROPS: &str = "kfree_skb";
     pub const SYNACK_RETRANSMIT: &str = "tcp_retransmit_synack";
+    /// Kernel functions for fentry/fexit variants (tried where tracepoints fall short).
+    pub const FN_SLAB_ALLOC: [&str; 2] = ["kmem_cache_alloc_noprof", "kmem_cache_alloc"];
+    pub const FN_SLAB_FREE: &str = "kmem_cache_free";
+    pub const FN_TW_SEGMENT: &str = "tcp_timewait_state_process";
 }
 
 pub mod global {

@@ -9,12 +9,14 @@ use netwatch_common::{kind, DropRecord, RecordHeader};
 
 use crate::{emit, filters, offsets, read, timewait};
 
+/// `rx_sk` reads the tracepoint's fourth argument (6.8+); the variant for kernels without
+/// it passes a null pointer, so the verifier never sees that context read there.
 #[inline(always)]
-pub fn try_kfree_skb(ctx: &BtfTracePointContext) {
+pub fn try_kfree_skb(ctx: &BtfTracePointContext, rx_sk: impl Fn() -> *const u8) {
     let reason = ctx.arg::<u32>(2);
     let f = filters();
     if reason == f.tw_segment_reason {
-        let rx_sk: *const u8 = ctx.arg(3);
+        let rx_sk = rx_sk();
         if !rx_sk.is_null() {
             timewait::segment_handled(rx_sk);
         }
@@ -25,14 +27,12 @@ pub fn try_kfree_skb(ctx: &BtfTracePointContext) {
         wanted |= r == reason;
     }
     if wanted {
-        report(ctx, reason);
+        report(ctx.arg(0), rx_sk(), reason);
     }
 }
 
 #[inline(never)]
-fn report(ctx: &BtfTracePointContext, reason: u32) {
-    let skb: *const u8 = ctx.arg(0);
-    let rx_sk: *const u8 = ctx.arg(3);
+fn report(skb: *const u8, rx_sk: *const u8, reason: u32) {
     let off = offsets();
     let mut rec = DropRecord {
         header: RecordHeader {

@@ -15,14 +15,17 @@ mod timewait;
 mod transition;
 
 use aya_ebpf::{
-    macros::{btf_tracepoint, map},
+    helpers::bpf_probe_read_kernel,
+    macros::{btf_tracepoint, fentry, fexit, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::BtfTracePointContext,
+    programs::{BtfTracePointContext, FEntryContext, FExitContext},
+    EbpfContext,
 };
 use netwatch_common::{
-    counter, names::limits, offsets::KernelOffsets, Filters, KnownCaches, RecentTimewaits,
-    TimewaitEntry,
+    counter, names::limits, offsets::KernelOffsets, Filters, KnownCaches, PointerEntry,
+    RecentTimewaits, TimewaitEntry,
 };
+use transition::{ByCookie, ByPointer};
 
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(limits::EVENTS_BYTES, 0);
@@ -31,6 +34,12 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(limits::EVENTS_BYTES, 0);
 /// sees close (it started after they opened, or their CLOSE was lost) cannot fill it.
 #[map(name = "SOCK_STATE")]
 static SOCK_STATE: LruHashMap<u64, u64> =
+    LruHashMap::with_max_entries(limits::SOCK_STATE_ENTRIES, 0);
+
+/// Socket address -> entry time and id, for `set_state_ptr` (kernels without the cookie
+/// helper); the loader shrinks it to one entry where `set_state` runs instead.
+#[map(name = "SOCK_PTR")]
+static SOCK_PTR: LruHashMap<u64, PointerEntry> =
     LruHashMap::with_max_entries(limits::SOCK_STATE_ENTRIES, 0);
 
 #[map(name = "COUNTERS")]
@@ -49,7 +58,7 @@ static CACHES: Array<KnownCaches> = Array::with_max_entries(1, 0);
 #[map(name = "RECENT_TW")]
 static RECENT_TW: PerCpuArray<RecentTimewaits> = PerCpuArray::with_max_entries(1, 0);
 
-/// Socket cookie -> the timewait socket's state and since when.
+/// Timewait socket address -> its state, since when, and the id of the socket it replaced.
 #[map(name = "TW_STATE")]
 static TW_STATE: LruHashMap<u64, TimewaitEntry> =
     LruHashMap::with_max_entries(limits::TW_ENTRIES, 0);
@@ -138,51 +147,150 @@ fn nested(hook: u32, work: impl FnOnce()) {
     }
 }
 
+/// Argument `n` of a tracing program, copied out of the context rather than loaded from it:
+/// verifiers before 6.16 refuse to load a `void *` argument through the typed context
+/// (`arg1 type UNKNOWN is not a struct`), but let the program copy the slot.
+#[inline(always)]
+fn arg_copy(ctx: &impl EbpfContext, n: usize) -> u64 {
+    // SAFETY: the context of a tracing program is an array of u64 arguments, and
+    // probe_read tolerates any address.
+    unsafe { bpf_probe_read_kernel((ctx.as_ptr() as *const u64).wrapping_add(n)) }.unwrap_or(0)
+}
+
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn set_state(ctx: BtfTracePointContext) -> i32 {
-    first(HOOK_SET_STATE, || transition::try_set_state(&ctx));
+    first(HOOK_SET_STATE, || {
+        transition::try_set_state::<ByCookie>(&ctx)
+    });
     0
 }
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn set_state_nested(ctx: BtfTracePointContext) -> i32 {
-    nested(HOOK_SET_STATE, || transition::try_set_state(&ctx));
+    nested(HOOK_SET_STATE, || {
+        transition::try_set_state::<ByCookie>(&ctx)
+    });
     0
+}
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn set_state_ptr(ctx: BtfTracePointContext) -> i32 {
+    first(HOOK_SET_STATE, || {
+        transition::try_set_state::<ByPointer>(&ctx)
+    });
+    0
+}
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn set_state_ptr_nested(ctx: BtfTracePointContext) -> i32 {
+    nested(HOOK_SET_STATE, || {
+        transition::try_set_state::<ByPointer>(&ctx)
+    });
+    0
+}
+
+/// `kmem_cache_alloc(call_site, ptr, s, gfp_flags, node)` (6.0+).
+#[inline(always)]
+fn slab_alloc_tp(ctx: &BtfTracePointContext) {
+    slab::alloc(ctx.arg(0), ctx.arg(2), || arg_copy(ctx, 1));
 }
 
 #[btf_tracepoint(function = "kmem_cache_alloc")]
 pub fn slab_alloc(ctx: BtfTracePointContext) -> i32 {
-    first(HOOK_SLAB_ALLOC, || slab::try_alloc(&ctx));
+    first(HOOK_SLAB_ALLOC, || slab_alloc_tp(&ctx));
     0
 }
 
 #[btf_tracepoint(function = "kmem_cache_alloc")]
 pub fn slab_alloc_nested(ctx: BtfTracePointContext) -> i32 {
-    nested(HOOK_SLAB_ALLOC, || slab::try_alloc(&ctx));
+    nested(HOOK_SLAB_ALLOC, || slab_alloc_tp(&ctx));
     0
+}
+
+/// `kmem_cache_free(call_site, ptr, s)` (6.0+).
+#[inline(always)]
+fn slab_free_tp(ctx: &BtfTracePointContext) {
+    slab::free(ctx.arg(2), || arg_copy(ctx, 1));
 }
 
 #[btf_tracepoint(function = "kmem_cache_free")]
 pub fn slab_free(ctx: BtfTracePointContext) -> i32 {
-    first(HOOK_SLAB_FREE, || slab::try_free(&ctx));
+    first(HOOK_SLAB_FREE, || slab_free_tp(&ctx));
     0
 }
 
 #[btf_tracepoint(function = "kmem_cache_free")]
 pub fn slab_free_nested(ctx: BtfTracePointContext) -> i32 {
-    nested(HOOK_SLAB_FREE, || slab::try_free(&ctx));
+    nested(HOOK_SLAB_FREE, || slab_free_tp(&ctx));
+    0
+}
+
+/// Return of `kmem_cache_alloc(s, gfpflags)`: the object is the slot after the two
+/// arguments. No call site here, so conntrack is not followed this way.
+#[inline(always)]
+fn slab_alloc_ret(ctx: &FExitContext) {
+    slab::alloc(0, ctx.arg(0), || arg_copy(ctx, 2));
+}
+
+#[fexit(function = "kmem_cache_alloc")]
+pub fn slab_alloc_fexit(ctx: FExitContext) -> i32 {
+    first(HOOK_SLAB_ALLOC, || slab_alloc_ret(&ctx));
+    0
+}
+
+#[fexit(function = "kmem_cache_alloc")]
+pub fn slab_alloc_fexit_nested(ctx: FExitContext) -> i32 {
+    nested(HOOK_SLAB_ALLOC, || slab_alloc_ret(&ctx));
+    0
+}
+
+/// Entry of `kmem_cache_free(s, x)`.
+#[inline(always)]
+fn slab_free_entry(ctx: &FEntryContext) {
+    slab::free(ctx.arg(0), || arg_copy(ctx, 1));
+}
+
+#[fentry(function = "kmem_cache_free")]
+pub fn slab_free_fentry(ctx: FEntryContext) -> i32 {
+    first(HOOK_SLAB_FREE, || slab_free_entry(&ctx));
+    0
+}
+
+#[fentry(function = "kmem_cache_free")]
+pub fn slab_free_fentry_nested(ctx: FEntryContext) -> i32 {
+    nested(HOOK_SLAB_FREE, || slab_free_entry(&ctx));
     0
 }
 
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn drops(ctx: BtfTracePointContext) -> i32 {
-    first(HOOK_DROPS, || drops::try_kfree_skb(&ctx));
+    first(HOOK_DROPS, || drops::try_kfree_skb(&ctx, || ctx.arg(3)));
     0
 }
 
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn drops_nested(ctx: BtfTracePointContext) -> i32 {
-    nested(HOOK_DROPS, || drops::try_kfree_skb(&ctx));
+    nested(HOOK_DROPS, || drops::try_kfree_skb(&ctx, || ctx.arg(3)));
+    0
+}
+
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn drops_no_rx_sk(ctx: BtfTracePointContext) -> i32 {
+    first(HOOK_DROPS, || drops::try_kfree_skb(&ctx, core::ptr::null));
+    0
+}
+
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn drops_no_rx_sk_nested(ctx: BtfTracePointContext) -> i32 {
+    nested(HOOK_DROPS, || drops::try_kfree_skb(&ctx, core::ptr::null));
+    0
+}
+
+/// After a timewait socket handled a segment: an orphan's FIN_WAIT2 may have turned
+/// TIME_WAIT (kernels whose `kfree_skb` does not name the socket).
+#[fexit(function = "tcp_timewait_state_process")]
+pub fn tw_segment_fexit(ctx: FExitContext) -> i32 {
+    timewait::segment_handled(ctx.arg(0));
     0
 }
 

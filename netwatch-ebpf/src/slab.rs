@@ -2,6 +2,12 @@
 //! sockets, which `inet_sock_set_state` never reports. These hooks fire for every slab
 //! object in the kernel, so each starts with a pointer compare against the learned caches
 //! and leaves at once for anything else.
+//!
+//! The same functions serve every kernel: the programs in main.rs read the cache and the
+//! object from the tracepoint (6.0+) or from fentry/fexit on the allocator (older kernels,
+//! whose slab tracepoints carry no cache), and hand them over. The object is a `void *`,
+//! which some verifiers refuse to read from a typed context, so it is fetched only after
+//! the cache matched, through `obj` (see `arg_copy` in main.rs).
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::BtfTracePointContext};
 use netwatch_common::{
@@ -9,8 +15,8 @@ use netwatch_common::{
 };
 
 use crate::{
-    bump, conntrack, emit, filters, offsets, read, CACHES, CHILD_BORN, RECENT_TW, REQ_BORN,
-    TW_STATE,
+    bump, conntrack, emit, filters, offsets, read, transition, CACHES, CHILD_BORN, RECENT_TW,
+    REQ_BORN, TW_STATE,
 };
 
 enum Cache {
@@ -37,11 +43,10 @@ fn classify(cache: u64) -> Cache {
     }
 }
 
+/// An allocation from `cache` by code at `call_site` (0 where unknown); `obj` fetches the
+/// new object.
 #[inline(always)]
-pub fn try_alloc(ctx: &BtfTracePointContext) {
-    let obj: u64 = ctx.arg(1);
-    let cache: u64 = ctx.arg(2);
-    let call_site: u64 = ctx.arg(0);
+pub fn alloc(call_site: u64, cache: u64, obj: impl FnOnce() -> u64) {
     let f = filters();
     if call_site >= f.ct_alloc_lo && call_site < f.ct_alloc_hi {
         conntrack::learn_cache(cache);
@@ -54,28 +59,27 @@ pub fn try_alloc(ctx: &BtfTracePointContext) {
             // SAFETY: per-CPU value, only touched by programs on this CPU.
             let recent = unsafe { &mut *recent };
             let i = (recent.next as usize) % recent.ptrs.len();
-            recent.ptrs[i] = obj;
+            recent.ptrs[i] = obj();
             recent.next = recent.next.wrapping_add(1);
         }
         Cache::Request => {
             let now = unsafe { bpf_ktime_get_ns() };
-            if REQ_BORN.insert(obj, now, 0).is_err() {
+            if REQ_BORN.insert(obj(), now, 0).is_err() {
                 bump(counter::STATE_MAP_FULL);
             }
         }
-        Cache::Conntrack => conntrack::born(obj),
+        Cache::Conntrack => conntrack::born(obj()),
         Cache::Other => {}
     }
 }
 
+/// A free of an object of `cache`; `obj` fetches the object.
 #[inline(always)]
-pub fn try_free(ctx: &BtfTracePointContext) {
-    let obj: u64 = ctx.arg(1);
-    let cache: u64 = ctx.arg(2);
+pub fn free(cache: u64, obj: impl FnOnce() -> u64) {
     match classify(cache) {
-        Cache::Timewait => timewait_died(obj as *const u8),
-        Cache::Request => request_died(obj as *const u8),
-        Cache::Conntrack => conntrack::died(obj as *const u8),
+        Cache::Timewait => timewait_died(obj() as *const u8),
+        Cache::Request => request_died(obj() as *const u8),
+        Cache::Conntrack => conntrack::died(obj() as *const u8),
         Cache::Other => {}
     }
 }
@@ -84,22 +88,33 @@ pub fn try_free(ctx: &BtfTracePointContext) {
 fn timewait_died(tw: *const u8) {
     let now = unsafe { bpf_ktime_get_ns() };
     let off = offsets();
-    let cookie = read::cookie(tw, &off);
     let substate: u8 = read::at(tw, off.tw_substate);
-    let entry = unsafe { TW_STATE.get(cookie) }.copied();
-    let _ = TW_STATE.remove(cookie);
+    let entry = unsafe { TW_STATE.get(tw as u64) }.copied();
+    let _ = TW_STATE.remove(tw as u64);
 
-    let (old, dwell_ns, flags) = match entry {
+    let (sock_id, old, dwell_ns, flags) = match entry {
         Some(e) if e.state == state::FIN_WAIT2 && substate == state::TIME_WAIT => (
+            e.sock_id,
             state::TIME_WAIT,
             DWELL_UNKNOWN,
             flag::TIMEWAIT | flag::SUBSTATE_CHANGED,
         ),
-        Some(e) if e.since_ns != 0 => (e.state, now.wrapping_sub(e.since_ns), flag::TIMEWAIT),
-        Some(e) => (e.state, DWELL_UNKNOWN, flag::TIMEWAIT),
-        None => (substate, DWELL_UNKNOWN, flag::TIMEWAIT),
+        Some(e) if e.since_ns != 0 => (
+            e.sock_id,
+            e.state,
+            now.wrapping_sub(e.since_ns),
+            flag::TIMEWAIT,
+        ),
+        Some(e) => (e.sock_id, e.state, DWELL_UNKNOWN, flag::TIMEWAIT),
+        // Born before the trace: the census listed it by the cookie it carries.
+        None => (
+            read::cookie(tw, &off),
+            substate,
+            DWELL_UNKNOWN,
+            flag::TIMEWAIT,
+        ),
     };
-    emit::timewait_transition(tw, &off, now, cookie, dwell_ns, (old, state::CLOSE, flags));
+    emit::timewait_transition(tw, &off, now, sock_id, dwell_ns, (old, state::CLOSE, flags));
 }
 
 /// `tcp_retransmit_synack(listener, req)`: the final ACK of a handshake did not come.
@@ -128,7 +143,7 @@ fn request_record(req: *const u8, record_kind: u16, syn_ns: u64, child: u64) {
     let (child_ns, sock_id) = if child != 0 {
         let born = unsafe { CHILD_BORN.get(child) }.copied().unwrap_or(0);
         let _ = CHILD_BORN.remove(child);
-        (born, read::cookie(child as *const u8, &off))
+        (born, transition::child_id(child as *const u8, &off))
     } else {
         (0, 0)
     };

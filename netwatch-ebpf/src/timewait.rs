@@ -4,7 +4,8 @@
 //! substate FIN_WAIT2 as soon as its own FIN is acked (the usual path of a client's active
 //! close). When the peer's FIN arrives the kernel flips the substate to TIME_WAIT with no
 //! tracepoint of its own; the segment is then freed through `kfree_skb` with the timewait
-//! socket as `rx_sk` (reason NOT_SPECIFIED on 6.18), which is where this looks.
+//! socket as `rx_sk` (reason NOT_SPECIFIED on 6.18), which is where this looks; kernels
+//! whose `kfree_skb` has no `rx_sk` call this from fexit on `tcp_timewait_state_process`.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use netwatch_common::{counter, flag, state, TimewaitEntry, DWELL_UNKNOWN};
@@ -22,8 +23,7 @@ pub fn segment_handled(tw: *const u8) {
     {
         return;
     }
-    let cookie = read::cookie(tw, &off);
-    let Some(entry) = (unsafe { TW_STATE.get(cookie) }).copied() else {
+    let Some(entry) = (unsafe { TW_STATE.get(tw as u64) }).copied() else {
         return;
     };
     if entry.state != state::FIN_WAIT2 {
@@ -33,9 +33,9 @@ pub fn segment_handled(tw: *const u8) {
     let updated = TimewaitEntry {
         since_ns: now,
         state: state::TIME_WAIT,
-        _pad: [0; 7],
+        ..entry
     };
-    if TW_STATE.insert(cookie, updated, 0).is_err() {
+    if TW_STATE.insert(tw as u64, updated, 0).is_err() {
         bump(counter::STATE_MAP_FULL);
     }
     let dwell_ns = if entry.since_ns != 0 {
@@ -47,7 +47,7 @@ pub fn segment_handled(tw: *const u8) {
         tw,
         &off,
         now,
-        cookie,
+        entry.sock_id,
         dwell_ns,
         (state::FIN_WAIT2, state::TIME_WAIT, flag::TIMEWAIT),
     );

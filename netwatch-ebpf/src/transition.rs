@@ -7,16 +7,135 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use netwatch_common::{
-    counter, offsets::KernelOffsets, state, KnownCaches, TimewaitEntry, AF_INET, AF_INET6,
-    DWELL_UNKNOWN,
+    counter, offsets::KernelOffsets, state, KnownCaches, PointerEntry, TimewaitEntry, AF_INET,
+    AF_INET6, DWELL_UNKNOWN,
 };
 
-use crate::{bump, emit, offsets, read, CACHES, CHILD_BORN, RECENT_TW, SOCK_STATE, TW_STATE};
+use crate::{
+    bump, emit, offsets, read, CACHES, CHILD_BORN, RECENT_TW, SOCK_PTR, SOCK_STATE, TW_STATE,
+};
 
 const IPPROTO_TCP: u16 = 6;
 
+/// A socket's entry in the per-socket state map, found once per transition and then
+/// rewritten in place.
+pub struct Found {
+    /// The id its records carry.
+    pub id: u64,
+    /// When it entered its current state, if netwatch saw that.
+    pub since: Option<u64>,
+    /// The entry's entry-time field, when there is an entry.
+    slot: Option<*mut u64>,
+}
+
+/// How sockets are keyed: the two `set_state` programs differ only in this, so each kernel
+/// loads the one it can verify and the rest of the kernel side is the same.
+pub trait SocketIds {
+    fn find(sk: *const u8, off: &KernelOffsets) -> Found;
+    fn remember(found: &Found, sk: *const u8, now: u64);
+    fn forget(found: &Found, sk: *const u8);
+}
+
+/// By socket cookie (`bpf_get_socket_cookie`, callable from tracing programs since 5.12):
+/// the same id sock_diag reports and timewait sockets inherit.
+pub struct ByCookie;
+
+impl SocketIds for ByCookie {
+    #[inline(always)]
+    fn find(sk: *const u8, _off: &KernelOffsets) -> Found {
+        // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer, which the helper accepts.
+        let id = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+        let slot = SOCK_STATE.get_ptr_mut(id);
+        Found {
+            id,
+            // SAFETY: a map value pointer, valid for this program run.
+            since: slot.map(|p| unsafe { *p }),
+            slot,
+        }
+    }
+
+    #[inline(always)]
+    fn remember(found: &Found, _sk: *const u8, now: u64) {
+        match found.slot {
+            // SAFETY: as in `find`.
+            Some(p) => unsafe { *p = now },
+            None => {
+                if SOCK_STATE.insert(found.id, now, 0).is_err() {
+                    bump(counter::STATE_MAP_FULL);
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn forget(found: &Found, _sk: *const u8) {
+        let _ = SOCK_STATE.remove(found.id);
+    }
+}
+
+/// By socket address, for kernels whose tracing programs cannot ask for a cookie (5.10):
+/// the id is fixed when the socket is first seen (see `PointerEntry`).
+pub struct ByPointer;
+
+impl SocketIds for ByPointer {
+    #[inline(always)]
+    fn find(sk: *const u8, off: &KernelOffsets) -> Found {
+        match SOCK_PTR.get_ptr_mut(sk as u64) {
+            Some(e) => {
+                // SAFETY: a map value pointer, valid for this program run.
+                let e = unsafe { &mut *e };
+                Found {
+                    id: e.sock_id,
+                    since: Some(e.since_ns),
+                    slot: Some(&mut e.since_ns),
+                }
+            }
+            None => {
+                let cookie = read::cookie(sk, off);
+                Found {
+                    id: if cookie != 0 { cookie } else { sk as u64 },
+                    since: None,
+                    slot: None,
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn remember(found: &Found, sk: *const u8, now: u64) {
+        match found.slot {
+            // SAFETY: as in `find`.
+            Some(p) => unsafe { *p = now },
+            None => {
+                let entry = PointerEntry {
+                    since_ns: now,
+                    sock_id: found.id,
+                };
+                if SOCK_PTR.insert(sk as u64, entry, 0).is_err() {
+                    bump(counter::STATE_MAP_FULL);
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn forget(_found: &Found, sk: *const u8) {
+        let _ = SOCK_PTR.remove(sk as u64);
+    }
+}
+
+/// The id the records of a just-accepted child carry, from the request-socket hooks, which
+/// do not know which `set_state` program keys sockets on this kernel.
 #[inline(always)]
-pub fn try_set_state(ctx: &BtfTracePointContext) {
+pub fn child_id(child: *const u8, off: &KernelOffsets) -> u64 {
+    match unsafe { SOCK_PTR.get(child as u64) } {
+        Some(e) => e.sock_id,
+        None => read::cookie(child, off),
+    }
+}
+
+#[inline(always)]
+pub fn try_set_state<K: SocketIds>(ctx: &BtfTracePointContext) {
     let sk: *const u8 = ctx.arg(0);
     let old = ctx.arg::<i32>(1) as u8;
     let new = ctx.arg::<i32>(2) as u8;
@@ -29,32 +148,29 @@ pub fn try_set_state(ctx: &BtfTracePointContext) {
         return;
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer, which the helper accepts.
-    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
 
     // Keep the entry map right for every socket, filtered or not: the filters look at ports,
     // and a socket's local port is still 0 when it enters SYN_SENT.
-    // One lookup: the entry is rewritten in place below rather than updated through the map.
-    let slot = SOCK_STATE.get_ptr_mut(cookie);
-    // SAFETY: a map value pointer, valid for this program run.
-    let since = slot.map(|p| unsafe { *p });
+    let found = K::find(sk, &off);
+    let id = found.id;
+    let since = found.since;
     let dwell_ns = match since {
         Some(t) => now.wrapping_sub(t),
         None => DWELL_UNKNOWN,
     };
     let mut shown_new = new;
     if new == state::CLOSE {
-        let _ = SOCK_STATE.remove(cookie);
+        K::forget(&found, sk);
         if old == state::FIN_WAIT2 || old == state::CLOSING {
-            match handed_to_timewait(cookie, &off) {
-                Some(state::TIME_WAIT) => {
-                    remember_timewait(cookie, now, state::TIME_WAIT);
+            match handed_to_timewait(sk, &off) {
+                Some((tw, state::TIME_WAIT)) => {
+                    remember_timewait(tw, now, state::TIME_WAIT, id);
                     shown_new = state::TIME_WAIT;
                 }
-                Some(_) => {
+                Some((tw, _)) => {
                     // An orphan waiting out tcp_fin_timeout: still FIN_WAIT2, now as a
                     // timewait socket, until the peer's FIN (see timewait.rs) or its end.
-                    remember_timewait(cookie, since.unwrap_or(0), state::FIN_WAIT2);
+                    remember_timewait(tw, since.unwrap_or(0), state::FIN_WAIT2, id);
                     return;
                 }
                 // No timewait socket: tcp_max_tw_buckets was reached (or allocation
@@ -67,18 +183,10 @@ pub fn try_set_state(ctx: &BtfTracePointContext) {
             // A child cloned from its listener as the final ACK arrived. Its SYN_RECV life
             // is the request socket's, reported when that is freed; remember the birth.
             let _ = CHILD_BORN.insert(sk as u64, now, 0);
-            let _ = SOCK_STATE.insert(cookie, now, 0);
+            K::remember(&found, sk, now);
             return;
         }
-        match slot {
-            // SAFETY: as above.
-            Some(p) => unsafe { *p = now },
-            None => {
-                if SOCK_STATE.insert(cookie, now, 0).is_err() {
-                    bump(counter::STATE_MAP_FULL);
-                }
-            }
-        }
+        K::remember(&found, sk, now);
         if new == state::LISTEN {
             learn_caches(sk, family, &off);
         }
@@ -103,7 +211,7 @@ pub fn try_set_state(ctx: &BtfTracePointContext) {
         &off,
         emit::Change {
             now,
-            sock_id: cookie,
+            sock_id: id,
             dwell_ns,
             netns,
             sport,
@@ -117,31 +225,46 @@ pub fn try_set_state(ctx: &BtfTracePointContext) {
     );
 }
 
-/// The substate of the timewait socket allocated for `cookie` on this CPU just before, if
-/// any (see `RecentTimewaits`).
+/// The timewait socket allocated for `sk` on this CPU just before, if any, and its
+/// substate (see `RecentTimewaits`).
 #[inline(always)]
-fn handed_to_timewait(cookie: u64, off: &KernelOffsets) -> Option<u8> {
+fn handed_to_timewait(sk: *const u8, off: &KernelOffsets) -> Option<(*const u8, u8)> {
     let recent = RECENT_TW.get_ptr_mut(0)?;
     // SAFETY: per-CPU value, only touched by programs on this CPU.
     let recent = unsafe { &mut *recent };
+    // The kernel copies the socket's cookie into its timewait socket; a socket that never
+    // had one (no cookie helper on this kernel) is matched by its connection instead.
+    let cookie = read::cookie(sk, off);
+    let (sport, dport) = read::ports(sk, off);
     for i in 0..recent.ptrs.len() {
-        let tw = recent.ptrs[i];
-        if tw != 0 && read::cookie(tw as *const u8, off) == cookie {
+        let tw = recent.ptrs[i] as *const u8;
+        if tw.is_null() {
+            continue;
+        }
+        let same = if cookie != 0 {
+            read::cookie(tw, off) == cookie
+        } else {
+            read::mini_ports(tw, off) == (sport, dport)
+                && read::at::<u32>(tw, off.skc_daddr) == read::at::<u32>(sk, off.skc_daddr)
+                && read::at::<u64>(tw, off.skc_net) == read::at::<u64>(sk, off.skc_net)
+        };
+        if same {
             recent.ptrs[i] = 0;
-            return Some(read::at::<u8>(tw as *const u8, off.tw_substate));
+            return Some((tw, read::at::<u8>(tw, off.tw_substate)));
         }
     }
     None
 }
 
 #[inline(always)]
-fn remember_timewait(cookie: u64, since_ns: u64, state: u8) {
+fn remember_timewait(tw: *const u8, since_ns: u64, state: u8, sock_id: u64) {
     let entry = TimewaitEntry {
         since_ns,
+        sock_id,
         state,
         _pad: [0; 7],
     };
-    if TW_STATE.insert(cookie, entry, 0).is_err() {
+    if TW_STATE.insert(tw as u64, entry, 0).is_err() {
         bump(counter::STATE_MAP_FULL);
     }
 }

@@ -67,7 +67,29 @@ enum Type {
     Enum {
         values: Vec<(u32, i64)>,
     },
+    Ptr {
+        ty: u32,
+    },
+    /// A function's name points at its prototype.
+    Func {
+        proto: u32,
+    },
+    FuncProto {
+        params: Vec<u32>,
+    },
     Other,
+}
+
+/// What an argument of a kernel function or tracepoint is, as far as a BPF program reading
+/// it cares: verifiers treat struct pointers, other pointers and scalars differently.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArgKind {
+    /// `struct NAME *` (const or not).
+    StructPtr(String),
+    /// `void *` and pointers to anything but a struct.
+    OtherPtr,
+    /// Integers and enums.
+    Scalar,
 }
 
 /// Parsed type table of one BTF blob.
@@ -127,7 +149,11 @@ impl Btf {
                     at += 4;
                     Type::Other
                 }
-                KIND_PTR | KIND_FWD | KIND_FUNC | KIND_FLOAT => Type::Other,
+                KIND_PTR => Type::Ptr { ty: size_or_type },
+                KIND_FUNC => Type::Func {
+                    proto: size_or_type,
+                },
+                KIND_FWD | KIND_FLOAT => Type::Other,
                 KIND_ARRAY => {
                     at += 12;
                     Type::Other
@@ -172,8 +198,12 @@ impl Btf {
                     Type::Alias { ty: size_or_type }
                 }
                 KIND_FUNC_PROTO => {
-                    at += 8 * vlen;
-                    Type::Other
+                    let mut params = Vec::with_capacity(vlen);
+                    for _ in 0..vlen {
+                        params.push(u32_at(types_raw, at + 4)?);
+                        at += 8;
+                    }
+                    Type::FuncProto { params }
                 }
                 KIND_DATASEC => {
                     at += 12 * vlen;
@@ -220,6 +250,51 @@ impl Btf {
     /// how the kernel declares a tracepoint that `tp_btf` programs can attach to.
     pub fn has_typedef(&self, name: &str) -> bool {
         self.ids(name, KIND_TYPEDEF).next().is_some()
+    }
+
+    /// The arguments of a tracepoint as `tp_btf` and raw tracepoint programs see them: the
+    /// kernel declares `typedef void (*btf_trace_NAME)(void *__data, ARGS...)`.
+    pub fn tracepoint_args(&self, name: &str) -> Option<Vec<ArgKind>> {
+        let id = self
+            .ids(&format!("btf_trace_{name}"), KIND_TYPEDEF)
+            .next()?;
+        let Type::Ptr { ty } = &self.types[self.resolve(id) as usize].2 else {
+            return None;
+        };
+        let mut args = self.proto_args(*ty)?;
+        (!args.is_empty()).then(|| args.remove(0))?;
+        Some(args)
+    }
+
+    /// The arguments of a kernel function (fentry/fexit see these), if BTF has it.
+    pub fn function_args(&self, name: &str) -> Option<Vec<ArgKind>> {
+        self.ids(name, KIND_FUNC)
+            .find_map(|id| match &self.types[id as usize].2 {
+                Type::Func { proto } => self.proto_args(*proto),
+                _ => None,
+            })
+    }
+
+    fn proto_args(&self, proto: u32) -> Option<Vec<ArgKind>> {
+        let Type::FuncProto { params } = &self.types.get(self.resolve(proto) as usize)?.2 else {
+            return None;
+        };
+        Some(params.iter().map(|&p| self.arg_kind(p)).collect())
+    }
+
+    fn arg_kind(&self, ty: u32) -> ArgKind {
+        match &self.types.get(self.resolve(ty) as usize).map(|t| &t.2) {
+            Some(Type::Ptr { ty: to }) => {
+                let to = self.resolve(*to);
+                match self.types.get(to as usize) {
+                    Some((name, KIND_STRUCT, _)) => {
+                        ArgKind::StructPtr(self.string(*name).to_owned())
+                    }
+                    _ => ArgKind::OtherPtr,
+                }
+            }
+            _ => ArgKind::Scalar,
+        }
     }
 
     fn resolve(&self, mut id: u32) -> u32 {
@@ -355,6 +430,20 @@ pub(crate) mod tests {
             }
             id
         }
+        pub fn ptr(&mut self, to: u32) -> u32 {
+            self.head("", KIND_PTR, 0, false, to)
+        }
+        pub fn func_proto(&mut self, params: &[u32]) -> u32 {
+            let id = self.head("", KIND_FUNC_PROTO, params.len() as u32, false, 0);
+            for &p in params {
+                self.types.extend_from_slice(&0u32.to_le_bytes());
+                self.types.extend_from_slice(&p.to_le_bytes());
+            }
+            id
+        }
+        pub fn func(&mut self, name: &str, proto: u32) -> u32 {
+            self.head(name, KIND_FUNC, 0, false, proto)
+        }
         pub fn build(&self) -> Vec<u8> {
             let mut out = vec![0x9f, 0xeb, 1, 0];
             for v in [
@@ -405,6 +494,35 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn tracepoint_and_function_arguments() {
+        let mut b = Builder::new();
+        let ulong = b.int("long unsigned int", 8);
+        let cache = b.strukt("kmem_cache", 8, &[]);
+        let cache_ptr = b.ptr(cache);
+        let void_ptr = b.ptr(0);
+        let tp = b.func_proto(&[void_ptr, ulong, void_ptr, cache_ptr]);
+        let tp_ptr = b.ptr(tp);
+        b.typedef("btf_trace_kmem_cache_free", tp_ptr);
+        let free = b.func_proto(&[cache_ptr, void_ptr]);
+        b.func("kmem_cache_free", free);
+        let btf = Btf::parse(&b.build()).unwrap();
+        assert_eq!(
+            btf.tracepoint_args("kmem_cache_free").unwrap(),
+            vec![
+                ArgKind::Scalar,
+                ArgKind::OtherPtr,
+                ArgKind::StructPtr("kmem_cache".into())
+            ]
+        );
+        assert_eq!(
+            btf.function_args("kmem_cache_free").unwrap(),
+            vec![ArgKind::StructPtr("kmem_cache".into()), ArgKind::OtherPtr]
+        );
+        assert_eq!(btf.tracepoint_args("nope"), None);
+        assert_eq!(btf.function_args("nope"), None);
+    }
+
+    #[test]
     fn enum_values_by_name() {
         let mut b = Builder::new();
         b.enumeration(
@@ -433,5 +551,9 @@ pub(crate) mod tests {
         assert_eq!(btf.member_offset("sock_common", "skc_family").unwrap(), 16);
         assert!(btf.member_offset("net", "ns.inum").is_ok());
         assert!(btf.has_typedef("btf_trace_inet_sock_set_state"));
+        let args = btf.tracepoint_args("inet_sock_set_state").unwrap();
+        assert_eq!(args.len(), 3);
+        assert_eq!(args[0], ArgKind::StructPtr("sock".into()));
+        assert_eq!(btf.function_args("kmem_cache_free").unwrap().len(), 2);
     }
 }

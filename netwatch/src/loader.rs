@@ -4,18 +4,22 @@
 use anyhow::{anyhow, Context, Result};
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::BtfTracePoint,
+    programs::{BtfTracePoint, FEntry, FExit, ProgramError},
     Ebpf, EbpfLoader,
 };
 use netwatch_common::{
     counter,
-    names::{global, hook, map, program},
+    names::{global, map, program},
     Filters, DROP_REASON_SLOTS,
 };
 
 use crate::{
-    btf::Btf, config::TraceConfig, core::event::DropReason, features::KernelFeatures, offsets,
-    preflight,
+    btf::Btf,
+    config::TraceConfig,
+    core::event::DropReason,
+    features::KernelFeatures,
+    offsets,
+    plan::{self, Attach, KernelFacts, StepOutcome},
 };
 
 /// The kernel object built by build.rs from netwatch-ebpf.
@@ -66,14 +70,9 @@ fn permission_hint(e: &aya::EbpfError) -> &'static str {
 }
 
 impl Probes {
-    /// Loads and verifies every program, runs `before_attach`, then attaches them.
+    /// Loads and verifies the programs the attach plan chooses for this kernel, runs
+    /// `before_attach`, then attaches them.
     pub fn attach(cfg: &TraceConfig, btf: &Btf, before_attach: impl FnOnce()) -> Result<Self> {
-        if !preflight::has_tracepoint(btf, hook::SET_STATE) {
-            return Err(anyhow!(
-                "this kernel has no `{}` tracepoint, which netwatch is built on (Linux 4.16+)",
-                hook::SET_STATE
-            ));
-        }
         let (offsets, missing) = offsets::resolve(btf);
         let mut warnings = Vec::new();
         if !missing.is_empty() {
@@ -82,34 +81,52 @@ impl Probes {
                 missing.join(", ")
             ));
         }
+        let mut facts = KernelFacts::from_btf(btf);
+        let lacks = |fields: &[&str]| -> Vec<&str> {
+            missing
+                .iter()
+                .filter(|m| fields.iter().any(|f| m.contains(f)))
+                .map(String::as_str)
+                .collect()
+        };
+        let socket_fields = lacks(&[
+            "skc_cookie",
+            "skc_prot",
+            "twsk",
+            "rsk",
+            "tw_substate",
+            "request_sock",
+        ]);
+        if !socket_fields.is_empty() {
+            facts.sockets_blocked = Some(format!(
+                "this kernel's BTF lacks {} of timewait/request sockets",
+                socket_fields.join(", ")
+            ));
+        }
+        let ct_range = kallsyms_range("__nf_conntrack_alloc");
+        facts.conntrack_blocked = if !lacks(&["nf_conn"]).is_empty() {
+            Some("this kernel's BTF lacks fields of nf_conn".to_owned())
+        } else if ct_range.is_none() {
+            Some(
+                "no __nf_conntrack_alloc in /proc/kallsyms (conntrack not loaded, or \
+                 addresses hidden); table fill still shows"
+                    .to_owned(),
+            )
+        } else {
+            None
+        };
+        let plan = plan::plan(&facts).map_err(|e| anyhow!(e))?;
+
         let reasons = drop_reasons(btf);
         let mut drop_reasons = [u32::MAX; DROP_REASON_SLOTS];
         for (slot, (n, _)) in drop_reasons.iter_mut().zip(&reasons) {
             *slot = *n;
         }
-        let ct_fields_missing = missing.iter().any(|m| m.starts_with("nf_conn"));
-        let (ct_alloc_lo, ct_alloc_hi) = match kallsyms_range("__nf_conntrack_alloc") {
-            Some(range) if !ct_fields_missing => range,
-            _ => {
-                warnings.push(
-                    "conntrack entry lifetimes are not followed (no __nf_conntrack_alloc in \
-                     /proc/kallsyms, or nf_conn not in BTF); table fill still shows"
-                        .to_owned(),
-                );
-                (0, 0)
-            }
-        };
+        let (ct_alloc_lo, ct_alloc_hi) = ct_range.unwrap_or((0, 0));
         let tw_segment_reason = btf
             .enum_value("skb_drop_reason", "SKB_DROP_REASON_NOT_SPECIFIED")
             .and_then(|v| u32::try_from(v).ok())
             .unwrap_or(u32::MAX);
-        if tw_segment_reason == u32::MAX {
-            warnings.push(
-                "no SKB_DROP_REASON_NOT_SPECIFIED in BTF: an orphan's FIN_WAIT2 that turns \
-                 TIME_WAIT is reported only when its timewait socket dies"
-                    .to_owned(),
-            );
-        }
         let filters = Filters {
             tw_segment_reason,
             _pad2: 0,
@@ -120,15 +137,17 @@ impl Probes {
             ct_alloc_lo,
             ct_alloc_hi,
         };
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global(global::FILTERS, &filters, true)
-            .override_global(global::OFFSETS, &offsets, true)
-            .load(OBJECT)
-            .map_err(|e| {
-                let hint = permission_hint(&e);
-                anyhow::Error::new(e)
-                    .context(format!("loading netwatch's eBPF object failed{hint}"))
-            })?;
+            .override_global(global::OFFSETS, &offsets, true);
+        if !plan.keys_by_pointer() {
+            loader.map_max_entries(map::SOCK_PTR, 1);
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(|e| {
+            let hint = permission_hint(&e);
+            anyhow::Error::new(e).context(format!("loading netwatch's eBPF object failed{hint}"))
+        })?;
 
         let mut netns: HashMap<_, u32, u8> = HashMap::try_from(
             ebpf.map_mut(map::FILTER_NETNS)
@@ -145,99 +164,72 @@ impl Probes {
             ports.insert(p, 1, 0).context("filling the port filter")?;
         }
 
-        let aya_btf = aya::Btf::from_sys_fs().context("aya cannot read the kernel's BTF")?;
-        // (program, hook, what is lost without it; None: netwatch cannot work without it).
-        let mut plan: Vec<(&str, &str, Option<&str>)> =
-            vec![(program::SET_STATE, hook::SET_STATE, None)];
-        // Timewait and request sockets only show through the slab hooks: without them
-        // TIME_WAIT, orphaned FIN_WAIT2 and server SYN_RECV dwell are unknown, the rest works.
-        let slab_hooks = [hook::SLAB_ALLOC, hook::SLAB_FREE];
-        let slab_fields_missing = missing.iter().any(|m| {
-            [
-                "skc_cookie",
-                "skc_prot",
-                "twsk",
-                "rsk",
-                "tw_substate",
-                "request_sock",
-            ]
-            .iter()
-            .any(|f| m.contains(f))
-        });
-        const SLAB_LOSS: &str =
-            "TIME_WAIT, orphaned FIN_WAIT2 and server-side SYN_RECV dwell times";
-        if let Some(h) = slab_hooks
-            .iter()
-            .find(|h| !preflight::has_tracepoint(btf, h))
-        {
-            warnings.push(format!(
-                "this kernel has no `{h}` tracepoint: no {SLAB_LOSS}"
-            ));
-        } else if slab_fields_missing {
-            warnings.push(format!(
-                "this kernel's BTF lacks fields of timewait/request sockets: no {SLAB_LOSS}"
-            ));
-        } else {
-            plan.push((program::SLAB_ALLOC, hook::SLAB_ALLOC, Some(SLAB_LOSS)));
-            plan.push((program::SLAB_FREE, hook::SLAB_FREE, Some(SLAB_LOSS)));
-        }
-        // Incident signals; each degrades alone on a kernel without its hook.
-        for (name, hook, what) in [
-            (
-                program::DROPS,
-                hook::DROPS,
-                "PAWS rejects, listen-queue and netfilter drops",
-            ),
-            (
-                program::SYNACK_RETRANSMIT,
-                hook::SYNACK_RETRANSMIT,
-                "live SYN-ACK retransmit alerts",
-            ),
-        ] {
-            if preflight::has_tracepoint(btf, hook) {
-                plan.push((name, hook, Some(what)));
-            } else {
-                warnings.push(format!("this kernel has no `{hook}` tracepoint: no {what}"));
-            }
-        }
-        // Each hook's second program goes right after its first (attach order is call
-        // order): it covers the events nested in the first on one CPU.
-        const NESTED_LOSS: &str = "events nested on one CPU (counted as skipped runs)";
-        let plan: Vec<(&str, &str, Option<&str>)> = plan
-            .into_iter()
-            .flat_map(|step @ (name, hook, _)| {
-                let second = program::NESTED
-                    .iter()
-                    .find(|(first, _)| *first == name)
-                    .map(|&(_, second)| (second, hook, Some(NESTED_LOSS)));
-                std::iter::once(step).chain(second)
-            })
-            .collect();
         // Verify everything first, then let the caller do its slow start-up work (the
         // census), then attach: records start flowing only once the drain loop is near.
-        let mut loaded = Vec::new();
-        for (name, hook, loss) in plan {
-            match (load_tp(&mut ebpf, &aya_btf, name, hook), loss) {
-                (Ok(()), _) => loaded.push((name, hook, loss)),
-                (Err(e), None) => return Err(e),
-                (Err(e), Some(what)) => warnings.push(format!("{e:#}: no {what}")),
+        let aya_btf = aya::Btf::from_sys_fs().context("aya cannot read the kernel's BTF")?;
+        let mut outcomes = Vec::new();
+        let mut verifier_logs = Vec::new();
+        for step in &plan.steps {
+            let mut outcome = StepOutcome {
+                hook: step.hook,
+                loaded: None,
+                refused: Vec::new(),
+            };
+            for v in &step.variants {
+                match load(&mut ebpf, &aya_btf, v.program, v.attach) {
+                    Ok(()) => {
+                        // The twin goes right after its first (attach order is call order).
+                        let twin = v.nested().is_some_and(|twin| {
+                            load(&mut ebpf, &aya_btf, twin, v.attach)
+                                .map_err(|e| verifier_logs.push(refusal(twin, v.attach, &e)))
+                                .is_ok()
+                        });
+                        outcome.loaded = Some((*v, twin));
+                        break;
+                    }
+                    Err(e) => {
+                        let log = refusal(v.program, v.attach, &e);
+                        outcome.refused.push((v.program, log.cause()));
+                        verifier_logs.push(log);
+                    }
+                }
             }
+            if step.required && outcome.loaded.is_none() {
+                let (program, cause) = outcome.refused.last().cloned().unwrap_or_default();
+                return Err(anyhow!(
+                    "netwatch cannot follow TCP state changes on this kernel ({}): the kernel \
+                     refused {program}: {cause}. netwatch supports Linux 5.10 and newer with \
+                     BTF; `--verbose` shows the verifier's log",
+                    kernel_release()
+                ));
+            }
+            outcomes.push(outcome);
         }
         before_attach();
-        for (name, hook, loss) in loaded {
-            match (attach_loaded(&mut ebpf, name, hook), loss) {
-                (Ok(()), _) => {}
-                (Err(e), None) => return Err(e),
-                (Err(e), Some(what)) => warnings.push(format!("{e:#}: no {what}")),
+        for outcome in &mut outcomes {
+            let Some((v, twin)) = outcome.loaded else {
+                continue;
+            };
+            let first = attach_loaded(&mut ebpf, v.program, v.attach);
+            if let Err(e) = first {
+                if plan
+                    .steps
+                    .iter()
+                    .any(|s| s.hook == outcome.hook && s.required)
+                {
+                    return Err(e);
+                }
+                outcome.refused.push((v.program, format!("{e:#}")));
+                outcome.loaded = None;
+                continue;
+            }
+            if let (true, Some(second)) = (twin, v.nested()) {
+                if attach_loaded(&mut ebpf, second, v.attach).is_err() {
+                    outcome.loaded = Some((v, false));
+                }
             }
         }
-        if reasons.iter().filter(|(_, r)| r.is_paws()).count() == 0 {
-            warnings.push(
-                "this kernel names no PAWS drop reasons (before 6.16?): PAWS rejects show \
-                 only as PAWSEstab/PAWSTimewait counters"
-                    .to_owned(),
-            );
-        }
+        let features = plan::features(&plan, &outcomes);
         let own_sockets = teach_caches().unwrap_or_else(|e| {
             warnings.push(format!(
                 "could not open the loopback listeners that locate the timewait and request \
@@ -256,8 +248,8 @@ impl Probes {
             warnings,
             reasons,
             own_sockets,
-            features: KernelFeatures::all("tp_btf"),
-            verifier_logs: Vec::new(),
+            features,
+            verifier_logs,
         })
     }
 
@@ -332,24 +324,86 @@ fn drop_reasons(btf: &Btf) -> Vec<(u32, DropReason)> {
         .collect()
 }
 
-fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut BtfTracePoint> {
-    Ok(ebpf
+/// `uname -r`, for messages.
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// Loads one program for its attach point.
+fn load(ebpf: &mut Ebpf, btf: &aya::Btf, name: &str, at: Attach) -> Result<(), ProgramError> {
+    let prog = ebpf
         .program_mut(name)
-        .ok_or_else(|| anyhow!("object lacks program {name}"))?
-        .try_into()?)
+        .ok_or_else(|| ProgramError::UnexpectedProgramType)?;
+    match at {
+        Attach::TpBtf(hook) => <&mut BtfTracePoint>::try_from(prog)?.load(hook, btf),
+        Attach::FEntry(f) => <&mut FEntry>::try_from(prog)?.load(f, btf),
+        Attach::FExit(f) => <&mut FExit>::try_from(prog)?.load(f, btf),
+    }
 }
 
-fn load_tp(ebpf: &mut Ebpf, btf: &aya::Btf, name: &str, hook: &str) -> Result<()> {
-    program(ebpf, name)?
-        .load(hook, btf)
-        .with_context(|| format!("the verifier rejected {name} (tp_btf/{hook})"))
+fn attach_loaded(ebpf: &mut Ebpf, name: &str, at: Attach) -> Result<()> {
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("object lacks program {name}"))?;
+    let attached = match at {
+        Attach::TpBtf(_) => <&mut BtfTracePoint>::try_from(prog)?.attach().map(drop),
+        Attach::FEntry(_) => <&mut FEntry>::try_from(prog)?.attach().map(drop),
+        Attach::FExit(_) => <&mut FExit>::try_from(prog)?.attach().map(drop),
+    };
+    attached.with_context(|| format!("attaching {name} to {at}"))
 }
 
-fn attach_loaded(ebpf: &mut Ebpf, name: &str, hook: &str) -> Result<()> {
-    program(ebpf, name)?
-        .attach()
-        .with_context(|| format!("attaching {name} to tracepoint {hook}"))?;
-    Ok(())
+/// What the kernel said when it refused `program`.
+fn refusal(program: &str, at: Attach, e: &ProgramError) -> VerifierLog {
+    let (log, io) = match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => (verifier_log.to_string(), io_error.to_string()),
+        other => (String::new(), other.to_string()),
+    };
+    VerifierLog {
+        program: program.to_owned(),
+        attach_point: at.to_string(),
+        tail: verifier_tail(&log, &io),
+    }
+}
+
+/// The lines of a verifier log that name the cause: its last ones (the first describe the
+/// program's arguments), without the statistics it ends with. An empty log (the kernel
+/// refused before verifying, e.g. EPERM for fentry here) gives the system error.
+pub fn verifier_tail(log: &str, io_error: &str) -> Vec<String> {
+    let lines: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty()
+                && !l.starts_with("processed ")
+                && !l.starts_with("verification time")
+                && !l.starts_with("stack depth")
+        })
+        .collect();
+    let mut tail: Vec<String> = lines[lines.len().saturating_sub(3)..]
+        .iter()
+        .map(|l| (*l).to_owned())
+        .collect();
+    if tail.is_empty() || !io_error.is_empty() && !io_error.contains("Invalid argument") {
+        tail.push(io_error.to_owned());
+    }
+    tail.retain(|l| !l.is_empty());
+    tail
+}
+
+impl VerifierLog {
+    /// The one line that says why.
+    pub fn cause(&self) -> String {
+        self.tail
+            .last()
+            .cloned()
+            .unwrap_or_else(|| "no reason given".to_owned())
+    }
 }
 
 /// The socket cookie, the id our kernel records carry.
@@ -404,11 +458,30 @@ mod tests {
     }
 
     #[test]
+    fn the_verifier_cause_is_its_last_lines_not_its_first() {
+        let log = "arg#0 type is not a struct\n0: R1=ctx()\n1: (85) call unknown#46\n\
+                   unknown func bpf_get_socket_cookie#46\n\
+                   processed 290 insns (limit 1000000) max_states_per_insn 0\n";
+        let tail = verifier_tail(log, "Invalid argument (os error 22)");
+        assert_eq!(
+            tail.last().unwrap(),
+            "unknown func bpf_get_socket_cookie#46"
+        );
+        assert!(!tail.iter().any(|l| l.contains("not a struct")));
+        // fentry refused before verification: an empty log, the errno says it.
+        assert_eq!(
+            verifier_tail("", "Operation not permitted (os error 1)"),
+            ["Operation not permitted (os error 1)"]
+        );
+    }
+
+    #[test]
     fn object_has_every_named_map_and_program() {
         let obj = aya_obj::Object::parse(OBJECT).expect("embedded object parses");
         for m in [
             map::EVENTS,
             map::SOCK_STATE,
+            map::SOCK_PTR,
             map::COUNTERS,
             map::FILTER_NETNS,
             map::FILTER_PORTS,
@@ -424,9 +497,14 @@ mod tests {
         }
         for p in [
             program::SET_STATE,
+            program::SET_STATE_PTR,
             program::SLAB_ALLOC,
             program::SLAB_FREE,
+            program::SLAB_ALLOC_FEXIT,
+            program::SLAB_FREE_FENTRY,
             program::DROPS,
+            program::DROPS_NO_RX_SK,
+            program::TW_SEGMENT_FEXIT,
             program::SYNACK_RETRANSMIT,
         ]
         .into_iter()

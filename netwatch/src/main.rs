@@ -9,6 +9,7 @@ mod environment;
 mod features;
 mod loader;
 mod offsets;
+mod plan;
 mod preflight;
 mod procfs;
 mod report;

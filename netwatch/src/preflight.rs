@@ -63,11 +63,6 @@ pub fn kernel_btf() -> Result<Btf> {
     Btf::from_file(VMLINUX).context("cannot parse the kernel's BTF")
 }
 
-/// Whether the kernel has a tracepoint a tp_btf program can attach to.
-pub fn has_tracepoint(btf: &Btf, name: &str) -> bool {
-    btf.has_typedef(&format!("btf_trace_{name}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
