@@ -81,15 +81,7 @@ fn unpack(debs: &[PathBuf], tree: &Path, out: &Path) -> Result<Vec<PathBuf>> {
             );
         }
     }
-    let boot = tree.join("boot");
-    let image = fs::read_dir(&boot)
-        .with_context(|| format!("the kernel package has no /boot ({})", boot.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
-        })
-        .with_context(|| format!("no vmlinuz-* in {}", boot.display()))?;
+    let image = find_vmlinuz(tree)?;
     fs::copy(&image, out.join("vmlinuz"))
         .with_context(|| format!("could not copy {}", image.display()))?;
     let moddir = ["lib/modules", "usr/lib/modules"]
@@ -111,6 +103,33 @@ fn unpack(debs: &[PathBuf], tree: &Path, out: &Path) -> Result<Vec<PathBuf>> {
         add_module(name, &index, &builtin, out, &mut loaded)?;
     }
     Ok(loaded)
+}
+
+/// `boot/vmlinuz-VERSION` in linux-image packages; `usr/lib/modules/VERSION/vmlinuz` in the
+/// linux-binary packages of 7.x.
+fn find_vmlinuz(tree: &Path) -> Result<PathBuf> {
+    let in_dir = |dir: PathBuf, pick: &dyn Fn(&str) -> bool| {
+        fs::read_dir(dir).ok().and_then(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| p.file_name().is_some_and(|n| pick(&n.to_string_lossy())))
+        })
+    };
+    if let Some(p) = in_dir(tree.join("boot"), &|n| n.starts_with("vmlinuz-")) {
+        return Ok(p);
+    }
+    for modules in ["usr/lib/modules", "lib/modules"] {
+        for version in fs::read_dir(tree.join(modules))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Some(p) = in_dir(version.path(), &|n| n == "vmlinuz") {
+                return Ok(p);
+            }
+        }
+    }
+    bail!("no boot/vmlinuz-* or lib/modules/*/vmlinuz in the kernel packages")
 }
 
 /// The module name of a file: `tcp_diag.ko.zst` -> `tcp_diag` (the kernel treats - and _

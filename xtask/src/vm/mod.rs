@@ -61,24 +61,39 @@ pub fn vm_test(opts: &Opts) -> Result<ExitCode> {
     }
     let cache = cache_dir()?;
     say!("vm cache {}", cache.display());
-    let apt = apt::Apt::new(&cache.join("apt"), &kernels::suites(&kernels))?;
+    let apt = apt::Apt::new(&cache.join("apt"), &kernels::suites(kernels::KERNELS))?;
     apt.update()?;
-    let mut prepared = Vec::new();
-    for k in &kernels {
-        prepared.push(prepare(&apt, &cache, k).with_context(|| format!("kernel {}", k.name))?);
-    }
+    // A kernel that cannot be fetched is a failed row, not the end of the matrix.
+    let prepared: Vec<_> = kernels.iter().map(|k| prepare(&apt, &cache, k)).collect();
     let prep_time = start.elapsed();
     say!("kernels ready in {:.1} s", prep_time.as_secs_f64());
     let out = workspace_root().join("target/vm-test");
     let accel = qemu::accel();
+    let guest = Guest {
+        netwatch: &netwatch,
+        driver: &driver,
+        busybox,
+        accel,
+        keep: opts.keep,
+    };
     let mut rows = Vec::new();
-    for (k, (package, files)) in kernels.iter().zip(&prepared) {
+    for (k, prepared) in kernels.iter().zip(prepared) {
+        let (package, files) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                let row = Row::error(k.name, "?", &format!("could not fetch the kernel: {e:#}"));
+                say!("{}", row.one_line());
+                rows.push(row);
+                continue;
+            }
+        };
         let dir = out.join(k.name);
+        // Files of an earlier run must not pass for this one's.
+        let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).with_context(|| format!("could not create {}", dir.display()))?;
-        let row = run_kernel(
-            k, package, files, &netwatch, &driver, busybox, &dir, accel, opts.keep,
-        )
-        .unwrap_or_else(|e| Row::error(k.name, package, &format!("{e:#}")));
+        let row = guest
+            .run(k, &package, &files, &dir)
+            .unwrap_or_else(|e| Row::error(k.name, &package, &format!("{e:#}")));
         say!("{}", row.one_line());
         rows.push(row);
     }
@@ -164,48 +179,55 @@ fn prepare(apt: &apt::Apt, cache: &Path, k: &Kernel) -> Result<(String, extract:
     Ok((image, files))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_kernel(
-    k: &Kernel,
-    package: &str,
-    files: &extract::KernelFiles,
-    netwatch: &Path,
-    driver: &Path,
-    busybox: &Path,
-    dir: &Path,
+/// What every guest is made of and how it is booted.
+struct Guest<'a> {
+    netwatch: &'a Path,
+    driver: &'a Path,
+    busybox: &'a Path,
     accel: qemu::Accel,
     keep: bool,
-) -> Result<Row> {
-    let initrd = dir.join("initrd.cpio");
-    initramfs::build(
-        &initramfs::Contents {
-            driver,
-            netwatch,
-            busybox,
-            modules: &files.modules,
-        },
-        &initrd,
-    )?;
-    say!("booting  {} ({package})", k.name);
-    let booted = qemu::boot(&qemu::Boot {
-        vmlinuz: &files.vmlinuz,
-        initrd: &initrd,
-        dir,
-        timeout: BOOT_TIMEOUT,
-        accel,
-    });
-    if !keep {
-        let _ = fs::remove_file(&initrd);
+}
+
+impl Guest<'_> {
+    /// Boots kernel `k` with its files and checks what came back; logs go into `dir`.
+    fn run(
+        &self,
+        k: &Kernel,
+        package: &str,
+        files: &extract::KernelFiles,
+        dir: &Path,
+    ) -> Result<Row> {
+        let initrd = dir.join("initrd.cpio");
+        initramfs::build(
+            &initramfs::Contents {
+                driver: self.driver,
+                netwatch: self.netwatch,
+                busybox: self.busybox,
+                modules: &files.modules,
+            },
+            &initrd,
+        )?;
+        say!("booting  {} ({package})", k.name);
+        let booted = qemu::boot(&qemu::Boot {
+            vmlinuz: &files.vmlinuz,
+            initrd: &initrd,
+            dir,
+            timeout: BOOT_TIMEOUT,
+            accel: self.accel,
+        });
+        if !self.keep {
+            let _ = fs::remove_file(&initrd);
+        }
+        let booted = booted?;
+        for (name, data) in &booted.frames {
+            fs::write(dir.join(name), data)
+                .with_context(|| format!("could not write {}", dir.join(name).display()))?;
+        }
+        Ok(Row::from_boot(
+            k.name,
+            package,
+            &booted,
+            kernels::expected(k.name),
+        ))
     }
-    let booted = booted?;
-    for (name, data) in &booted.frames {
-        fs::write(dir.join(name), data)
-            .with_context(|| format!("could not write {}", dir.join(name).display()))?;
-    }
-    Ok(Row::from_boot(
-        k.name,
-        package,
-        &booted,
-        kernels::expected(k.name),
-    ))
 }
