@@ -42,7 +42,7 @@ pub fn build_netwatch(release: bool) -> Result<PathBuf> {
 }
 
 /// Honours CARGO_TARGET_DIR so the printed path is the one cargo wrote.
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     let dir = std::env::var_os("CARGO_TARGET_DIR")
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)

@@ -11,6 +11,7 @@ mod run;
 mod setup;
 mod test;
 mod util;
+mod vm;
 
 use std::{ffi::OsString, process::ExitCode};
 
@@ -59,12 +60,18 @@ enum Task {
         )]
         args: Vec<OsString>,
     },
-    /// Set up, build and run every test (the namespace tests need root)
+    /// Set up, build and run every test (the namespace tests need root), then, as root or
+    /// under CI=true, the VM kernel matrix
     Test {
+        /// Skip the VM kernel matrix (`cargo xtask vm-test`)
+        #[arg(long)]
+        no_vm: bool,
         /// Extra arguments for the test binaries, e.g. `-- --nocapture`
         #[arg(last = true, value_name = "TEST_ARGS")]
         args: Vec<OsString>,
     },
+    /// Boot Debian's kernels under QEMU and check what netwatch sees on each (see xtask/src/vm)
+    VmTest(vm::Opts),
     /// Benchmark netwatch's overhead next to no tracer and the peers (root; see BENCHMARKS.md)
     Bench(bench::Opts),
     /// What CI checks: rustfmt, clippy with -D warnings, then `test`
@@ -91,8 +98,9 @@ fn task(task: Task) -> Result<ExitCode> {
         Task::Setup { check } => setup::ensure(!check).map(|()| ExitCode::SUCCESS),
         Task::BuildEbpf { release } => build::build_ebpf(release).map(|_| ExitCode::SUCCESS),
         Task::Run { debug, args, .. } => run::run(!debug, &args),
-        Task::Test { args } => test::test(&args),
-        Task::Ci { args } => test::ci(&args),
+        Task::Test { args, no_vm } => test::test(&args, !no_vm),
+        Task::VmTest(opts) => vm::vm_test(&opts),
+        Task::Ci { args } => test::ci(&args, true),
         Task::Bench(opts) => bench::bench(opts),
     }
 }

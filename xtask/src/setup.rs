@@ -36,6 +36,19 @@ const TEST_PACKAGES: &[&str] = &[
     "chromium",
     "gzip",
 ];
+/// What `cargo xtask vm-test` needs: QEMU to boot Debian's kernels, busybox-static for the
+/// guest's shell and mounts, dpkg-deb/cpio/kmod to unpack packages and read module
+/// dependencies, and the three decompressors because each kernel compresses modules
+/// differently (.ko.xz on 5.10/6.1, .ko.zst later).
+const VM_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "kmod",
+    "zstd",
+    "lz4",
+    "xz-utils",
+];
 
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 const DEBIAN_RUSTC_VERSION: &str = "1.96";
@@ -61,6 +74,7 @@ fn apt_packages(install: bool) -> Result<()> {
     let wanted: Vec<&str> = TOOLCHAIN_PACKAGES
         .iter()
         .chain(TEST_PACKAGES)
+        .chain(VM_PACKAGES)
         .copied()
         .collect();
     let installed = installed_packages(&wanted)?;

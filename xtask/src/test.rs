@@ -7,10 +7,12 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     build, say, setup,
-    util::{cargo, describe, exit_code, run_checked, workspace_root},
+    util::{cargo, describe, exit_code, is_root, run_checked, workspace_root},
 };
 
-pub fn test(args: &[OsString]) -> Result<ExitCode> {
+/// Runs the workspace's tests, then the VM matrix when `vm` and either root (a developer's
+/// full run) or CI=true (where a missing QEMU or a failed boot must fail, never skip).
+pub fn test(args: &[OsString], vm: bool) -> Result<ExitCode> {
     setup::ensure(true)?;
     let bin = build::build_netwatch(false)?;
     let mut cmd = cargo();
@@ -34,10 +36,25 @@ pub fn test(args: &[OsString]) -> Result<ExitCode> {
     if !status.success() {
         say!("tests failed ({status})");
     }
-    Ok(exit_code(status))
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    if !vm || !(is_root() || ci) {
+        if vm {
+            say!("skipping the VM matrix (not root); run `cargo xtask vm-test` for it");
+        }
+        return Ok(exit_code(status));
+    }
+    // The matrix runs even after a failed test: its table is wanted either way.
+    let vm_code = crate::vm::vm_test(&crate::vm::Opts::default())
+        .inspect_err(|e| say!("vm-test failed: {e:#}"))
+        .unwrap_or(ExitCode::FAILURE);
+    Ok(if status.success() {
+        vm_code
+    } else {
+        exit_code(status)
+    })
 }
 
-pub fn ci(args: &[OsString]) -> Result<ExitCode> {
+pub fn ci(args: &[OsString], vm: bool) -> Result<ExitCode> {
     say!("running  cargo fmt --all -- --check");
     run_checked(
         cargo().args(["fmt", "--all", "--", "--check"]),
@@ -80,5 +97,5 @@ pub fn ci(args: &[OsString]) -> Result<ExitCode> {
         &mut ebpf,
         "clippy found problems in netwatch-ebpf; fix the warnings above",
     )?;
-    test(args)
+    test(args, vm)
 }
