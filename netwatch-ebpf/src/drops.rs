@@ -44,7 +44,7 @@ fn report(skb: *const u8, rx_sk: *const u8, reason: u32) {
         reason,
         ..DropRecord::default()
     };
-    let Some(seg) = read::segment(skb, &off) else {
+    let Some(seg) = read::segment(skb, off) else {
         return;
     };
     rec.family = seg.family;
@@ -52,14 +52,14 @@ fn report(skb: *const u8, rx_sk: *const u8, reason: u32) {
     rec.daddr = seg.daddr;
     let (sport, dport) = tcp_header(&mut rec, seg.tcp);
     rec.netns = if !rx_sk.is_null() {
-        read::netns(rx_sk, &off)
+        read::netns(rx_sk, off)
     } else {
-        read::device_netns(skb, &off)
+        read::device_netns(skb, off)
     };
     if !emit::wanted(rec.netns, dport, sport) {
         return;
     }
-    if !rx_sk.is_null() && read::family(rx_sk, &off) != 0 {
+    if !rx_sk.is_null() && read::family(rx_sk, off) != 0 {
         let state: u8 = read::at(rx_sk, off.skc_state);
         // A timewait socket (its skc_state is TIME_WAIT): its last accepted TSval.
         if state == netwatch_common::state::TIME_WAIT {

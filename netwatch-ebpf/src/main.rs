@@ -98,17 +98,22 @@ fn bump(slot: u32) {
     }
 }
 
+/// The loader's settings, read in place: only the pointer is read volatile (so the compiler
+/// cannot fold in the placeholder values), not the whole struct, which would put 160 bytes
+/// on the stack of every program (the 512-byte limit is shared by a program's calls, and 6.1
+/// refused `drops` for it).
 #[inline(always)]
-fn offsets() -> KernelOffsets {
-    // SAFETY: a read-only global set by the loader; volatile so the compiler does not fold
-    // the placeholder value in.
-    unsafe { core::ptr::read_volatile(&OFFSETS) }
+fn offsets() -> &'static KernelOffsets {
+    let p: *const KernelOffsets = &OFFSETS;
+    // SAFETY: a read-only global set by the loader, alive for the program's life.
+    unsafe { &*core::ptr::read_volatile(&p) }
 }
 
 #[inline(always)]
-fn filters() -> Filters {
+fn filters() -> &'static Filters {
+    let p: *const Filters = &FILTERS;
     // SAFETY: as `offsets`.
-    unsafe { core::ptr::read_volatile(&FILTERS) }
+    unsafe { &*core::ptr::read_volatile(&p) }
 }
 
 /// Per CPU and hook: whether the first program of the hook is running. The kernel skips a

@@ -108,13 +108,13 @@ fn timewait_died(tw: *const u8) {
         Some(e) => (e.sock_id, e.state, DWELL_UNKNOWN, flag::TIMEWAIT),
         // Born before the trace: the census listed it by the cookie it carries.
         None => (
-            read::cookie(tw, &off),
+            read::cookie(tw, off),
             substate,
             DWELL_UNKNOWN,
             flag::TIMEWAIT,
         ),
     };
-    emit::timewait_transition(tw, &off, now, sock_id, dwell_ns, (old, state::CLOSE, flags));
+    emit::timewait_transition(tw, off, now, sock_id, dwell_ns, (old, state::CLOSE, flags));
 }
 
 /// `tcp_retransmit_synack(listener, req)`: the final ACK of a handshake did not come.
@@ -143,13 +143,13 @@ fn request_record(req: *const u8, record_kind: u16, syn_ns: u64, child: u64) {
     let (child_ns, sock_id) = if child != 0 {
         let born = unsafe { CHILD_BORN.get(child) }.copied().unwrap_or(0);
         let _ = CHILD_BORN.remove(child);
-        (born, transition::child_id(child as *const u8, &off))
+        (born, transition::child_id(child as *const u8, off))
     } else {
         (0, 0)
     };
-    let family = read::family(req, &off);
-    let netns = read::netns(req, &off);
-    let (sport, dport) = read::mini_ports(req, &off);
+    let family = read::family(req, off);
+    let netns = read::netns(req, off);
+    let (sport, dport) = read::mini_ports(req, off);
     if !emit::wanted(netns, sport, dport) {
         return;
     }
@@ -179,7 +179,7 @@ fn request_record(req: *const u8, record_kind: u16, syn_ns: u64, child: u64) {
         // A completed request is freed by the accept() that takes its child.
         (rec.pid, rec.comm) = read::current_task();
     }
-    if !read::addresses(req, &off, family, &mut rec.saddr, &mut rec.daddr) {
+    if !read::addresses(req, off, family, &mut rec.saddr, &mut rec.daddr) {
         bump(counter::READ_ERRORS);
     }
     emit::send(&rec);

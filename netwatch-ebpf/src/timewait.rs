@@ -45,7 +45,7 @@ pub fn segment_handled(tw: *const u8) {
     };
     emit::timewait_transition(
         tw,
-        &off,
+        off,
         now,
         entry.sock_id,
         dwell_ns,

@@ -140,10 +140,10 @@ pub fn try_set_state<K: SocketIds>(ctx: &BtfTracePointContext) {
     let old = ctx.arg::<i32>(1) as u8;
     let new = ctx.arg::<i32>(2) as u8;
     let off = offsets();
-    if read::protocol(sk, &off) != IPPROTO_TCP {
+    if read::protocol(sk, off) != IPPROTO_TCP {
         return;
     }
-    let family = read::family(sk, &off);
+    let family = read::family(sk, off);
     if family != AF_INET && family != AF_INET6 {
         return;
     }
@@ -151,7 +151,7 @@ pub fn try_set_state<K: SocketIds>(ctx: &BtfTracePointContext) {
 
     // Keep the entry map right for every socket, filtered or not: the filters look at ports,
     // and a socket's local port is still 0 when it enters SYN_SENT.
-    let found = K::find(sk, &off);
+    let found = K::find(sk, off);
     let id = found.id;
     let since = found.since;
     let dwell_ns = match since {
@@ -162,7 +162,7 @@ pub fn try_set_state<K: SocketIds>(ctx: &BtfTracePointContext) {
     if new == state::CLOSE {
         K::forget(&found, sk);
         if old == state::FIN_WAIT2 || old == state::CLOSING {
-            match handed_to_timewait(sk, &off) {
+            match handed_to_timewait(sk, off) {
                 Some((tw, state::TIME_WAIT)) => {
                     remember_timewait(tw, now, state::TIME_WAIT, id);
                     shown_new = state::TIME_WAIT;
@@ -188,7 +188,7 @@ pub fn try_set_state<K: SocketIds>(ctx: &BtfTracePointContext) {
         }
         K::remember(&found, sk, now);
         if new == state::LISTEN {
-            learn_caches(sk, family, &off);
+            learn_caches(sk, family, off);
         }
         if old == state::SYN_RECV
             && new == state::ESTABLISHED
@@ -199,8 +199,8 @@ pub fn try_set_state<K: SocketIds>(ctx: &BtfTracePointContext) {
         }
     }
 
-    let netns = read::netns(sk, &off);
-    let (sport, dport) = read::ports(sk, &off);
+    let netns = read::netns(sk, off);
+    let (sport, dport) = read::ports(sk, off);
     if !emit::wanted(netns, sport, dport) {
         return;
     }
@@ -208,7 +208,7 @@ pub fn try_set_state<K: SocketIds>(ctx: &BtfTracePointContext) {
     let task = (old == state::CLOSE).then(read::current_task);
     emit::transition(
         sk,
-        &off,
+        off,
         emit::Change {
             now,
             sock_id: id,

@@ -389,10 +389,10 @@ pub fn verifier_tail(log: &str, io_error: &str) -> Vec<String> {
         .iter()
         .map(|l| (*l).to_owned())
         .collect();
-    if tail.is_empty() || !io_error.is_empty() && !io_error.contains("Invalid argument") {
-        tail.push(io_error.to_owned());
+    // The log's last line is the cause when there is a log; the system error otherwise.
+    if !io_error.is_empty() {
+        tail.insert(0, io_error.to_owned());
     }
-    tail.retain(|l| !l.is_empty());
     tail
 }
 
