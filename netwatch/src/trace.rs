@@ -619,6 +619,7 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         None
     };
     let probes_reasons = probes.reasons.clone();
+    let probes_features = probes.features.clone();
     let mut tracer = Tracer {
         probes,
         cfg,
@@ -628,7 +629,7 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         dashboard,
         owners,
         decoder: Decoder::new(probes_reasons),
-        signals: Signals::new(),
+        signals: Signals::new(&probes_features),
         env,
         conntrack: ConntrackTracker::new(kernel_hz().unwrap_or(DEFAULT_HZ)),
         conntrack_told: false,

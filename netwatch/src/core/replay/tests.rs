@@ -186,7 +186,7 @@ pub fn sample_with(n: u64) -> Sample {
                 failures: 3,
                 processes: vec!["curl[42]".into()],
                 ports_in_use: 2,
-                time_wait_to_destination: 2,
+                time_wait_to_destination: Some(2),
                 knobs: BTreeMap::from([("net.ipv4.ip_local_port_range", "40000 40001".into())]),
             };
             json::write_line(
