@@ -30,6 +30,7 @@ use crate::core::{
     plain,
     signals::{Alert, Environment, Signals},
 };
+use crate::features::KernelFeatures;
 use crate::loader::Probes;
 use crate::preflight;
 use crate::procfs;
@@ -322,7 +323,13 @@ impl Tracer {
             lost_records,
             undecodable: self.undecodable,
         };
-        SummaryJson::new(&snap, self.clock, totals, self.sinks.alert_kinds.clone())
+        SummaryJson::new(
+            &snap,
+            self.clock,
+            totals,
+            self.sinks.alert_kinds.clone(),
+            self.probes.features.clone(),
+        )
     }
 }
 
@@ -447,8 +454,14 @@ fn uname() -> (String, String) {
     (text(&u.release), text(&u.nodename))
 }
 
-/// The trace's header: what wrote it, where, when, with which limits and filters.
-fn header(cfg: &TraceConfig, clock: WallClock, start_mono: u64) -> HeaderJson {
+/// The trace's header: what wrote it, where, when, with which limits and filters, and what
+/// this kernel lets it see.
+fn header(
+    cfg: &TraceConfig,
+    clock: WallClock,
+    start_mono: u64,
+    features: &KernelFeatures,
+) -> HeaderJson {
     let (kernel, hostname) = uname();
     let pairs = |p: Option<&std::path::Path>| {
         procfs::read_sysctls(p)
@@ -488,6 +501,7 @@ fn header(cfg: &TraceConfig, clock: WallClock, start_mono: u64) -> HeaderJson {
             netns: cfg.netns.clone(),
         },
         argv: std::env::args().collect(),
+        kernel_features: features.clone(),
     }
 }
 
@@ -600,7 +614,7 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         cfg.view == View::Events,
         cfg.view == View::Plain,
         cfg.output.take(),
-        header(&cfg, clock, start_mono),
+        header(&cfg, clock, start_mono, &probes.features),
     )?;
     for (s, owner) in &found.sockets {
         sinks.census(census_json(s, owner.as_ref(), start_mono, clock));

@@ -16,6 +16,7 @@ use crate::core::{
     },
     signals::Alert,
 };
+use crate::features::KernelFeatures;
 
 pub const S: u64 = 1_000_000_000;
 /// The sample trace's clock: mono 0 is 2026-12-01T18:00:00Z.
@@ -50,6 +51,7 @@ pub fn header(part: u32) -> HeaderJson {
         netns_sysctls: BTreeMap::new(),
         filters: FiltersJson::default(),
         argv: vec!["netwatch".into(), "trace".into()],
+        kernel_features: KernelFeatures::all("tp_btf"),
     }
 }
 
@@ -218,6 +220,7 @@ pub fn sample_with(n: u64) -> Sample {
             undecodable: 0,
         },
         alerts,
+        h.kernel_features.clone(),
     );
     json::write_line(&mut out, &Record::Summary(&summary));
     Sample {
