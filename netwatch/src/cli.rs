@@ -121,6 +121,11 @@ pub struct TraceArgs {
     /// Print nothing on stdout (JSON to --output only).
     #[arg(short, long, conflicts_with_all = ["events", "plain"])]
     pub quiet: bool,
+
+    /// Also print, for each program this kernel refused, the last lines of the verifier's
+    /// log (the cause); the lost features themselves are always said, one line each.
+    #[arg(short, long)]
+    pub verbose: bool,
 }
 
 #[derive(Debug, Args)]

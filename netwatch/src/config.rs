@@ -49,6 +49,8 @@ pub struct TraceConfig {
     pub addr_specs: Vec<String>,
     pub output: Option<OutputTarget>,
     pub view: View,
+    /// `--verbose`: the verifier's own words for refused programs, on stderr at start.
+    pub verbose: bool,
 }
 
 /// A file for a namespace known only by inode: named ones first, then processes'.
@@ -181,6 +183,7 @@ impl TraceConfig {
             addr_specs: args.addrs.into_iter().map(|a| a.text).collect(),
             output,
             view,
+            verbose: args.verbose,
         })
     }
 }

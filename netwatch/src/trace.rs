@@ -30,7 +30,8 @@ use crate::core::{
     plain,
     signals::{Alert, Environment, Signals},
 };
-use crate::loader::Probes;
+use crate::features::KernelFeatures;
+use crate::loader::{Probes, VerifierLog};
 use crate::preflight;
 use crate::procfs;
 use crate::sink::{SinkError, Sinks, TraceFiles};
@@ -71,6 +72,8 @@ struct Tracer {
     undecodable: u64,
     /// When the engine's view began (the census), for the summary's duration.
     start_mono: u64,
+    /// `uname -r`, for the closing word on what this kernel let the trace see.
+    kernel: String,
 }
 
 /// What ended the trace, as the summary's `stopped_by` says it.
@@ -302,11 +305,25 @@ impl Tracer {
         if r.is_err() {
             return (stop, r);
         }
-        // What the kernel sent before we were told to stop, and a last snapshot.
-        match self.drain().and_then(|_| self.snapshot()) {
+        // What the kernel sent before we were told to stop, a last snapshot, and (in text)
+        // what this kernel let the trace see, so the last summary is read for what it is.
+        match self
+            .drain()
+            .and_then(|_| self.snapshot())
+            .and_then(|_| self.closing_words())
+        {
             Ok(()) | Err(SinkError::ClosedPipe) => (stop, Ok(())),
             Err(e) => (Stop::Error, Err(e)),
         }
+    }
+
+    /// Under `--plain`, after the last summary: which features this trace had.
+    fn closing_words(&mut self) -> Result<(), SinkError> {
+        if self.cfg.view == View::Plain {
+            self.sinks
+                .print(&plain::coverage(&self.kernel, &self.probes.features));
+        }
+        self.sinks.flush()
     }
 
     /// The summary record: the engine's final view and the run's totals.
@@ -322,7 +339,13 @@ impl Tracer {
             lost_records,
             undecodable: self.undecodable,
         };
-        SummaryJson::new(&snap, self.clock, totals, self.sinks.alert_kinds.clone())
+        SummaryJson::new(
+            &snap,
+            self.clock,
+            totals,
+            self.sinks.alert_kinds.clone(),
+            self.probes.features.clone(),
+        )
     }
 }
 
@@ -447,8 +470,14 @@ fn uname() -> (String, String) {
     (text(&u.release), text(&u.nodename))
 }
 
-/// The trace's header: what wrote it, where, when, with which limits and filters.
-fn header(cfg: &TraceConfig, clock: WallClock, start_mono: u64) -> HeaderJson {
+/// The trace's header: what wrote it, where, when, with which limits and filters, and what
+/// this kernel lets it see.
+fn header(
+    cfg: &TraceConfig,
+    clock: WallClock,
+    start_mono: u64,
+    features: &KernelFeatures,
+) -> HeaderJson {
     let (kernel, hostname) = uname();
     let pairs = |p: Option<&std::path::Path>| {
         procfs::read_sysctls(p)
@@ -488,7 +517,39 @@ fn header(cfg: &TraceConfig, clock: WallClock, start_mono: u64) -> HeaderJson {
             netns: cfg.netns.clone(),
         },
         argv: std::env::args().collect(),
+        kernel_features: features.clone(),
     }
+}
+
+/// What is said once at start about how this kernel limits the trace: one line per lost
+/// feature, in the user's words; under `--verbose` also the verifier's last lines (its
+/// cause) for each program the kernel refused, which are never shown otherwise: they are
+/// for whoever fixes netwatch, the lost features are for whoever runs it.
+fn kernel_notes(features: &KernelFeatures, logs: &[VerifierLog], verbose: bool) -> Vec<String> {
+    let mut said = std::collections::HashSet::new();
+    let mut out: Vec<String> = features
+        .lost_lines()
+        .into_iter()
+        .filter(|l| said.insert(l.clone()))
+        .map(|l| format!("netwatch: {l}"))
+        .collect();
+    if !verbose {
+        return out;
+    }
+    for log in logs {
+        out.push(format!(
+            "netwatch: the verifier refused {} ({}){}",
+            log.program,
+            log.attach_point,
+            if log.tail.is_empty() {
+                ", without a log"
+            } else {
+                "; its last lines:"
+            }
+        ));
+        out.extend(log.tail.iter().map(|l| format!("    {l}")));
+    }
+    out
 }
 
 /// Says on stderr where the trace is and whether it is complete.
@@ -594,14 +655,19 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
     for w in &warnings {
         eprintln!("netwatch: warning: {w}");
     }
+    for line in kernel_notes(&probes.features, &probes.verifier_logs, cfg.verbose) {
+        eprintln!("{line}");
+    }
     let clock = WallClock::now();
     let start_mono = found.mono_ns;
+    let header = header(&cfg, clock, start_mono, &probes.features);
+    let kernel = header.kernel.clone();
     let mut sinks = Sinks::new(
         clock,
         cfg.view == View::Events,
         cfg.view == View::Plain,
         cfg.output.take(),
-        header(&cfg, clock, start_mono),
+        header,
     )?;
     for (s, owner) in &found.sockets {
         sinks.census(census_json(s, owner.as_ref(), start_mono, clock));
@@ -620,6 +686,7 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         None
     };
     let probes_reasons = probes.reasons.clone();
+    let probes_features = probes.features.clone();
     let mut tracer = Tracer {
         probes,
         cfg,
@@ -629,7 +696,7 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         dashboard,
         owners,
         decoder: Decoder::new(probes_reasons),
-        signals: Signals::new(),
+        signals: Signals::new(&probes_features),
         env,
         conntrack: ConntrackTracker::new(kernel_hz().unwrap_or(DEFAULT_HZ)),
         conntrack_told: false,
@@ -637,6 +704,7 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         alerts: Vec::new(),
         undecodable: 0,
         start_mono,
+        kernel,
     };
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -675,4 +743,57 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         lost: counters.lost_records,
         undecodable: tracer.undecodable,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::coverage::tests::debian_6_1;
+
+    fn refused() -> Vec<VerifierLog> {
+        vec![VerifierLog {
+            program: "slab_alloc".into(),
+            attach_point: "tp_btf/kmem_cache_alloc".into(),
+            tail: vec![
+                "func 'kmem_cache_alloc' arg1 type UNKNOWN is not a struct".into(),
+                "invalid bpf_context access off=8 size=8".into(),
+            ],
+        }]
+    }
+
+    #[test]
+    fn lost_features_are_said_once_and_verifier_logs_only_when_asked() {
+        let quiet = kernel_notes(&debian_6_1(), &refused(), false);
+        assert_eq!(quiet.len(), 2, "{quiet:?}");
+        assert!(quiet[0].starts_with(
+            "netwatch: TIME_WAIT and orphaned FIN_WAIT2 dwell unavailable: kmem_cache_alloc"
+        ));
+        assert!(!quiet.iter().any(|l| l.contains("bpf_context")));
+        let verbose = kernel_notes(&debian_6_1(), &refused(), true);
+        assert_eq!(&verbose[..2], &quiet[..]);
+        assert_eq!(
+            &verbose[2..],
+            [
+                "netwatch: the verifier refused slab_alloc (tp_btf/kmem_cache_alloc); its last \
+                 lines:",
+                "    func 'kmem_cache_alloc' arg1 type UNKNOWN is not a struct",
+                "    invalid bpf_context access off=8 size=8",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_loss_listed_twice_is_said_once() {
+        let mut f = debian_6_1();
+        let twice = f.0.iter().find(|s| !s.available).unwrap().clone();
+        f.0.push(twice);
+        assert_eq!(kernel_notes(&f, &[], false).len(), 2);
+    }
+
+    #[test]
+    fn a_kernel_with_everything_says_nothing() {
+        let all = KernelFeatures::all("tp_btf");
+        assert!(kernel_notes(&all, &[], false).is_empty());
+        assert!(kernel_notes(&all, &[], true).is_empty());
+    }
 }

@@ -30,7 +30,8 @@
 //!   `p99`, `max` in ns. `age`: the same over the sockets still in the state.
 //! - `transitions`: records so far; `lost`: records the kernel could not send.
 //!
-//! `"type":"header"` ([`HeaderJson`]) opens every file of a trace, `"type":"census"`
+//! `"type":"header"` ([`HeaderJson`]) opens every file of a trace and says, in
+//! `kernel_features`, what the kernel let this trace see, `"type":"census"`
 //! ([`CensusJson`]) lists the sockets that existed at start (first file only),
 //! `"type":"part_end"` ([`PartEndJson`]) closes a file that the trace continues after
 //! (`--max-size`), and `"type":"summary"` ([`SummaryJson`]) closes the trace. The whole format,
@@ -43,6 +44,8 @@ use serde::Serialize;
 
 use netwatch_common::state;
 
+use crate::features::KernelFeatures;
+
 use super::{
     clock::WallClock,
     event::Transition,
@@ -54,6 +57,8 @@ use super::{
 pub const FORMAT: &str = "netwatch-trace";
 /// Version of the record layout. Adding a record type or an optional field keeps it; renaming,
 /// removing or changing the meaning of anything bumps it, and `report` refuses other versions.
+/// (`kernel_features` was added within version 1: a trace without it is read as having every
+/// feature, which is what it claimed when it was written.)
 pub const SCHEMA_VERSION: u32 = 1;
 /// The JSON Schema (draft 2020-12) of every record of this version.
 pub const SCHEMA: &str = include_str!("../../schema/trace.schema.json");
@@ -107,6 +112,10 @@ pub struct HeaderJson {
     pub filters: FiltersJson,
     /// The command line.
     pub argv: Vec<String>,
+    /// What this trace can see on this kernel: every feature of the catalogue
+    /// ([`crate::features`]), available or not, with how or why not. Without it in the
+    /// header, a reader would take an empty TIME_WAIT histogram for calm.
+    pub kernel_features: KernelFeatures,
 }
 
 /// The filters a trace was recorded with: only matching connections are in it.
@@ -203,6 +212,8 @@ pub struct SummaryJson {
     pub lost_records: u64,
     /// Records that arrived but could not be decoded.
     pub undecodable: u64,
+    /// As in the header: the last record alone (`tail -n1`) says what the trace could see.
+    pub kernel_features: KernelFeatures,
 }
 
 /// What the summary needs besides the engine's view.
@@ -222,6 +233,7 @@ impl SummaryJson {
         clock: WallClock,
         totals: SummaryTotals,
         alerts: BTreeMap<String, u64>,
+        kernel_features: KernelFeatures,
     ) -> Self {
         let mut out = Self {
             ts: clock.rfc3339(s.mono_ns),
@@ -238,6 +250,7 @@ impl SummaryJson {
             lost: totals.lost_records + totals.undecodable,
             lost_records: totals.lost_records,
             undecodable: totals.undecodable,
+            kernel_features,
         };
         for st in reported_states() {
             let name = state::name(st);
@@ -728,6 +741,19 @@ mod tests {
     }
 
     #[test]
+    fn the_format_docs_name_every_feature() {
+        let docs = include_str!("../../../docs/trace-format.md");
+        for f in crate::features::Feature::ALL {
+            let name = serde_json::to_value(f).unwrap();
+            let name = format!("`{}`", name.as_str().unwrap());
+            assert!(
+                docs.contains(&name),
+                "docs/trace-format.md does not list {name}"
+            );
+        }
+    }
+
+    #[test]
     fn the_schema_catches_drift() {
         let v = validator();
         let sample = crate::core::replay::tests::sample();
@@ -739,6 +765,18 @@ mod tests {
         let mut missing = first.clone();
         missing.as_object_mut().unwrap().remove("run_id");
         assert!(!errors(&v, &missing).is_empty(), "a missing field");
+        let mut old = first.clone();
+        old.as_object_mut().unwrap().remove("kernel_features");
+        assert!(
+            errors(&v, &old).is_empty(),
+            "a trace from before kernel_features stays valid"
+        );
+        let mut bad = first.clone();
+        bad["kernel_features"][0]["available"] = "yes".into();
+        assert!(
+            !errors(&v, &bad).is_empty(),
+            "a feature that is not a yes/no"
+        );
         let mut version = first;
         version["schema_version"] = 2.into();
         assert!(!errors(&v, &version).is_empty(), "another version");

@@ -4,6 +4,7 @@
 pub mod aggregate;
 pub mod clock;
 pub mod conntrack;
+pub mod coverage;
 pub mod decode;
 pub mod event;
 pub mod fasthash;

@@ -5,8 +5,11 @@ use std::fmt::Write as _;
 
 use netwatch_common::state;
 
+use crate::features::KernelFeatures;
+
 use super::{
     clock::WallClock,
+    coverage,
     json::reported_states,
     snapshot::{Percentiles, Snapshot},
     text::duration,
@@ -72,9 +75,36 @@ pub fn summary(s: &Snapshot, clock: WallClock) -> String {
     out
 }
 
+/// Printed after the last summary: which features this trace had, so that an empty
+/// TIME_WAIT line on a kernel that hides it is not read as calm.
+pub fn coverage(kernel: &str, features: &KernelFeatures) -> String {
+    let mut out = String::new();
+    for line in coverage::lines(kernel, features, "  ") {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_closing_words_name_the_kernel_and_what_it_hid() {
+        let text = coverage("6.1.0-57", &crate::core::coverage::tests::debian_6_1());
+        assert!(
+            text.starts_with(
+                "Kernel: 6.1.0-57; unavailable here:\n  TIME_WAIT and orphaned FIN_WAIT2 dwell ("
+            ),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 3);
+        assert_eq!(
+            coverage("6.18.0", &KernelFeatures::all("tp_btf")),
+            "Kernel: 6.18.0; all features available\n"
+        );
+    }
 
     #[test]
     fn summary_names_states_rates_and_percentiles() {

@@ -16,6 +16,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use thiserror::Error;
 
+use crate::features::KernelFeatures;
+
 use super::{
     aggregate::{Aggregator, Existing},
     event::{Family, Owner, Transition},
@@ -116,6 +118,10 @@ pub struct HeaderIn {
     pub filters: FiltersIn,
     #[serde(default)]
     pub argv: Vec<String>,
+    /// What the trace could see; empty in traces from before it was recorded, which
+    /// [`KernelFeatures::has`] reads as everything.
+    #[serde(default)]
+    pub kernel_features: KernelFeatures,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -235,6 +241,8 @@ pub struct SummaryIn {
     pub lost_records: u64,
     #[serde(default)]
     pub undecodable: u64,
+    #[serde(default)]
+    pub kernel_features: KernelFeatures,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -5,6 +5,12 @@
 //!
 //! Per-event evidence is only counted here; alerts come out once per interval (PAWS rejects
 //! at once, capped), so a storm cannot turn into a storm of output.
+//!
+//! The engine is told which features the trace has ([`Signals::new`]): a rule that reads
+//! the absence of records as evidence (a close followed by no timewait socket) may do so only
+//! where the hook that would have sent them works; elsewhere silence is not an incident.
+//! Every other rule fires on records or counters that are there, which a missing feature can
+//! only make rarer, never invent.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
@@ -14,6 +20,7 @@ use serde::Serialize;
 
 use super::conntrack::ConntrackEnv;
 use super::event::{Drop, DropReason, Event, Transition};
+use crate::features::{Feature, KernelFeatures};
 
 /// Fill level of the conntrack table that is worth an alert before it overflows.
 const CONNTRACK_FULL_RATIO: f64 = 0.9;
@@ -97,11 +104,16 @@ pub enum Alert {
         knobs: BTreeMap<&'static str, String>,
     },
     /// Connections closed without a TIME_WAIT socket: `tcp_max_tw_buckets` was reached.
+    /// Raised only on evidence: the namespace's TCPTimeWaitOverflow moved, or closes got no
+    /// timewait socket while the timewait hooks work (see [`timewait_evidence`]).
     TimewaitOverflow {
         netns: u32,
-        closed_without_timewait: u64,
+        /// Closes seen without a timewait socket; `None` (null) where the kernel does not
+        /// show timewait sockets, so no close can be told to have had one.
+        closed_without_timewait: Option<u64>,
         tcp_timewait_overflow: u64,
-        time_wait_now: u64,
+        /// TIME_WAIT sockets now; `None` where they are not followed.
+        time_wait_now: Option<u64>,
         knobs: BTreeMap<&'static str, String>,
     },
     /// The conntrack table is full (or nearly): new connections' packets are dropped.
@@ -122,9 +134,12 @@ pub enum Alert {
         dport: u16,
         failures: u64,
         processes: Vec<String>,
-        /// Local sockets tied up towards this destination now, TIME_WAIT included.
+        /// Local sockets tied up towards this destination now, TIME_WAIT included (where
+        /// followed).
         ports_in_use: u64,
-        time_wait_to_destination: u64,
+        /// Of those, in TIME_WAIT; `None` (null) where the kernel does not show timewait
+        /// sockets.
+        time_wait_to_destination: Option<u64>,
         knobs: BTreeMap<&'static str, String>,
     },
 }
@@ -193,15 +208,24 @@ impl Alert {
                 time_wait_now,
                 knobs,
                 ..
-            } => format!(
-                "TIME_WAIT bucket overflow: {closed_without_timewait} connections closed \
-                 without TIME_WAIT (TCPTimeWaitOverflow +{tcp_timewait_overflow}); {time_wait_now} \
-                 in TIME_WAIT of net.ipv4.tcp_max_tw_buckets = {}",
-                knobs
+            } => {
+                let buckets = knobs
                     .get("net.ipv4.tcp_max_tw_buckets")
                     .map(String::as_str)
-                    .unwrap_or("?")
-            ),
+                    .unwrap_or("?");
+                match (closed_without_timewait, time_wait_now) {
+                    (Some(closed), Some(now)) => format!(
+                        "TIME_WAIT bucket overflow: {closed} connections closed without \
+                         TIME_WAIT (TCPTimeWaitOverflow +{tcp_timewait_overflow}); {now} in \
+                         TIME_WAIT of net.ipv4.tcp_max_tw_buckets = {buckets}"
+                    ),
+                    _ => format!(
+                        "TIME_WAIT bucket overflow: TCPTimeWaitOverflow +{tcp_timewait_overflow} \
+                         (which connections closed without TIME_WAIT is not visible on this \
+                         kernel); net.ipv4.tcp_max_tw_buckets = {buckets}"
+                    ),
+                }
+            }
             Alert::ConntrackFull {
                 count,
                 max,
@@ -227,12 +251,16 @@ impl Alert {
                 ..
             } => format!(
                 "ephemeral ports exhausted towards {daddr}:{dport}: {failures} connect() \
-                 failures (EADDRNOTAVAIL){}; {ports_in_use} local ports in use to it \
-                 ({time_wait_to_destination} in TIME_WAIT) of net.ipv4.ip_local_port_range {}",
+                 failures (EADDRNOTAVAIL){}; {ports_in_use} local ports in use to it ({}) of \
+                 net.ipv4.ip_local_port_range {}",
                 if processes.is_empty() {
                     String::new()
                 } else {
                     format!(" by {}", processes.join(", "))
+                },
+                match time_wait_to_destination {
+                    Some(tw) => format!("{tw} in TIME_WAIT"),
+                    None => "TIME_WAIT not visible on this kernel".to_owned(),
                 },
                 knobs
                     .get("net.ipv4.ip_local_port_range")
@@ -264,7 +292,7 @@ struct ExhaustionEvidence {
 }
 
 /// Evidence gathered during the current interval.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Signals {
     paws_listed: u32,
     paws_suppressed: u32,
@@ -278,6 +306,28 @@ pub struct Signals {
     /// Namespaces whose conntrack table was near full at the last interval: a table that
     /// stays full is reported when it fills and whenever it drops, not every interval.
     conntrack_near_full: HashSet<u32>,
+    /// Whether the kernel shows timewait sockets in this trace: decides what silence means.
+    timewait_seen: bool,
+}
+
+impl Default for Signals {
+    fn default() -> Self {
+        Self::new(&KernelFeatures::default())
+    }
+}
+
+/// Whether one namespace's interval supports a `timewait_overflow` alert, and with how many
+/// closes seen without a timewait socket (None: not observable here). The kernel's
+/// TCPTimeWaitOverflow is evidence on any kernel; closes without a timewait record are
+/// evidence only where the timewait hooks work, since elsewhere every close looks like that.
+pub fn timewait_evidence(
+    timewait_seen: bool,
+    closed_without_timewait: u64,
+    tcp_timewait_overflow: u64,
+) -> Option<Option<u64>> {
+    let seen = timewait_seen.then_some(closed_without_timewait);
+    let evidence = tcp_timewait_overflow > 0 || seen.is_some_and(|n| n > 0);
+    evidence.then_some(seen)
 }
 
 fn endpoint(addr: IpAddr, port: u16) -> String {
@@ -295,8 +345,21 @@ pub trait SocketView {
 }
 
 impl Signals {
-    pub fn new() -> Self {
-        Self::default()
+    /// An engine for a trace with these features (a trace that does not say has them all).
+    pub fn new(features: &KernelFeatures) -> Self {
+        Self {
+            paws_listed: 0,
+            paws_suppressed: 0,
+            nat: HashMap::new(),
+            nat_reported: HashSet::new(),
+            synack: BTreeMap::new(),
+            overflow_acks: BTreeMap::new(),
+            no_timewait: BTreeMap::new(),
+            exhaustion: BTreeMap::new(),
+            netfilter_drops: BTreeMap::new(),
+            conntrack_near_full: HashSet::new(),
+            timewait_seen: features.has(Feature::TimeWait),
+        }
     }
 
     /// Looks at one event; returns alerts that must be shown at once (PAWS rejects).
@@ -457,19 +520,21 @@ impl Signals {
                 knobs: e.knobs(&["net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog"]),
             });
         }
-        let mut tw_ns: BTreeSet<u32> = self.no_timewait.keys().copied().collect();
-        tw_ns.extend(
-            env.iter()
-                .filter(|(_, e)| e.delta("TCPTimeWaitOverflow") > 0)
-                .map(|(ns, _)| *ns),
-        );
+        let mut no_timewait = std::mem::take(&mut self.no_timewait);
+        let mut tw_ns: BTreeSet<u32> = no_timewait.keys().copied().collect();
+        tw_ns.extend(env.keys().copied());
         for netns in tw_ns {
             let e = env_of(netns);
+            let counter = e.delta("TCPTimeWaitOverflow");
+            let closed = no_timewait.remove(&netns).unwrap_or(0);
+            let Some(closed) = timewait_evidence(self.timewait_seen, closed, counter) else {
+                continue;
+            };
             out.push(Alert::TimewaitOverflow {
                 netns,
-                closed_without_timewait: self.no_timewait.remove(&netns).unwrap_or(0),
-                tcp_timewait_overflow: e.delta("TCPTimeWaitOverflow"),
-                time_wait_now: sockets.count(state::TIME_WAIT),
+                closed_without_timewait: closed,
+                tcp_timewait_overflow: counter,
+                time_wait_now: self.timewait_seen.then(|| sockets.count(state::TIME_WAIT)),
                 knobs: e.knobs(&["net.ipv4.tcp_max_tw_buckets", "net.ipv4.tcp_tw_reuse"]),
             });
         }
@@ -482,7 +547,7 @@ impl Signals {
                 failures: e.failures,
                 processes: e.processes.into_iter().collect(),
                 ports_in_use: in_use,
-                time_wait_to_destination: tw,
+                time_wait_to_destination: self.timewait_seen.then_some(tw),
                 knobs: env_of(netns)
                     .knobs(&["net.ipv4.ip_local_port_range", "net.ipv4.tcp_tw_reuse"]),
             });
@@ -594,7 +659,7 @@ mod tests {
 
     #[test]
     fn paws_rejects_across_ports_name_the_nat_address_once() {
-        let mut s = Signals::new();
+        let mut s = Signals::default();
         let mut now = Vec::new();
         s.observe(&syn_drop(40000, -400_000_000), &mut now);
         assert!(matches!(
@@ -621,7 +686,7 @@ mod tests {
 
     #[test]
     fn small_deltas_from_one_port_are_not_nat() {
-        let mut s = Signals::new();
+        let mut s = Signals::default();
         let mut now = Vec::new();
         s.observe(&syn_drop(40000, -5), &mut now);
         let alerts = s.end_interval(&env(), &View { tw: 0 });
@@ -632,7 +697,7 @@ mod tests {
 
     #[test]
     fn paws_listing_is_capped_per_interval() {
-        let mut s = Signals::new();
+        let mut s = Signals::default();
         let mut now = Vec::new();
         for p in 0..50 {
             s.observe(&syn_drop(1000 + p, -5), &mut now);
@@ -646,7 +711,7 @@ mod tests {
 
     #[test]
     fn conntrack_full_names_fill_and_drops() {
-        let mut s = Signals::new();
+        let mut s = Signals::default();
         let e = Environment {
             conntrack: Some(ConntrackEnv {
                 count: Some(64),
@@ -691,7 +756,7 @@ mod tests {
 
     #[test]
     fn timewait_overflow_and_port_exhaustion_are_aggregated() {
-        let mut s = Signals::new();
+        let mut s = Signals::default();
         let mut now = Vec::new();
         for _ in 0..5 {
             s.observe(&closing(state::FIN_WAIT2, 40000), &mut now);
@@ -706,9 +771,9 @@ mod tests {
         assert!(matches!(
             tw,
             Alert::TimewaitOverflow {
-                closed_without_timewait: 5,
+                closed_without_timewait: Some(5),
                 tcp_timewait_overflow: 3,
-                time_wait_now: 4,
+                time_wait_now: Some(4),
                 ..
             }
         ));
@@ -731,5 +796,126 @@ mod tests {
         assert!(ex.message().contains("10.0.0.2:5774"));
         // Evidence does not leak into the next interval.
         assert!(s.end_interval(&HashMap::new(), &View { tw: 0 }).is_empty());
+    }
+
+    /// A kernel whose timewait sockets netwatch cannot see (6.1 and 6.12 as measured).
+    fn timewait_hidden() -> KernelFeatures {
+        let mut f = KernelFeatures::all("tp_btf");
+        for s in f.0.iter_mut().filter(|s| s.feature == Feature::TimeWait) {
+            s.available = false;
+            s.detail = "kmem_cache_alloc's arguments are not readable by tp_btf here".into();
+        }
+        f
+    }
+
+    /// Five active closes in namespace 9, none with a timewait record.
+    fn five_closes(s: &mut Signals) {
+        let mut now = Vec::new();
+        for _ in 0..5 {
+            s.observe(&closing(state::FIN_WAIT2, 40000), &mut now);
+        }
+        assert!(now.is_empty());
+    }
+
+    fn with_overflow(delta: u64) -> HashMap<u32, Environment> {
+        let mut e = env();
+        e.get_mut(&9)
+            .unwrap()
+            .deltas
+            .insert("TCPTimeWaitOverflow", delta);
+        e
+    }
+
+    fn timewait_alerts(alerts: &[Alert]) -> Vec<&Alert> {
+        alerts
+            .iter()
+            .filter(|a| matches!(a, Alert::TimewaitOverflow { .. }))
+            .collect()
+    }
+
+    #[test]
+    fn closes_without_timewait_are_no_evidence_where_timewait_is_not_seen() {
+        let mut s = Signals::new(&timewait_hidden());
+        five_closes(&mut s);
+        let alerts = s.end_interval(&with_overflow(0), &View { tw: 0 });
+        assert!(timewait_alerts(&alerts).is_empty(), "{alerts:?}");
+        // The kernel's own counter is evidence on any kernel; the closes are still not.
+        five_closes(&mut s);
+        let alerts = s.end_interval(&with_overflow(3), &View { tw: 7 });
+        let tw = timewait_alerts(&alerts);
+        assert_eq!(tw.len(), 1, "{alerts:?}");
+        assert!(matches!(
+            tw[0],
+            Alert::TimewaitOverflow {
+                closed_without_timewait: None,
+                tcp_timewait_overflow: 3,
+                time_wait_now: None,
+                ..
+            }
+        ));
+        assert_eq!(
+            tw[0].message(),
+            "TIME_WAIT bucket overflow: TCPTimeWaitOverflow +3 (which connections closed \
+             without TIME_WAIT is not visible on this kernel); net.ipv4.tcp_max_tw_buckets = 4"
+        );
+        let json = serde_json::to_value(tw[0]).unwrap();
+        assert!(json["closed_without_timewait"].is_null(), "{json}");
+    }
+
+    #[test]
+    fn closes_without_timewait_alone_are_evidence_where_timewait_is_seen() {
+        let mut s = Signals::new(&KernelFeatures::all("tp_btf"));
+        five_closes(&mut s);
+        let alerts = s.end_interval(&with_overflow(0), &View { tw: 2 });
+        let tw = timewait_alerts(&alerts);
+        assert!(matches!(
+            tw[..],
+            [Alert::TimewaitOverflow {
+                closed_without_timewait: Some(5),
+                tcp_timewait_overflow: 0,
+                time_wait_now: Some(2),
+                ..
+            }]
+        ));
+        // A quiet interval says nothing.
+        assert!(s
+            .end_interval(&with_overflow(0), &View { tw: 2 })
+            .is_empty());
+    }
+
+    #[test]
+    fn the_timewait_rule_needs_evidence() {
+        // (timewait seen, closes without one, TCPTimeWaitOverflow) -> alert with what.
+        assert_eq!(timewait_evidence(false, 5, 0), None);
+        assert_eq!(timewait_evidence(false, 5, 3), Some(None));
+        assert_eq!(timewait_evidence(false, 0, 3), Some(None));
+        assert_eq!(timewait_evidence(true, 5, 0), Some(Some(5)));
+        assert_eq!(timewait_evidence(true, 0, 3), Some(Some(0)));
+        assert_eq!(timewait_evidence(true, 0, 0), None);
+    }
+
+    #[test]
+    fn port_exhaustion_does_not_count_unseen_timewait_sockets() {
+        let mut s = Signals::new(&timewait_hidden());
+        let mut now = Vec::new();
+        s.observe(&closing(state::SYN_SENT, 0), &mut now);
+        let alerts = s.end_interval(&env(), &View { tw: 0 });
+        let ex = alerts
+            .iter()
+            .find(|a| matches!(a, Alert::PortExhaustion { .. }))
+            .unwrap();
+        assert!(matches!(
+            ex,
+            Alert::PortExhaustion {
+                time_wait_to_destination: None,
+                ..
+            }
+        ));
+        assert!(
+            ex.message()
+                .contains("(TIME_WAIT not visible on this kernel)"),
+            "{}",
+            ex.message()
+        );
     }
 }

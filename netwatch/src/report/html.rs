@@ -8,8 +8,11 @@
 use std::fmt::Write as _;
 
 use super::text::{bound, offset};
-use super::{GaugeJson, Report};
-use crate::core::text::duration;
+use super::{GaugeJson, Report, TraceInfo};
+use crate::core::{
+    coverage::{self, Coverage},
+    text::duration,
+};
 
 /// Points per series drawn at most; longer series keep each stretch's highest value.
 const MAX_POINTS: usize = 1500;
@@ -402,6 +405,31 @@ th{font-weight:600;border-bottom:1px solid #ccc}td.n{text-align:right;font-varia
 ul.findings{padding-left:18px}ul.findings li{margin:4px 0}.detail{color:#444}.warn{color:#a05a00}
 ";
 
+/// Which features the trace had, above the findings: on a kernel that hid some, an empty
+/// plot there means "not seen", and the reader must know before looking.
+fn features(o: &mut String, t: &TraceInfo) {
+    let f = &t.kernel_features;
+    let class = match Coverage::of(f) {
+        Coverage::Partial => "warn",
+        Coverage::Complete | Coverage::NotRecorded => "meta",
+    };
+    let _ = write!(
+        o,
+        "<p class=\"{class}\" id=\"features\">{}",
+        esc(&coverage::headline(&t.kernel, f))
+    );
+    let items = coverage::lost_items(f);
+    if !items.is_empty() {
+        o.push_str("</p>\n<ul class=\"features warn\">");
+        for i in &items {
+            let _ = write!(o, "<li>{}</li>", esc(i));
+        }
+        o.push_str("</ul>\n");
+    } else {
+        o.push_str("</p>\n");
+    }
+}
+
 pub fn render(r: &Report) -> String {
     let mut o = String::with_capacity(64 << 10);
     let t = &r.trace;
@@ -474,6 +502,7 @@ pub fn render(r: &Report) -> String {
     if !filters.is_empty() {
         let _ = writeln!(o, "<p class=\"meta\">{}</p>", esc(&filters.join("; ")));
     }
+    features(&mut o, t);
     for w in &r.warnings {
         let _ = writeln!(o, "<p class=\"warn\">warning: {}</p>", esc(w));
     }

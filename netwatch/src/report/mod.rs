@@ -25,9 +25,12 @@ use crate::cli::TimeSpec;
 use crate::config::ReportConfig;
 use crate::core::{
     json::{reported_states, BucketJson, PercentilesJson},
-    replay::{HeaderIn, PercentilesIn, ReadError, RecordIn, Replay, ReplayFilter, TraceReader},
+    replay::{
+        HeaderIn, PercentilesIn, ReadError, RecordIn, Replay, ReplayFilter, SummaryIn, TraceReader,
+    },
     snapshot::Percentiles,
 };
+use crate::features::KernelFeatures;
 use crate::writer;
 
 pub use findings::Finding;
@@ -50,6 +53,10 @@ pub struct TraceInfo {
     pub sysctls: BTreeMap<String, String>,
     pub netns_sysctls: BTreeMap<String, BTreeMap<String, String>>,
     pub argv: Vec<String>,
+    /// What the trace could see on its kernel (the header's list, or the summary's where a
+    /// first part is missing): every feature, available or not, with how or why not. Empty
+    /// for traces from before netwatch recorded it, which are read as having everything.
+    pub kernel_features: KernelFeatures,
 }
 
 /// What the report covers.
@@ -334,6 +341,15 @@ fn replay_filter(cfg: &ReportConfig, clock: TraceClock) -> ReplayFilter {
     }
 }
 
+/// The trace's features: the header's, else the summary's (both say the same; a header of a
+/// trace from an older netwatch says nothing, and then neither does its summary).
+fn recorded_features(header: &HeaderIn, summary: Option<&SummaryIn>) -> KernelFeatures {
+    match summary {
+        Some(s) if header.kernel_features.0.is_empty() => s.kernel_features.clone(),
+        _ => header.kernel_features.clone(),
+    }
+}
+
 fn pct(p: Percentiles) -> PercentilesJson {
     p.into()
 }
@@ -529,6 +545,7 @@ pub fn build(cfg: &ReportConfig) -> Result<Report> {
         sysctls: first.sysctls.clone(),
         netns_sysctls: first.netns_sysctls.clone(),
         argv: first.argv.clone(),
+        kernel_features: recorded_features(&first, summary),
     };
     let window = Window {
         from: clock.ts(since),

@@ -334,3 +334,82 @@ fn rotated_parts_are_followed_and_gaps_reported() {
         r.gauges.last()
     );
 }
+
+/// The sample as a trace of another kernel: the header's and the summary's `kernel` and
+/// `kernel_features` replaced (None: removed, as a trace from before they were recorded).
+fn sample_on(kernel: &str, features: Option<&crate::features::KernelFeatures>) -> Vec<u8> {
+    let s = sample();
+    let mut out = Vec::new();
+    for line in s.bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let mut v: Value = serde_json::from_slice(line).unwrap();
+        if v["type"] == "header" || v["type"] == "summary" {
+            let o = v.as_object_mut().unwrap();
+            match features {
+                Some(f) => o.insert("kernel_features".into(), serde_json::to_value(f).unwrap()),
+                None => o.remove("kernel_features"),
+            };
+            if v["type"] == "header" {
+                v["kernel"] = kernel.into();
+            }
+        }
+        serde_json::to_writer(&mut out, &v).unwrap();
+        out.push(b'\n');
+    }
+    out
+}
+
+#[test]
+fn every_output_says_which_features_the_trace_had() {
+    use crate::core::coverage::tests::debian_6_1;
+    let dir = TempDir::new("features");
+    let p = dir.join("t.jsonl");
+    std::fs::write(&p, sample_on("6.1.0-57-cloud-amd64", Some(&debian_6_1()))).unwrap();
+    let r = build(&cfg(vec![p.clone()])).unwrap();
+    assert_eq!(
+        r.trace.kernel_features,
+        debian_6_1(),
+        "read back as written"
+    );
+    assert_eq!(r.check.summary, "match", "{:?}", r.check.differences);
+    let text = text::render(&r);
+    let block = "  Kernel: 6.1.0-57-cloud-amd64; unavailable here:\n      TIME_WAIT and orphaned \
+                 FIN_WAIT2 dwell (kmem_cache_alloc's arguments are not readable by tp_btf here)\n      \
+                 SYN_RECV dwell (request sockets) and accept-queue wait (kmem_cache_alloc's \
+                 arguments are not readable by tp_btf here)\n";
+    assert!(text.contains(block), "{text}");
+    let j = serde_json::to_value(&r).unwrap();
+    let lost: Vec<&str> = j["trace"]["kernel_features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["available"] == false)
+        .map(|f| f["feature"].as_str().unwrap())
+        .collect();
+    assert_eq!(lost, ["time_wait", "syn_recv"]);
+    let page = html::render(&r);
+    assert!(
+        page.contains(
+            "<p class=\"warn\" id=\"features\">Kernel: 6.1.0-57-cloud-amd64; unavailable here:</p>"
+        ),
+        "{page}"
+    );
+    assert!(page.contains("<li>TIME_WAIT and orphaned FIN_WAIT2 dwell (kmem_cache_alloc&#39;s"));
+    insta::assert_snapshot!(text.replace(&p.display().to_string(), "t.jsonl"));
+
+    // Everything available, and a trace from before features were recorded.
+    std::fs::write(&p, sample().bytes).unwrap();
+    let all = text::render(&build(&cfg(vec![p.clone()])).unwrap());
+    assert!(
+        all.contains("\n  Kernel: 6.18.0-test; all features available\n"),
+        "{all}"
+    );
+    std::fs::write(&p, sample_on("5.15.0-old", None)).unwrap();
+    let r = build(&cfg(vec![p.clone()])).unwrap();
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    assert!(r.trace.kernel_features.0.is_empty());
+    assert!(text::render(&r).contains(
+        "\n  Kernel: 5.15.0-old; features not recorded (a trace from an older netwatch): \
+         taken as all available\n"
+    ));
+    assert!(html::render(&r).contains("<p class=\"meta\" id=\"features\">Kernel: 5.15.0-old;"));
+}

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use super::Report;
-use crate::core::text::duration;
+use crate::core::{coverage, text::duration};
 
 /// Gauge rows shown at most (evenly spaced, the peak rows kept).
 const GAUGE_ROWS: usize = 24;
@@ -127,6 +127,9 @@ pub fn render(r: &Report) -> String {
             o,
             "  parts are missing: histograms, percentiles and totals are the tracer's summary"
         );
+    }
+    for line in coverage::lines(&t.kernel, &t.kernel_features, "    ") {
+        let _ = writeln!(o, "  {line}");
     }
     let c = &r.check;
     let _ = match c.summary {

@@ -16,6 +16,7 @@ use crate::core::{
     },
     signals::Alert,
 };
+use crate::features::KernelFeatures;
 
 pub const S: u64 = 1_000_000_000;
 /// The sample trace's clock: mono 0 is 2026-12-01T18:00:00Z.
@@ -50,6 +51,7 @@ pub fn header(part: u32) -> HeaderJson {
         netns_sysctls: BTreeMap::new(),
         filters: FiltersJson::default(),
         argv: vec!["netwatch".into(), "trace".into()],
+        kernel_features: KernelFeatures::all("tp_btf"),
     }
 }
 
@@ -186,7 +188,7 @@ pub fn sample_with(n: u64) -> Sample {
                 failures: 3,
                 processes: vec!["curl[42]".into()],
                 ports_in_use: 2,
-                time_wait_to_destination: 2,
+                time_wait_to_destination: Some(2),
                 knobs: BTreeMap::from([("net.ipv4.ip_local_port_range", "40000 40001".into())]),
             };
             json::write_line(
@@ -218,6 +220,7 @@ pub fn sample_with(n: u64) -> Sample {
             undecodable: 0,
         },
         alerts,
+        h.kernel_features.clone(),
     );
     json::write_line(&mut out, &Record::Summary(&summary));
     Sample {
