@@ -649,8 +649,7 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         env = Some(EnvSource::new(traced_spaces(&cfg)));
     })?;
     let env = env.context("the programs were never attached")?;
-    let mut warnings = probes.features.lost_lines();
-    warnings.extend(probes.warnings.iter().cloned());
+    let mut warnings = probes.warnings.clone();
     warnings.extend(std::mem::take(&mut found.warnings));
     for w in &warnings {
         eprintln!("netwatch: warning: {w}");
