@@ -34,6 +34,8 @@ pub struct KernelFacts {
     /// Tracing programs may call `bpf_get_socket_cookie` (5.12+: BTF has
     /// `bpf_get_socket_ptr_cookie`).
     pub cookie_helper: bool,
+    /// The BPF ring buffer exists (5.8+), which every record goes through.
+    pub ringbuf: bool,
     /// ... and PAWS rejects in TIME_WAIT (`TCP_RFC7323_TW_PAWS`, 6.16+).
     pub tw_paws_reason: bool,
     /// ... and `NOT_SPECIFIED`, with which timewait sockets' segments are freed.
@@ -65,6 +67,10 @@ impl KernelFacts {
                 functions.insert(f, args);
             }
         }
+        // A helper's implementation is a kernel function named after it (BPF_CALL_x).
+        let helper = |name: &str| {
+            btf.function_args(name).is_some() || btf.has_typedef(&format!("btf_{name}"))
+        };
         let reason = |name: &str| {
             btf.enum_value("skb_drop_reason", &format!("SKB_DROP_REASON_{name}"))
                 .is_some()
@@ -75,8 +81,8 @@ impl KernelFacts {
                 .filter_map(|h| Some((h, btf.tracepoint_args(h)?)))
                 .collect(),
             functions,
-            cookie_helper: btf.function_args("bpf_get_socket_ptr_cookie").is_some()
-                || btf.has_typedef("btf_bpf_get_socket_ptr_cookie"),
+            cookie_helper: helper("bpf_get_socket_ptr_cookie"),
+            ringbuf: helper("bpf_ringbuf_output"),
             tw_paws_reason: reason("TCP_RFC7323_TW_PAWS"),
             not_specified_reason: reason("NOT_SPECIFIED"),
             conntrack_blocked: None,
@@ -172,6 +178,13 @@ pub fn plan(facts: &KernelFacts) -> Result<AttachPlan, String> {
             tp::SET_STATE
         ));
     };
+    if !facts.ringbuf {
+        return Err(
+            "this kernel has no BPF ring buffer (Linux 5.8+); netwatch supports Linux 5.10 and \
+             newer"
+                .to_owned(),
+        );
+    }
     if !is_struct(set_state.first(), "sock") {
         return Err(format!(
             "this kernel's `{}` tracepoint does not take a socket first; netwatch does not \

@@ -52,6 +52,7 @@ fn facts(k: K) -> KernelFacts {
         vec![s("inet_timewait_sock"), s("sk_buff"), s("tcphdr")],
     );
     f.cookie_helper = k != K::V5_10;
+    f.ringbuf = true;
     f.not_specified_reason = k != K::V5_10;
     f.tw_paws_reason = matches!(k, K::V6_16 | K::V7_3);
     f
@@ -219,6 +220,10 @@ fn missing_twins_and_missing_basics() {
     none.tracepoints.remove(tp::SET_STATE);
     assert!(plan(&none).unwrap_err().contains("inet_sock_set_state"));
 
+    let mut old = facts(K::V6_16);
+    old.ringbuf = false;
+    assert!(plan(&old).unwrap_err().contains("5.10"));
+
     let mut blocked = facts(K::V6_16);
     blocked.conntrack_blocked = Some("no __nf_conntrack_alloc in /proc/kallsyms".into());
     let p = plan(&blocked).unwrap();
@@ -234,5 +239,6 @@ fn this_kernels_btf_gives_facts_the_plan_can_use() {
     };
     let f = KernelFacts::from_btf(&btf);
     assert!(f.tracepoints.contains_key(tp::SET_STATE), "{f:?}");
+    assert!(f.ringbuf && f.cookie_helper, "{f:?}");
     assert!(plan(&f).is_ok());
 }
