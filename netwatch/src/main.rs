@@ -1,5 +1,9 @@
 //! netwatch: an eBPF tracer of the TCP lifecycle for on-call engineers.
 
+// First, so that its `eprintln!` (never panics on a closed stderr) is the one every module
+// below uses.
+#[macro_use]
+mod console;
 mod btf;
 mod census;
 mod cli;

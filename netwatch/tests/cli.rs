@@ -1,0 +1,92 @@
+//! The netwatch binary as a hostile user drives it: closed pipes, absurd flags, damaged and
+//! hostile trace files. None of these need root or eBPF (the root-only tests that trace are
+//! in the `netwatch-tests` crate).
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn netwatch() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_netwatch"))
+}
+
+/// A pipe whose reader is already gone: every write to it fails with EPIPE, as `| head`
+/// leaves stdout and stderr once head has exited.
+fn closed_pipe() -> Stdio {
+    let mut fds = [0; 2];
+    // SAFETY: a valid out array of two descriptors.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both descriptors were just made and are owned here alone.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read);
+    Stdio::from(write)
+}
+
+/// A directory of the test's own, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let d = std::env::temp_dir().join(format!("netwatch-cli-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Self(d)
+    }
+
+    fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A trace header whose start is `start` (RFC 3339), with `hostname` and `kernel`.
+fn header(start: &str, hostname: &str, kernel: &str) -> String {
+    serde_json::json!({
+        "type": "header", "ts": start, "mono_ns": 1_000_000_000u64,
+        "format": "netwatch-trace", "schema_version": 1, "netwatch_version": "0.1.0",
+        "run_id": "test-1", "part": 0, "start": start, "start_mono_ns": 1_000_000_000u64,
+        "kernel": kernel, "hostname": hostname, "interval_ns": 1_000_000_000u64,
+    })
+    .to_string()
+}
+
+fn plain_header() -> String {
+    header("2026-01-01T00:00:00Z", "host", "6.18.0")
+}
+
+fn write_trace(dir: &TempDir, lines: &[String]) -> PathBuf {
+    let path = dir.join("t.jsonl");
+    let mut text = lines.join("\n");
+    text.push('\n');
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn report(path: &Path, stderr: Stdio) -> Output {
+    netwatch()
+        .arg("report")
+        .arg(path)
+        .stdin(Stdio::null())
+        .stderr(stderr)
+        .output()
+        .unwrap()
+}
+
+/// A header-only trace makes `report` warn (no summary); with stderr closed the warning is
+/// dropped and the report still comes out.
+#[test]
+fn report_survives_a_closed_stderr() {
+    let dir = TempDir::new("stderr");
+    let path = write_trace(&dir, &[plain_header()]);
+    let out = report(&path, closed_pipe());
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(!out.stdout.is_empty(), "no report on stdout");
+    // The warning is there when stderr is open.
+    let out = report(&path, Stdio::piped());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("without its summary"));
+}
