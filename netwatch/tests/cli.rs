@@ -90,3 +90,52 @@ fn report_survives_a_closed_stderr() {
     let out = report(&path, Stdio::piped());
     assert!(String::from_utf8_lossy(&out.stderr).contains("without its summary"));
 }
+
+/// An alert record at `mono_ns` whose message is `message`.
+fn alert(mono_ns: u64, message: &str) -> String {
+    serde_json::json!({
+        "type": "alert", "ts": "2026-01-01T00:00:01Z", "mono_ns": mono_ns,
+        "kind": "paws_reject", "message": message, "netns": 1,
+    })
+    .to_string()
+}
+
+/// Durations that round to nothing are refused before anything runs, naming the minimum.
+#[test]
+fn tiny_durations_are_refused_with_the_minimum() {
+    for flag in ["--interval", "--duration"] {
+        let out = netwatch()
+            .args(["trace", flag, "0.0000000001"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(flag) && stderr.contains("0 ns"), "{stderr}");
+        let out = netwatch().args(["trace", flag, "5ms"]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("at least 100ms"), "{stderr}");
+    }
+}
+
+/// A header whose start is the last second of year 9999: every later time is out of range.
+#[test]
+fn report_of_a_trace_from_year_9999_does_not_panic() {
+    let dir = TempDir::new("y9999");
+    let path = write_trace(
+        &dir,
+        &[
+            header("9999-12-31T23:59:59Z", "host", "6.18.0"),
+            alert(5_000_000_000, "late"),
+        ],
+    );
+    for args in [&["report"][..], &["report", "--json"]] {
+        let out = netwatch().args(args).arg(&path).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("(time out of range)"),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}

@@ -137,6 +137,10 @@ pub struct Report {
     pub warnings: Vec<String>,
 }
 
+/// What a report shows for a time of the trace that RFC 3339 cannot write (a damaged or
+/// hostile header: its start in year 9999, stamps far from it).
+pub const OUT_OF_RANGE: &str = "(time out of range)";
+
 /// Mono stamps of the trace to wall-clock time, from its header.
 #[derive(Debug, Clone, Copy)]
 pub struct TraceClock {
@@ -158,17 +162,24 @@ impl TraceClock {
         mono.saturating_sub(self.start_mono)
     }
 
+    /// The wall-clock time of a mono stamp, RFC 3339. The stamps come from the file, so the
+    /// sum is checked: a time RFC 3339 cannot write (past year 9999, before year 0) is
+    /// [`OUT_OF_RANGE`], never a panic.
     pub fn ts(&self, mono: u64) -> String {
-        let delta = time::Duration::nanoseconds(mono as i64 - self.start_mono as i64);
-        (self.start_wall + delta)
-            .format(&Rfc3339)
-            .unwrap_or_default()
+        let unix_ns =
+            self.start_wall.unix_timestamp_nanos() + i128::from(mono) - i128::from(self.start_mono);
+        OffsetDateTime::from_unix_timestamp_nanos(unix_ns)
+            .ok()
+            .and_then(|t| t.format(&Rfc3339).ok())
+            .unwrap_or_else(|| OUT_OF_RANGE.to_owned())
     }
 
     /// A --since/--until as a mono stamp of the trace.
     pub fn mono_of(&self, t: TimeSpec) -> u64 {
         match t {
-            TimeSpec::Offset(d) => self.start_mono + d.as_nanos() as u64,
+            TimeSpec::Offset(d) => self
+                .start_mono
+                .saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
             TimeSpec::At(at) => {
                 let delta = (at - self.start_wall).whole_nanoseconds();
                 (self.start_mono as i128 + delta).clamp(0, u64::MAX as i128) as u64
@@ -371,7 +382,9 @@ pub fn build(cfg: &ReportConfig) -> Result<Report> {
             clock.ts(trace_end)
         ));
     }
-    let (dwells, alive) = replay.view(end.max(since));
+    // A window that starts after the trace ends is empty, not negative.
+    let end = end.max(since);
+    let (dwells, alive) = replay.view(end);
 
     let mut ever = [false; state::COUNT];
     for g in &replay.gauges {
