@@ -35,7 +35,14 @@ fn main() -> ExitCode {
         Command::Trace(args) => args,
         Command::Report(args) => {
             return match config::ReportConfig::from_args(args).and_then(report::run) {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(0) => ExitCode::SUCCESS,
+                Ok(damaged) => {
+                    eprintln!(
+                        "netwatch: the trace is damaged: {damaged} line(s) skipped (listed \
+                         above); the report lacks their records"
+                    );
+                    ExitCode::from(report::EXIT_DAMAGED)
+                }
                 Err(e) => {
                     eprintln!("netwatch: error: {e:#}");
                     ExitCode::FAILURE

@@ -100,6 +100,40 @@ fn alert(mono_ns: u64, message: &str) -> String {
     .to_string()
 }
 
+/// A garbled line and a 17 MiB line in the middle: both skipped with their line numbers,
+/// the record after them still read, and the exit code says the trace was damaged.
+#[test]
+fn report_skips_damaged_lines_counts_them_and_exits_3() {
+    let dir = TempDir::new("damaged");
+    let huge = "x".repeat(17 << 20);
+    let path = write_trace(
+        &dir,
+        &[
+            plain_header(),
+            "{\"type\":\"transition\",garbled".to_owned(),
+            huge,
+            alert(2_000_000_000, "after the damage"),
+        ],
+    );
+    let out = netwatch()
+        .args(["report", "--json"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("t.jsonl:2: not JSON"), "{stderr}");
+    assert!(
+        stderr.contains("t.jsonl:3: a line longer than 16 MiB"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("cut short"), "{stderr}");
+    assert!(stderr.contains("2 line(s) skipped"), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["damaged_lines"], 2);
+    assert_eq!(report["alerts"][0]["message"], "after the damage");
+}
+
 /// Durations that round to nothing are refused before anything runs, naming the minimum.
 #[test]
 fn tiny_durations_are_refused_with_the_minimum() {

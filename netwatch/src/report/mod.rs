@@ -135,7 +135,16 @@ pub struct Report {
     pub findings: Vec<Finding>,
     pub check: Check,
     pub warnings: Vec<String>,
+    /// Lines of the files skipped as damaged (garbled, over 16 MiB, a truncated last line, a
+    /// gzip stream that stops): records the numbers lack. Non-zero makes `report` exit with
+    /// [`EXIT_DAMAGED`].
+    pub damaged_lines: u64,
 }
+
+/// `report`'s exit code when it skipped damaged lines: the report is made of everything
+/// else, but scripts must not take it for the whole trace. (3, as `trace` exits when it lost
+/// records: in both cases the numbers undercount.)
+pub const EXIT_DAMAGED: u8 = 3;
 
 /// What a report shows for a time of the trace that RFC 3339 cannot write (a damaged or
 /// hostile header: its start in year 9999, stamps far from it).
@@ -229,6 +238,8 @@ struct Loaded {
     files: Vec<String>,
     replay: Replay,
     warnings: Vec<String>,
+    /// Lines skipped as damaged, in all files.
+    damaged: u64,
 }
 
 fn read_trace(cfg: &ReportConfig, files: &[PathBuf]) -> Result<Loaded> {
@@ -246,6 +257,7 @@ fn read_trace(cfg: &ReportConfig, files: &[PathBuf]) -> Result<Loaded> {
     let mut used = Vec::new();
     let mut last_part: Option<u32> = None;
     let mut continues_in: Option<String> = None;
+    let mut damaged = 0;
     let explicit = cfg.traces.len() > 1;
     for path in files {
         let name = path.display().to_string();
@@ -316,6 +328,7 @@ fn read_trace(cfg: &ReportConfig, files: &[PathBuf]) -> Result<Loaded> {
             };
             replay.apply(rec);
         }
+        damaged += reader.damaged();
         warnings.extend(reader.finish_warnings());
     }
     if let Some(next) = continues_in {
@@ -332,6 +345,7 @@ fn read_trace(cfg: &ReportConfig, files: &[PathBuf]) -> Result<Loaded> {
         files: used,
         replay,
         warnings,
+        damaged,
     })
 }
 
@@ -367,6 +381,7 @@ pub fn build(cfg: &ReportConfig) -> Result<Report> {
         files,
         replay,
         mut warnings,
+        damaged,
     } = read_trace(cfg, &files)?;
     let clock = TraceClock::from_header(&first)?;
     let summary = replay.summary.as_ref();
@@ -582,6 +597,7 @@ pub fn build(cfg: &ReportConfig) -> Result<Report> {
             differences,
         },
         warnings,
+        damaged_lines: damaged,
     };
     report.findings = findings::findings(&report);
     Ok(report)
@@ -597,7 +613,8 @@ fn to_stdout(bytes: &[u8]) -> Result<()> {
     }
 }
 
-pub fn run(cfg: ReportConfig) -> Result<()> {
+/// Writes the report; returns the count of damaged lines it skipped.
+pub fn run(cfg: ReportConfig) -> Result<u64> {
     let report = build(&cfg)?;
     for w in &report.warnings {
         eprintln!("netwatch: warning: {w}");
@@ -618,7 +635,7 @@ pub fn run(cfg: ReportConfig) -> Result<()> {
             .with_context(|| format!("writing the HTML report {}", path.display()))?;
         eprintln!("netwatch: HTML report written to {}", path.display());
     }
-    Ok(())
+    Ok(report.damaged_lines)
 }
 
 #[cfg(test)]
