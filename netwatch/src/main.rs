@@ -30,6 +30,7 @@ use clap::Parser;
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    writer::ignore_file_size_signal();
     let cli = Cli::parse();
     let args = match cli.command {
         Command::Trace(args) => args,

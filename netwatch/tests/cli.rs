@@ -173,3 +173,43 @@ fn report_of_a_trace_from_year_9999_does_not_panic() {
         );
     }
 }
+
+/// Runs `cmd` with a file size limit of `bytes` (`ulimit -f`).
+fn with_file_size_limit(cmd: &mut Command, bytes: u64) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    let limit = libc::rlimit {
+        rlim_cur: bytes,
+        rlim_max: bytes,
+    };
+    // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A write past `ulimit -f` is an error that names the cause, not a kill by SIGXFSZ.
+#[test]
+fn a_file_size_limit_is_an_error_not_a_signal() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = TempDir::new("fsize");
+    let path = write_trace(&dir, &[plain_header()]);
+    let html = dir.join("r.html");
+    let out = with_file_size_limit(
+        netwatch().arg("report").arg(&path).arg("--html").arg(&html),
+        1024,
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), None, "killed: {stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("r.html") && stderr.contains("too large"),
+        "{stderr}"
+    );
+}
