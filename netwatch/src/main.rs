@@ -12,6 +12,7 @@ mod core;
 mod environment;
 mod features;
 mod loader;
+mod netns_spec;
 mod offsets;
 mod preflight;
 mod procfs;

@@ -213,3 +213,24 @@ fn a_file_size_limit_is_an_error_not_a_signal() {
         "{stderr}"
     );
 }
+
+/// `--netns` that names no network namespace is refused before anything is loaded.
+#[test]
+fn netns_that_is_not_a_network_namespace_is_refused() {
+    for (spec, says) in [
+        ("", "--netns needs a network namespace"),
+        ("/etc/passwd", "not a namespace file"),
+        ("/proc/self/ns/mnt", "a mount namespace"),
+        ("12345", "no network namespace with this inode"),
+        ("surely-not-a-namespace", "ip netns list"),
+    ] {
+        let out = netwatch()
+            .args(["trace", "--duration", "1", "--netns", spec])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "--netns {spec:?}: {stderr}");
+        assert!(stderr.contains(says), "--netns {spec:?}: {stderr}");
+    }
+}
