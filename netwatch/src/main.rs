@@ -46,7 +46,9 @@ fn main() -> ExitCode {
                     ExitCode::from(report::EXIT_DAMAGED)
                 }
                 Err(e) => {
-                    eprintln!("netwatch: error: {e:#}");
+                    // It may quote the file (the type of its first record, say).
+                    let e = format!("{e:#}");
+                    eprintln!("netwatch: error: {}", report::printable::printable(&e));
                     ExitCode::FAILURE
                 }
             };

@@ -234,3 +234,51 @@ fn netns_that_is_not_a_network_namespace_is_refused() {
         assert!(stderr.contains(says), "--netns {spec:?}: {stderr}");
     }
 }
+
+/// Escape sequences in a trace's strings are shown, never sent to the terminal.
+#[test]
+fn report_shows_a_hostile_traces_strings_escaped() {
+    let dir = TempDir::new("hostile");
+    let part_end = serde_json::json!({
+        "type": "part_end", "ts": "2026-01-01T00:00:02Z", "mono_ns": 3_000_000_000u64,
+        "part": 0, "next": "t.jsonl.1\u{1b}]0;owned\u{7}",
+    })
+    .to_string();
+    let path = write_trace(
+        &dir,
+        &[
+            header(
+                "2026-01-01T00:00:00Z",
+                "host\u{1b}]0;owned\u{7}",
+                "6.18\u{1b}[2J\nFINDING: all is well",
+            ),
+            alert(2_000_000_000, "alert \u{1b}[31mred\u{9b}0m"),
+            part_end,
+        ],
+    );
+    for html in [false, true] {
+        let mut cmd = netwatch();
+        cmd.arg("report").arg(&path);
+        let page = dir.join("r.html");
+        if html {
+            cmd.arg("--html").arg(&page);
+        }
+        let out = cmd.output().unwrap();
+        let shown = [
+            out.stdout.clone(),
+            out.stderr.clone(),
+            std::fs::read(&page).unwrap_or_default(),
+        ]
+        .concat();
+        let text = String::from_utf8_lossy(&shown);
+        assert!(
+            !text.contains(['\u{1b}', '\u{7}', '\u{9b}']),
+            "raw control characters: {text}"
+        );
+        assert!(!text.contains("\nFINDING: all is well"), "{text}");
+        assert!(text.contains("host\\u{1b}]0;owned\\u{7}"), "{text}");
+        if !html {
+            assert!(text.contains("t.jsonl.1\\u{1b}"), "part_end.next: {text}");
+        }
+    }
+}

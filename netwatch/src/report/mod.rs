@@ -8,6 +8,7 @@
 
 pub mod findings;
 pub mod html;
+pub mod printable;
 pub mod text;
 
 use std::collections::BTreeMap;
@@ -503,13 +504,18 @@ pub fn build(cfg: &ReportConfig) -> Result<Report> {
         .alerts
         .iter()
         .map(|a| {
-            *alert_counts.entry(a.kind.clone()).or_insert(0) += 1;
+            let kind = printable::owned(&a.kind);
+            *alert_counts.entry(kind.clone()).or_insert(0) += 1;
             AlertItem {
-                ts: a.ts.clone(),
+                ts: printable::owned(&a.ts),
                 offset_ns: clock.offset(a.mono_ns),
-                kind: a.kind.clone(),
-                message: a.message.clone(),
-                evidence: a.evidence.clone(),
+                kind,
+                message: printable::owned(&a.message),
+                evidence: a
+                    .evidence
+                    .iter()
+                    .map(|(k, v)| (printable::owned(k), printable::value(v)))
+                    .collect(),
             }
         })
         .collect();
@@ -543,20 +549,29 @@ pub fn build(cfg: &ReportConfig) -> Result<Report> {
     let lost = replay.lost;
 
     let trace = TraceInfo {
-        files,
-        run_id: first.run_id.clone(),
-        hostname: first.hostname.clone(),
-        kernel: first.kernel.clone(),
-        netwatch_version: first.netwatch_version.clone(),
+        files: files.iter().map(|f| printable::owned(f)).collect(),
+        run_id: printable::owned(&first.run_id),
+        hostname: printable::owned(&first.hostname),
+        kernel: printable::owned(&first.kernel),
+        netwatch_version: printable::owned(&first.netwatch_version),
         schema_version: first.schema_version,
-        start: first.start.clone(),
+        start: printable::owned(&first.start),
         interval_ns: first.interval_ns,
         recorded_ports: first.filters.ports.clone(),
-        recorded_addrs: first.filters.addrs.clone(),
+        recorded_addrs: first
+            .filters
+            .addrs
+            .iter()
+            .map(|a| printable::owned(a))
+            .collect(),
         recorded_netns: first.filters.netns.clone(),
-        sysctls: first.sysctls.clone(),
-        netns_sysctls: first.netns_sysctls.clone(),
-        argv: first.argv.clone(),
+        sysctls: printable::map(&first.sysctls),
+        netns_sysctls: first
+            .netns_sysctls
+            .iter()
+            .map(|(ns, m)| (printable::owned(ns), printable::map(m)))
+            .collect(),
+        argv: first.argv.iter().map(|a| printable::owned(a)).collect(),
     };
     let window = Window {
         from: clock.ts(since),
@@ -570,7 +585,7 @@ pub fn build(cfg: &ReportConfig) -> Result<Report> {
         trace,
         window,
         complete,
-        stopped_by: summary.map(|s| s.stopped_by.clone()),
+        stopped_by: summary.map(|s| printable::owned(&s.stopped_by)),
         transitions,
         numbers_from: if from_summary.is_some() {
             "summary"
@@ -594,9 +609,10 @@ pub fn build(cfg: &ReportConfig) -> Result<Report> {
             snapshots_checked: replay.snapshots_checked,
             snapshots_differing: replay.snapshots_differing,
             summary: summary_state,
-            differences,
+            differences: differences.iter().map(|d| printable::owned(d)).collect(),
         },
-        warnings,
+        // They quote the files: names, run ids, `part_end.next`.
+        warnings: warnings.iter().map(|w| printable::owned(w)).collect(),
         damaged_lines: damaged,
     };
     report.findings = findings::findings(&report);
