@@ -68,8 +68,8 @@ fn parse_cidr(s: &str) -> Result<CidrArg, CidrError> {
 
 #[derive(Debug, Args)]
 pub struct TraceArgs {
-    /// Stop after this long (e.g. 30, 30s, 500ms, 5m); default: until Ctrl-C.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    /// Stop after this long (e.g. 30, 30s, 500ms, 5m; at least 100ms); default: until Ctrl-C.
+    #[arg(long, value_name = "DURATION", value_parser = parse_trace_duration)]
     pub duration: Option<Duration>,
 
     /// Only connections with this port on either side (repeatable).
@@ -114,8 +114,9 @@ pub struct TraceArgs {
     #[arg(long)]
     pub plain: bool,
 
-    /// How often the dashboard, text summaries and JSON snapshot records are produced.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    /// How often the dashboard, text summaries and JSON snapshot records are produced (at
+    /// least 100ms).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval)]
     pub interval: Duration,
 
     /// Print nothing on stdout (JSON to --output only).
@@ -248,9 +249,42 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         }
     };
     if !(secs > 0.0 && secs < 1e9) {
-        return Err(format!("duration `{s}` must be positive"));
+        return Err(format!(
+            "duration `{s}` must be positive and under 30 years"
+        ));
     }
-    Ok(Duration::from_secs_f64(secs))
+    let d = Duration::from_secs_f64(secs);
+    if d.is_zero() {
+        return Err(format!("duration `{s}` rounds to 0 ns"));
+    }
+    Ok(d)
+}
+
+/// The shortest `--interval` and `--duration`. Every interval samples counters, sysctls and
+/// (at most 2% of the time) the kernel's request sockets, and a trace shorter than a few
+/// 20 ms drains of the ring buffer shows nothing: below this a value is a typo, not a wish.
+pub const MIN_TRACE_DURATION: Duration = Duration::from_millis(100);
+
+/// A duration of at least [`MIN_TRACE_DURATION`], for `flag`.
+fn at_least_min(s: &str, flag: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < MIN_TRACE_DURATION {
+        return Err(format!(
+            "{flag} must be at least {}ms (`{s}` is {d:?})",
+            MIN_TRACE_DURATION.as_millis()
+        ));
+    }
+    Ok(d)
+}
+
+/// `--duration`: as [`parse_duration`], at least [`MIN_TRACE_DURATION`].
+pub fn parse_trace_duration(s: &str) -> Result<Duration, String> {
+    at_least_min(s, "--duration")
+}
+
+/// `--interval`: as [`parse_duration`], at least [`MIN_TRACE_DURATION`].
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    at_least_min(s, "--interval")
 }
 
 #[cfg(test)]
@@ -272,6 +306,32 @@ mod tests {
         assert!(parse_duration("0").is_err());
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("abc").is_err());
+        // Positive, but nothing once in nanoseconds.
+        assert!(parse_duration("0.0000000001")
+            .unwrap_err()
+            .contains("rounds to 0"));
+        assert!(parse_duration("99999999999999").is_err());
+    }
+
+    #[test]
+    fn trace_durations_have_a_minimum() {
+        for flag in ["--interval", "--duration"] {
+            for tiny in ["0.0000000001", "1ms", "0.05"] {
+                let err = Cli::try_parse_from(["netwatch", "trace", flag, tiny])
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    err.contains(flag) && (err.contains("at least 100ms") || err.contains("0 ns")),
+                    "{flag} {tiny}: {err}"
+                );
+            }
+            let ok = Cli::try_parse_from(["netwatch", "trace", flag, "100ms"]).unwrap();
+            let Command::Trace(t) = ok.command else {
+                panic!("not trace")
+            };
+            assert!(t.interval >= MIN_TRACE_DURATION);
+            assert!(t.duration.is_none_or(|d| d == MIN_TRACE_DURATION));
+        }
     }
 
     #[test]

@@ -3,7 +3,6 @@
 
 use std::fs::File;
 use std::io::IsTerminal;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,6 +10,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::cli::{ReportArgs, TimeSpec, TraceArgs};
 use crate::core::filter::AddrFilter;
+use crate::netns_spec;
 use crate::writer::{self, Rotation};
 
 pub enum OutputTarget {
@@ -53,44 +53,10 @@ pub struct TraceConfig {
     pub verbose: bool,
 }
 
-/// A file for a namespace known only by inode: named ones first, then processes'.
-fn find_netns_path(inode: u32) -> Option<PathBuf> {
-    let named = std::fs::read_dir("/run/netns")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path());
-    let procs = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path().join("ns/net"));
-    named
-        .chain(procs)
-        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.ino() == inode as u64))
-}
-
-/// A network namespace named like `ip netns`, given as a path, or as its inode number.
+/// A network namespace named like `ip netns`, given as a path, or as its inode number, checked
+/// to be one that exists (see [`crate::netns_spec`]); its inode.
 pub fn resolve_netns(spec: &str) -> Result<u32> {
-    if !spec.is_empty() && spec.bytes().all(|b| b.is_ascii_digit()) {
-        return spec
-            .parse::<u32>()
-            .with_context(|| format!("netns inode `{spec}` is out of range"));
-    }
-    let path = if spec.contains('/') {
-        PathBuf::from(spec)
-    } else {
-        Path::new("/run/netns").join(spec)
-    };
-    let meta = std::fs::metadata(&path).with_context(|| {
-        format!(
-            "network namespace `{spec}` not found at {} (list them with `ip netns list`, or \
-             give /proc/PID/ns/net or an inode number)",
-            path.display()
-        )
-    })?;
-    u32::try_from(meta.ino())
-        .with_context(|| format!("{} does not look like a namespace file", path.display()))
+    Ok(netns_spec::resolve(spec, &netns_spec::System)?.inode)
 }
 
 /// Opens the trace file now, so a missing directory or a permission problem is reported
@@ -118,9 +84,9 @@ impl TraceConfig {
         let mut netns = Vec::new();
         let mut netns_paths = Vec::new();
         for spec in &args.netns {
-            let inode = resolve_netns(spec)?;
-            netns.push(inode);
-            netns_paths.extend(find_netns_path(inode));
+            let ns = netns_spec::resolve(spec, &netns_spec::System)?;
+            netns.push(ns.inode);
+            netns_paths.extend(ns.path);
         }
         if netns.len() > netwatch_common::names::limits::FILTER_ENTRIES as usize
             || args.ports.len() > netwatch_common::names::limits::FILTER_ENTRIES as usize
@@ -283,7 +249,8 @@ mod tests {
 
     #[test]
     fn netns_by_inode_path_and_missing_name() {
-        assert_eq!(resolve_netns("4026531840").unwrap(), 4026531840);
+        let own_inode = resolve_netns("/proc/self/ns/net").unwrap();
+        assert_eq!(resolve_netns(&own_inode.to_string()).unwrap(), own_inode);
         assert!(resolve_netns("99999999999").is_err());
         let own = resolve_netns("/proc/self/ns/net").unwrap();
         assert!(own > 0);

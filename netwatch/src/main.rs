@@ -1,5 +1,9 @@
 //! netwatch: an eBPF tracer of the TCP lifecycle for on-call engineers.
 
+// First, so that its `eprintln!` (never panics on a closed stderr) is the one every module
+// below uses.
+#[macro_use]
+mod console;
 mod btf;
 mod census;
 mod cli;
@@ -8,6 +12,7 @@ mod core;
 mod environment;
 mod features;
 mod loader;
+mod netns_spec;
 mod offsets;
 mod plan;
 mod preflight;
@@ -27,14 +32,24 @@ use clap::Parser;
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    writer::ignore_file_size_signal();
     let cli = Cli::parse();
     let args = match cli.command {
         Command::Trace(args) => args,
         Command::Report(args) => {
             return match config::ReportConfig::from_args(args).and_then(report::run) {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(0) => ExitCode::SUCCESS,
+                Ok(damaged) => {
+                    eprintln!(
+                        "netwatch: the trace is damaged: {damaged} line(s) skipped (listed \
+                         above); the report lacks their records"
+                    );
+                    ExitCode::from(report::EXIT_DAMAGED)
+                }
                 Err(e) => {
-                    eprintln!("netwatch: error: {e:#}");
+                    // It may quote the file (the type of its first record, say).
+                    let e = format!("{e:#}");
+                    eprintln!("netwatch: error: {}", report::printable::printable(&e));
                     ExitCode::FAILURE
                 }
             };

@@ -256,10 +256,25 @@ impl Sinks {
         Ok(())
     }
 
+    fn writes_file(&self) -> bool {
+        matches!(self.json, Some(JsonDest::File(_)))
+    }
+
+    /// stdout's reader went away while the trace goes to a file: the file is what matters,
+    /// so the views on stdout stop and tracing goes on.
+    fn stdout_closed(&mut self) {
+        if self.lines.take().is_some() | self.text.take().is_some() {
+            eprintln!("netwatch: stdout was closed; tracing goes on into the trace file");
+        }
+    }
+
     /// Writes out what the last drain produced to stdout, and the trace file when its flush
     /// interval has passed.
     pub fn flush(&mut self) -> Result<(), SinkError> {
-        self.flush_stdout()?;
+        match self.flush_stdout() {
+            Err(SinkError::ClosedPipe) if self.writes_file() => self.stdout_closed(),
+            r => r?,
+        }
         if let Some(JsonDest::File(w)) = self.json.as_mut() {
             if w.due(Instant::now()) {
                 w.flush().map_err(|e| SinkError::Io(e.into()))?;

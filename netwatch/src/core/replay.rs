@@ -26,7 +26,7 @@ use super::{
     snapshot::{Percentiles, Snapshot},
 };
 
-/// Longest line accepted; longer means this is not a trace (or is damaged).
+/// Longest line kept: a longer one is skipped as damaged (read past, never held whole).
 const MAX_LINE: usize = 16 << 20;
 /// The record types of this schema version.
 const KNOWN_TYPES: &[&str] = &[
@@ -287,14 +287,30 @@ pub struct TraceReader<R> {
     line_no: u64,
     pub header: HeaderIn,
     pub warnings: Vec<String>,
-    damaged: usize,
+    /// Lines skipped, all kinds (see [`TraceReader::damaged`]).
+    damaged: u64,
+    /// Lines skipped in the middle of the file, which are listed up to [`LISTED_WARNINGS`].
+    listed: usize,
     done: bool,
 }
 
-/// Reads up to and including the next newline, at most `limit` bytes. Ok(true) when a
-/// newline ended it.
-fn read_line<R: BufRead>(input: &mut R, out: &mut Vec<u8>, limit: usize) -> io::Result<bool> {
+/// How [`read_line`] found the end of a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LineEnd {
+    /// A newline ended it (it is in the buffer).
+    Newline,
+    /// The input ended first: the buffer holds what there was, perhaps nothing.
+    Eof,
+    /// It was longer than the limit: the buffer holds its first `limit` bytes and the rest of
+    /// it was read past, so the next line can be read.
+    TooLong,
+}
+
+/// Reads up to and including the next newline, keeping at most `limit` bytes of it: memory
+/// stays bounded whatever the file holds.
+fn read_line<R: BufRead>(input: &mut R, out: &mut Vec<u8>, limit: usize) -> io::Result<LineEnd> {
     out.clear();
+    let mut too_long = false;
     loop {
         let buf = match input.fill_buf() {
             Ok(b) => b,
@@ -302,26 +318,26 @@ fn read_line<R: BufRead>(input: &mut R, out: &mut Vec<u8>, limit: usize) -> io::
             Err(e) => return Err(e),
         };
         if buf.is_empty() {
-            return Ok(false);
+            return Ok(if too_long {
+                LineEnd::TooLong
+            } else {
+                LineEnd::Eof
+            });
         }
+        let newline = buf.iter().position(|&b| b == b'\n');
+        let take = newline.map_or(buf.len(), |i| i + 1);
         let room = limit.saturating_sub(out.len());
-        match buf.iter().take(room).position(|&b| b == b'\n') {
-            Some(i) => {
-                out.extend_from_slice(&buf[..=i]);
-                input.consume(i + 1);
-                return Ok(true);
-            }
-            None => {
-                let n = buf.len().min(room);
-                out.extend_from_slice(&buf[..n]);
-                input.consume(n);
-                if out.len() >= limit {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("a line longer than {limit} bytes"),
-                    ));
-                }
-            }
+        if take > room {
+            too_long = true;
+        }
+        out.extend_from_slice(&buf[..take.min(room)]);
+        input.consume(take);
+        if newline.is_some() {
+            return Ok(if too_long {
+                LineEnd::TooLong
+            } else {
+                LineEnd::Newline
+            });
         }
     }
 }
@@ -345,10 +361,8 @@ impl<R: BufRead> TraceReader<R> {
         };
         match read_line(&mut input, &mut line, 1 << 20) {
             Ok(_) if line.is_empty() => return Err(ReadError::Empty { name }),
+            Ok(LineEnd::TooLong) => return Err(not_trace("its first line is not JSON".into())),
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::InvalidData && !line.is_empty() => {
-                return Err(not_trace("its first line is not JSON".into()))
-            }
             Err(e) if is_cut_short(&e) => {
                 return Err(not_trace(format!("it cannot be decompressed ({e})")))
             }
@@ -393,13 +407,21 @@ impl<R: BufRead> TraceReader<R> {
             header,
             warnings: Vec::new(),
             damaged: 0,
+            listed: 0,
             done: false,
         })
     }
 
+    /// Lines skipped as damaged (garbled, too long, a truncated last line, a compressed
+    /// stream that stops): each is a record the report lacks.
+    pub fn damaged(&self) -> u64 {
+        self.damaged
+    }
+
     fn warn_damaged(&mut self, what: String) {
         self.damaged += 1;
-        if self.damaged <= LISTED_WARNINGS {
+        self.listed += 1;
+        if self.listed <= LISTED_WARNINGS {
             self.warnings
                 .push(format!("{}:{}: {what}", self.name, self.line_no));
         }
@@ -413,9 +435,18 @@ impl<R: BufRead> TraceReader<R> {
             }
             self.line_no += 1;
             let ended = match read_line(&mut self.input, &mut self.line, MAX_LINE) {
-                Ok(newline) => newline,
+                Ok(LineEnd::Newline) => true,
+                Ok(LineEnd::Eof) => false,
+                Ok(LineEnd::TooLong) => {
+                    self.warn_damaged(format!(
+                        "a line longer than {} MiB: skipped",
+                        MAX_LINE >> 20
+                    ));
+                    continue;
+                }
                 Err(e) if is_cut_short(&e) => {
                     self.done = true;
+                    self.damaged += 1;
                     self.warnings.push(format!(
                         "{}: the file is cut short after line {} ({e}): the tracer was killed \
                          or its disk filled; read up to the last whole record",
@@ -442,6 +473,7 @@ impl<R: BufRead> TraceReader<R> {
                 Ok(r) => return Ok(Some(r)),
                 Err(_) if !ended => {
                     self.done = true;
+                    self.damaged += 1;
                     self.warnings.push(format!(
                         "{}:{}: the last line is truncated ({} bytes, no newline): skipped; \
                          the tracer was killed or its disk filled",
@@ -470,11 +502,11 @@ impl<R: BufRead> TraceReader<R> {
 
     /// Warnings, with the count of damaged lines not listed.
     pub fn finish_warnings(&mut self) -> Vec<String> {
-        if self.damaged > LISTED_WARNINGS {
+        if self.listed > LISTED_WARNINGS {
             self.warnings.push(format!(
                 "{}: {} more damaged lines skipped",
                 self.name,
-                self.damaged - LISTED_WARNINGS
+                self.listed - LISTED_WARNINGS
             ));
         }
         std::mem::take(&mut self.warnings)

@@ -114,11 +114,14 @@ impl Frame {
 
 /// The x axis of time plots: offsets from the start of the trace.
 fn time_axis(o: &mut String, f: &Frame, from: u64, to: u64) {
-    let span = (to - from).max(1) as f64;
+    let span = to.saturating_sub(from).max(1) as f64;
     let step = nice_step(span / 1e9, 8.0) * 1e9;
     let first = (from as f64 / step).ceil() * step;
-    let mut t = first;
-    while t <= to as f64 + 0.5 {
+    // Counted, not summed: far from zero (stamps of a hostile trace) `t + step` rounds back
+    // to `t` and a summing loop never ends.
+    let ticks = ((to as f64 + 0.5 - first) / step).floor().clamp(-1.0, 64.0) as i64;
+    for i in 0..=ticks {
+        let t = first + i as f64 * step;
         let x = f.x((t - from as f64) / span);
         let _ = write!(
             o,
@@ -128,7 +131,6 @@ fn time_axis(o: &mut String, f: &Frame, from: u64, to: u64) {
             f.h - f.bottom + 16.0,
             esc(&offset(t as u64))
         );
-        t += step;
     }
     let _ = write!(
         o,

@@ -8,6 +8,7 @@
 
 pub mod findings;
 pub mod html;
+pub mod printable;
 pub mod text;
 
 use std::collections::BTreeMap;
@@ -142,7 +143,20 @@ pub struct Report {
     pub findings: Vec<Finding>,
     pub check: Check,
     pub warnings: Vec<String>,
+    /// Lines of the files skipped as damaged (garbled, over 16 MiB, a truncated last line, a
+    /// gzip stream that stops): records the numbers lack. Non-zero makes `report` exit with
+    /// [`EXIT_DAMAGED`].
+    pub damaged_lines: u64,
 }
+
+/// `report`'s exit code when it skipped damaged lines: the report is made of everything
+/// else, but scripts must not take it for the whole trace. (3, as `trace` exits when it lost
+/// records: in both cases the numbers undercount.)
+pub const EXIT_DAMAGED: u8 = 3;
+
+/// What a report shows for a time of the trace that RFC 3339 cannot write (a damaged or
+/// hostile header: its start in year 9999, stamps far from it).
+pub const OUT_OF_RANGE: &str = "(time out of range)";
 
 /// Mono stamps of the trace to wall-clock time, from its header.
 #[derive(Debug, Clone, Copy)]
@@ -165,17 +179,24 @@ impl TraceClock {
         mono.saturating_sub(self.start_mono)
     }
 
+    /// The wall-clock time of a mono stamp, RFC 3339. The stamps come from the file, so the
+    /// sum is checked: a time RFC 3339 cannot write (past year 9999, before year 0) is
+    /// [`OUT_OF_RANGE`], never a panic.
     pub fn ts(&self, mono: u64) -> String {
-        let delta = time::Duration::nanoseconds(mono as i64 - self.start_mono as i64);
-        (self.start_wall + delta)
-            .format(&Rfc3339)
-            .unwrap_or_default()
+        let unix_ns =
+            self.start_wall.unix_timestamp_nanos() + i128::from(mono) - i128::from(self.start_mono);
+        OffsetDateTime::from_unix_timestamp_nanos(unix_ns)
+            .ok()
+            .and_then(|t| t.format(&Rfc3339).ok())
+            .unwrap_or_else(|| OUT_OF_RANGE.to_owned())
     }
 
     /// A --since/--until as a mono stamp of the trace.
     pub fn mono_of(&self, t: TimeSpec) -> u64 {
         match t {
-            TimeSpec::Offset(d) => self.start_mono + d.as_nanos() as u64,
+            TimeSpec::Offset(d) => self
+                .start_mono
+                .saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
             TimeSpec::At(at) => {
                 let delta = (at - self.start_wall).whole_nanoseconds();
                 (self.start_mono as i128 + delta).clamp(0, u64::MAX as i128) as u64
@@ -225,6 +246,8 @@ struct Loaded {
     files: Vec<String>,
     replay: Replay,
     warnings: Vec<String>,
+    /// Lines skipped as damaged, in all files.
+    damaged: u64,
 }
 
 fn read_trace(cfg: &ReportConfig, files: &[PathBuf]) -> Result<Loaded> {
@@ -242,6 +265,7 @@ fn read_trace(cfg: &ReportConfig, files: &[PathBuf]) -> Result<Loaded> {
     let mut used = Vec::new();
     let mut last_part: Option<u32> = None;
     let mut continues_in: Option<String> = None;
+    let mut damaged = 0;
     let explicit = cfg.traces.len() > 1;
     for path in files {
         let name = path.display().to_string();
@@ -312,6 +336,7 @@ fn read_trace(cfg: &ReportConfig, files: &[PathBuf]) -> Result<Loaded> {
             };
             replay.apply(rec);
         }
+        damaged += reader.damaged();
         warnings.extend(reader.finish_warnings());
     }
     if let Some(next) = continues_in {
@@ -328,6 +353,7 @@ fn read_trace(cfg: &ReportConfig, files: &[PathBuf]) -> Result<Loaded> {
         files: used,
         replay,
         warnings,
+        damaged,
     })
 }
 
@@ -372,6 +398,7 @@ pub fn build(cfg: &ReportConfig) -> Result<Report> {
         files,
         replay,
         mut warnings,
+        damaged,
     } = read_trace(cfg, &files)?;
     let clock = TraceClock::from_header(&first)?;
     let summary = replay.summary.as_ref();
@@ -387,7 +414,9 @@ pub fn build(cfg: &ReportConfig) -> Result<Report> {
             clock.ts(trace_end)
         ));
     }
-    let (dwells, alive) = replay.view(end.max(since));
+    // A window that starts after the trace ends is empty, not negative.
+    let end = end.max(since);
+    let (dwells, alive) = replay.view(end);
 
     let mut ever = [false; state::COUNT];
     for g in &replay.gauges {
@@ -491,13 +520,18 @@ pub fn build(cfg: &ReportConfig) -> Result<Report> {
         .alerts
         .iter()
         .map(|a| {
-            *alert_counts.entry(a.kind.clone()).or_insert(0) += 1;
+            let kind = printable::owned(&a.kind);
+            *alert_counts.entry(kind.clone()).or_insert(0) += 1;
             AlertItem {
-                ts: a.ts.clone(),
+                ts: printable::owned(&a.ts),
                 offset_ns: clock.offset(a.mono_ns),
-                kind: a.kind.clone(),
-                message: a.message.clone(),
-                evidence: a.evidence.clone(),
+                kind,
+                message: printable::owned(&a.message),
+                evidence: a
+                    .evidence
+                    .iter()
+                    .map(|(k, v)| (printable::owned(k), printable::value(v)))
+                    .collect(),
             }
         })
         .collect();
@@ -531,20 +565,29 @@ pub fn build(cfg: &ReportConfig) -> Result<Report> {
     let lost = replay.lost;
 
     let trace = TraceInfo {
-        files,
-        run_id: first.run_id.clone(),
-        hostname: first.hostname.clone(),
-        kernel: first.kernel.clone(),
-        netwatch_version: first.netwatch_version.clone(),
+        files: files.iter().map(|f| printable::owned(f)).collect(),
+        run_id: printable::owned(&first.run_id),
+        hostname: printable::owned(&first.hostname),
+        kernel: printable::owned(&first.kernel),
+        netwatch_version: printable::owned(&first.netwatch_version),
         schema_version: first.schema_version,
-        start: first.start.clone(),
+        start: printable::owned(&first.start),
         interval_ns: first.interval_ns,
         recorded_ports: first.filters.ports.clone(),
-        recorded_addrs: first.filters.addrs.clone(),
+        recorded_addrs: first
+            .filters
+            .addrs
+            .iter()
+            .map(|a| printable::owned(a))
+            .collect(),
         recorded_netns: first.filters.netns.clone(),
-        sysctls: first.sysctls.clone(),
-        netns_sysctls: first.netns_sysctls.clone(),
-        argv: first.argv.clone(),
+        sysctls: printable::map(&first.sysctls),
+        netns_sysctls: first
+            .netns_sysctls
+            .iter()
+            .map(|(ns, m)| (printable::owned(ns), printable::map(m)))
+            .collect(),
+        argv: first.argv.iter().map(|a| printable::owned(a)).collect(),
         kernel_features: recorded_features(&first, summary),
     };
     let window = Window {
@@ -559,7 +602,7 @@ pub fn build(cfg: &ReportConfig) -> Result<Report> {
         trace,
         window,
         complete,
-        stopped_by: summary.map(|s| s.stopped_by.clone()),
+        stopped_by: summary.map(|s| printable::owned(&s.stopped_by)),
         transitions,
         numbers_from: if from_summary.is_some() {
             "summary"
@@ -583,9 +626,11 @@ pub fn build(cfg: &ReportConfig) -> Result<Report> {
             snapshots_checked: replay.snapshots_checked,
             snapshots_differing: replay.snapshots_differing,
             summary: summary_state,
-            differences,
+            differences: differences.iter().map(|d| printable::owned(d)).collect(),
         },
-        warnings,
+        // They quote the files: names, run ids, `part_end.next`.
+        warnings: warnings.iter().map(|w| printable::owned(w)).collect(),
+        damaged_lines: damaged,
     };
     report.findings = findings::findings(&report);
     Ok(report)
@@ -601,7 +646,8 @@ fn to_stdout(bytes: &[u8]) -> Result<()> {
     }
 }
 
-pub fn run(cfg: ReportConfig) -> Result<()> {
+/// Writes the report; returns the count of damaged lines it skipped.
+pub fn run(cfg: ReportConfig) -> Result<u64> {
     let report = build(&cfg)?;
     for w in &report.warnings {
         eprintln!("netwatch: warning: {w}");
@@ -622,7 +668,7 @@ pub fn run(cfg: ReportConfig) -> Result<()> {
             .with_context(|| format!("writing the HTML report {}", path.display()))?;
         eprintln!("netwatch: HTML report written to {}", path.display());
     }
-    Ok(())
+    Ok(report.damaged_lines)
 }
 
 #[cfg(test)]

@@ -358,6 +358,18 @@ fn sample_on(kernel: &str, features: Option<&crate::features::KernelFeatures>) -
     out
 }
 
+/// The sample with its header's start (and stamp) replaced by `start`.
+fn sample_starting(start: &str) -> Vec<u8> {
+    let s = sample();
+    let end = s.bytes.iter().position(|&b| b == b'\n').unwrap();
+    let mut header: Value = serde_json::from_slice(&s.bytes[..end]).unwrap();
+    header["start"] = start.into();
+    header["ts"] = start.into();
+    let mut out = serde_json::to_vec(&header).unwrap();
+    out.extend_from_slice(&s.bytes[end..]);
+    out
+}
+
 #[test]
 fn every_output_says_which_features_the_trace_had() {
     use crate::core::coverage::tests::debian_6_1;
@@ -412,4 +424,23 @@ fn every_output_says_which_features_the_trace_had() {
          taken as all available\n"
     ));
     assert!(html::render(&r).contains("<p class=\"meta\" id=\"features\">Kernel: 5.15.0-old;"));
+}
+
+#[test]
+fn times_out_of_range_are_said_not_panicked_on() {
+    let dir = TempDir::new("year9999");
+    for start in ["9999-12-31T23:59:59Z", "0000-01-01T00:00:00Z"] {
+        let path = dir.join("t.jsonl");
+        std::fs::write(&path, sample_starting(start)).unwrap();
+        let mut c = cfg(vec![path]);
+        c.since = Some(TimeSpec::Offset(Duration::from_secs(u64::MAX / 2)));
+        for since in [None, c.since] {
+            c.since = since;
+            let r = build(&c).unwrap();
+            let shown = text::render(&r) + &html::render(&r) + &serde_json::to_string(&r).unwrap();
+            if start.starts_with("9999") && since.is_none() {
+                assert!(shown.contains(OUT_OF_RANGE), "{start}");
+            }
+        }
+    }
 }

@@ -199,6 +199,16 @@ pub struct Options {
     pub flush_every: Duration,
 }
 
+/// Makes a write past the file size limit (`ulimit -f`, RLIMIT_FSIZE) fail with EFBIG instead
+/// of raising SIGXFSZ, whose default action kills netwatch mid-write: no message, a partial
+/// last line, a gzip member cut short. EFBIG then takes the full-disk path: the file is cut
+/// back to its last whole record and the error names the file and the cause. Called first in
+/// `main`, so the HTML report's write is covered too.
+pub fn ignore_file_size_signal() {
+    // SAFETY: sets a standard signal's disposition to SIG_IGN; no handler is involved.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+}
+
 /// The records the writer itself must produce: a header for every new file, and the
 /// `part_end` that closes a file the trace goes on after.
 pub trait Framing {
@@ -227,7 +237,10 @@ fn write_message(path: &Path, e: &io::Error, kept: u64, truncate: Option<&io::Er
     let cause = match e.raw_os_error() {
         Some(libc::ENOSPC) => " (ENOSPC: the file system is full)",
         Some(libc::EDQUOT) => " (EDQUOT: disk quota exceeded)",
-        Some(libc::EFBIG) => " (EFBIG: file too large for this file system; see --max-size)",
+        Some(libc::EFBIG) => {
+            " (EFBIG: past the file size limit, `ulimit -f`, or the largest file of this file \
+             system; --max-size keeps every file under a size)"
+        }
         Some(libc::EIO) => " (EIO: the device reported an I/O error)",
         _ if e.kind() == io::ErrorKind::WriteZero => " (a short write)",
         _ => "",

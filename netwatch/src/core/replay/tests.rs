@@ -399,6 +399,79 @@ fn damaged_and_unknown_lines_in_the_middle() {
     assert!(warnings[1].contains("t.jsonl:8: a record this netwatch cannot read"));
 }
 
+/// Lines skipped by a full read of `bytes`.
+fn damaged(bytes: &[u8]) -> u64 {
+    let mut r = TraceReader::new("t", BufReader::new(bytes)).unwrap();
+    while r.next_record().unwrap().is_some() {}
+    r.damaged()
+}
+
+#[test]
+fn a_huge_line_in_the_middle_is_skipped_and_the_rest_is_read() {
+    let s = sample();
+    let mut lines: Vec<Vec<u8>> = s
+        .bytes
+        .split_inclusive(|&b| b == b'\n')
+        .map(<[u8]>::to_vec)
+        .collect();
+    let n = lines.len();
+    let mut huge = vec![b'x'; MAX_LINE + 10];
+    huge.push(b'\n');
+    lines.insert(5, huge);
+    // Exactly the limit, newline included, is still a line (and garbage: skipped too).
+    let mut edge = vec![b'y'; MAX_LINE - 1];
+    edge.push(b'\n');
+    lines.insert(7, edge);
+    let bytes = lines.concat();
+    let (recs, warnings) = read_all("t.jsonl", &bytes).unwrap();
+    assert_eq!(
+        recs.len(),
+        n - 1,
+        "every record after it is read: {warnings:?}"
+    );
+    assert!(
+        warnings[0].starts_with("t.jsonl:6: a line longer than 16 MiB: skipped"),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[1].starts_with("t.jsonl:8: not JSON"),
+        "{warnings:?}"
+    );
+    assert!(
+        !warnings.iter().any(|w| w.contains("cut short")),
+        "{warnings:?}"
+    );
+    assert_eq!(damaged(&bytes), 2);
+    // A huge last line without a newline: skipped, the end of the file.
+    let mut tail = s.bytes.clone();
+    tail.extend(std::iter::repeat_n(b'z', MAX_LINE + 1));
+    let (recs, _) = read_all("t", &tail).unwrap();
+    assert_eq!(recs.len(), n - 1);
+    assert_eq!(damaged(&tail), 1);
+}
+
+#[test]
+fn every_kind_of_damage_is_counted() {
+    let s = sample();
+    assert_eq!(damaged(&s.bytes), 0);
+    assert_eq!(
+        damaged(&s.bytes[..s.bytes.len() - 40]),
+        1,
+        "truncated last line"
+    );
+    let mut lines: Vec<&[u8]> = s.bytes.split_inclusive(|&b| b == b'\n').collect();
+    for _ in 0..LISTED_WARNINGS + 3 {
+        lines.insert(3, b"garbage\n");
+    }
+    let bytes = lines.concat();
+    assert_eq!(damaged(&bytes), LISTED_WARNINGS as u64 + 3);
+    let (_, warnings) = read_all("t", &bytes).unwrap();
+    assert!(warnings
+        .last()
+        .unwrap()
+        .contains("3 more damaged lines skipped"));
+}
+
 #[test]
 fn a_gzip_stream_cut_short_reads_up_to_its_last_whole_record() {
     let s = sample();
