@@ -42,6 +42,7 @@ const IO: Duration = Duration::from_secs(5);
 /// netwatch's load and attach is 2.6-9 s under TCG (the verifier); 90 s means it is stuck.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(90);
 const TRACE: &str = "/trace.jsonl";
+const STDERR: &str = "/netwatch.stderr";
 const BUSYBOX: &str = "/bin/busybox";
 
 fn main() {
@@ -88,7 +89,7 @@ fn run(log: &mut Log) -> Result<Option<i32>> {
         .env("PATH", "/bin")
         .stdin(Stdio::null())
         .stdout(fs::File::create("/netwatch.stdout")?)
-        .stderr(fs::File::create("/netwatch.stderr")?)
+        .stderr(fs::File::create(STDERR)?)
         .spawn()
         .context("starting /bin/netwatch")?;
     if !wait_attached(&mut netwatch)? {
@@ -114,8 +115,8 @@ fn run(log: &mut Log) -> Result<Option<i32>> {
         "scenarios took {:.1} s",
         t0.elapsed().as_secs_f64()
     ));
-    // The last timewait deaths, the interval's alerts and a flush.
-    thread::sleep(Duration::from_millis(1500));
+    // One more interval for its alerts (the orphan's death is already past).
+    thread::sleep(Duration::from_millis(1200));
     let code = stop(&mut netwatch, log)?;
     let after = netstat()?;
     let delta = |k: &str| {
@@ -216,15 +217,17 @@ fn netstat() -> Result<Vec<(String, i64)>> {
     Ok(out)
 }
 
-/// True once the trace has its first snapshot (the probes are attached); false when
-/// netwatch exits first.
+/// True once netwatch says on stderr that it is attached, or its trace has a first snapshot
+/// (either will do, so a reworded message costs at most a second); false when netwatch
+/// exits first.
 fn wait_attached(netwatch: &mut Child) -> Result<bool> {
     let deadline = Instant::now() + ATTACH_TIMEOUT;
     while Instant::now() < deadline {
         if netwatch.try_wait()?.is_some() {
             return Ok(false);
         }
-        if fs::read_to_string(TRACE).is_ok_and(|t| t.contains(r#""type":"snapshot""#)) {
+        let said = fs::read_to_string(STDERR).is_ok_and(|e| e.contains("netwatch: attached"));
+        if said || fs::read_to_string(TRACE).is_ok_and(|t| t.contains(r#""type":"snapshot""#)) {
             return Ok(true);
         }
         thread::sleep(Duration::from_millis(100));
@@ -419,7 +422,7 @@ fn send(log: &Log, exit: Option<i32>) -> Result<()> {
     for (name, data) in [
         ("guest.log", guest_log.as_bytes()),
         ("netwatch.exit", exit_text.as_bytes()),
-        ("netwatch.stderr", &read("/netwatch.stderr")[..]),
+        ("netwatch.stderr", &read(STDERR)[..]),
         ("netwatch.stdout", stdout_tail),
         ("trace.jsonl", &read(TRACE)[..]),
     ] {
