@@ -200,7 +200,11 @@ fn sysctl(path: &str, value: &str) -> Result<()> {
 
 /// TcpExt counters by name.
 fn netstat() -> Result<Vec<(String, i64)>> {
-    let text = fs::read_to_string("/proc/net/netstat")?;
+    Ok(parse_netstat(&fs::read_to_string("/proc/net/netstat")?))
+}
+
+/// /proc/net/netstat: pairs of lines, names then values, each led by `TcpExt:` or `IpExt:`.
+fn parse_netstat(text: &str) -> Vec<(String, i64)> {
     let lines: Vec<&str> = text.lines().collect();
     let mut out = Vec::new();
     for pair in lines.chunks(2) {
@@ -214,7 +218,7 @@ fn netstat() -> Result<Vec<(String, i64)>> {
             }
         }
     }
-    Ok(out)
+    out
 }
 
 /// True once netwatch says on stderr that it is attached, or its trace has a first snapshot
@@ -455,4 +459,24 @@ fn raw_mode(tty: &fs::File) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn netstat_counters_by_name() {
+        let text = "TcpExt: SyncookiesSent ListenOverflows TWKilled\nTcpExt: 0 11 2\n\
+                    IpExt: InNoRoutes\nIpExt: 7\n";
+        assert_eq!(
+            parse_netstat(text),
+            [
+                ("SyncookiesSent".to_owned(), 0),
+                ("ListenOverflows".to_owned(), 11),
+                ("TWKilled".to_owned(), 2),
+                ("InNoRoutes".to_owned(), 7)
+            ]
+        );
+    }
 }
