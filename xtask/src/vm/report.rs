@@ -52,7 +52,7 @@ impl Row {
             broken = true;
             notes.push(format!(
                 "the guest did not finish; console ends with: {}",
-                qemu::console_tail(&b.console, 8).replace('\n', " | ")
+                qemu::console_summary(&b.console, 8)
             ));
         }
         let guest_log = text("guest.log").unwrap_or_default();
