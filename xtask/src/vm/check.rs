@@ -5,9 +5,10 @@ use std::fmt;
 
 use serde_json::Value;
 
-/// The guest's scenario ports (tests/src/bin/netwatch-vm-guest.rs uses the same numbers):
-/// the only one the checker needs is the orphan's, whose client socket alone shows the FIN
-/// that turns an orphaned FIN_WAIT2 into TIME_WAIT.
+/// The guest's scenario ports (tests/src/bin/netwatch-vm-guest.rs uses the same numbers)
+/// that the checker needs: the orphans' client sockets are the only ones whose timewait
+/// socket dies in FIN_WAIT2 (7101) or turns TIME_WAIT on the peer's FIN (7102).
+pub const ORPHAN_DIES_PORT: u64 = 7101;
 pub const ORPHAN_TO_TIME_WAIT_PORT: u64 = 7102;
 
 /// Something the scenarios make the kernel do that netwatch should report.
@@ -15,7 +16,8 @@ pub const ORPHAN_TO_TIME_WAIT_PORT: u64 = 7102;
 pub enum Capability {
     /// Full-socket transitions carrying the dwell of the state left.
     Transitions,
-    /// Sockets entering TIME_WAIT and timewait sockets dying (`TIME_WAIT -> CLOSE`, dwell).
+    /// Sockets entering TIME_WAIT, timewait sockets dying (`TIME_WAIT -> CLOSE`, dwell), and
+    /// an orphan's FIN_WAIT2 timewait socket dying (`FIN_WAIT2 -> CLOSE`, timewait, dwell).
     TimeWait,
     /// The orphan's timewait socket turned TIME_WAIT by the peer's FIN.
     OrphanFin,
@@ -76,6 +78,7 @@ pub struct Observed {
     pub transitions: bool,
     pub into_time_wait: bool,
     pub time_wait_death: bool,
+    pub orphan_death: bool,
     pub orphan_fin: bool,
     pub syn_recv: bool,
     pub synack_retransmits: bool,
@@ -93,7 +96,7 @@ impl Observed {
     pub fn has(&self, cap: Capability) -> bool {
         match cap {
             Transitions => self.transitions,
-            TimeWait => self.into_time_wait && self.time_wait_death,
+            TimeWait => self.into_time_wait && self.time_wait_death && self.orphan_death,
             OrphanFin => self.orphan_fin,
             SynRecv => self.syn_recv,
             SynackRetransmits => self.synack_retransmits,
@@ -148,9 +151,14 @@ fn transition(t: &Value, o: &mut Observed) {
     o.transitions |= dwell && old != new;
     o.into_time_wait |= new == "TIME_WAIT";
     o.time_wait_death |= old == "TIME_WAIT" && new == "CLOSE" && timewait && dwell;
-    o.orphan_fin |= old == "FIN_WAIT2"
-        && new == "TIME_WAIT"
-        && t["dport"].as_u64() == Some(ORPHAN_TO_TIME_WAIT_PORT);
+    let dport = t["dport"].as_u64();
+    o.orphan_death |= old == "FIN_WAIT2"
+        && new == "CLOSE"
+        && timewait
+        && dwell
+        && dport == Some(ORPHAN_DIES_PORT);
+    o.orphan_fin |=
+        old == "FIN_WAIT2" && new == "TIME_WAIT" && dport == Some(ORPHAN_TO_TIME_WAIT_PORT);
     // Only the end of a request socket carries these two fields.
     let request_end = old == "SYN_RECV" && t.get("accept_wait_ns").is_some();
     o.syn_recv |= request_end;
@@ -248,6 +256,7 @@ mod tests {
         r#"{"type":"transition","sock_id":1,"old":"CLOSE","new":"SYN_SENT","dwell_ns":null}"#;
     const INTO_TW: &str = r#"{"type":"transition","sock_id":2,"old":"FIN_WAIT2","new":"TIME_WAIT","dwell_ns":100,"sport":7103,"dport":40000,"timewait":true}"#;
     const TW_DEATH: &str = r#"{"type":"transition","sock_id":2,"old":"TIME_WAIT","new":"CLOSE","dwell_ns":500000000,"timewait":true}"#;
+    const ORPHAN_DIES: &str = r#"{"type":"transition","sock_id":5,"old":"FIN_WAIT2","new":"CLOSE","dwell_ns":2021752656,"sport":41001,"dport":7101,"timewait":true}"#;
     const ORPHAN: &str = r#"{"type":"transition","sock_id":3,"old":"FIN_WAIT2","new":"TIME_WAIT","dwell_ns":400000000,"sport":41000,"dport":7102,"timewait":true}"#;
     const REQ: &str = r#"{"type":"transition","sock_id":4,"old":"SYN_RECV","new":"ESTABLISHED","dwell_ns":3000000000,"synack_retransmits":2,"accept_wait_ns":1000}"#;
     const OVERFLOW: &str =
@@ -263,14 +272,23 @@ mod tests {
     #[test]
     fn a_full_trace_shows_everything() {
         let o = trace(&[
-            HEADER, FIRST, CONNECT, INTO_TW, TW_DEATH, ORPHAN, REQ, LISTEN, SUMMARY,
+            HEADER,
+            FIRST,
+            CONNECT,
+            INTO_TW,
+            TW_DEATH,
+            ORPHAN_DIES,
+            ORPHAN,
+            REQ,
+            LISTEN,
+            SUMMARY,
         ]);
         for &cap in Capability::ALL {
             assert!(o.has(cap), "{cap:?}");
             assert_eq!(cell(cap, Capability::ALL, &o), Cell::Ok);
         }
         assert!(o.complete);
-        assert_eq!((o.lines, o.bad_lines), (9, 0));
+        assert_eq!((o.lines, o.bad_lines), (10, 0));
         assert!(claims_not_kept(Capability::ALL, &o).is_empty());
         assert_eq!(
             lost_features(&o),
@@ -288,8 +306,14 @@ mod tests {
         assert!(trace(&[CONNECT]).has(Transitions));
         assert!(!o.has(TimeWait), "no death seen");
         let no_flag = TW_DEATH.replace(r#","timewait":true"#, "");
-        assert!(!trace(&[INTO_TW, &no_flag]).has(TimeWait));
-        assert!(trace(&[INTO_TW, TW_DEATH]).has(TimeWait));
+        assert!(!trace(&[INTO_TW, &no_flag, ORPHAN_DIES]).has(TimeWait));
+        assert!(
+            !trace(&[INTO_TW, TW_DEATH]).has(TimeWait),
+            "no orphan death"
+        );
+        let full_socket = ORPHAN_DIES.replace(r#","timewait":true"#, "");
+        assert!(!trace(&[INTO_TW, TW_DEATH, &full_socket]).has(TimeWait));
+        assert!(trace(&[INTO_TW, TW_DEATH, ORPHAN_DIES]).has(TimeWait));
     }
 
     #[test]
@@ -348,7 +372,7 @@ mod tests {
         );
         // drop_reasons is claimed unavailable here; claimed but unexercised drops are not held.
         let all_drops = HEADER.replace(r#""available":false"#, r#""available":true"#);
-        let o = trace(&[&all_drops, CONNECT, INTO_TW, TW_DEATH]);
+        let o = trace(&[&all_drops, CONNECT, INTO_TW, TW_DEATH, ORPHAN_DIES]);
         assert!(claims_not_kept(&[Transitions], &o).is_empty());
         assert_eq!(claims_not_kept(&[Drops], &o).len(), 1);
     }

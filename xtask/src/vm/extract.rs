@@ -58,10 +58,23 @@ impl Drop for TempDir {
     }
 }
 
+/// `NAME.unpack-PID` next to `near`; leftovers of killed runs are removed first.
 fn tempdir(near: &Path) -> Result<TempDir> {
     let name = near.file_name().unwrap_or_default().to_string_lossy();
-    let p = near.with_file_name(format!("{name}.unpack-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&p);
+    let prefix = format!("{name}.unpack-");
+    if let Some(parent) = near.parent() {
+        for e in fs::read_dir(parent).into_iter().flatten().flatten() {
+            let file = e.file_name().to_string_lossy().into_owned();
+            // Another run unpacking at the same time (its process alive) keeps its own.
+            let dead = file
+                .strip_prefix(&prefix)
+                .is_some_and(|pid| !Path::new("/proc").join(pid).exists());
+            if dead {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let p = near.with_file_name(format!("{prefix}{}", std::process::id()));
     fs::create_dir_all(&p).with_context(|| format!("could not create {}", p.display()))?;
     Ok(TempDir(p))
 }

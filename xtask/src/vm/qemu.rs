@@ -200,16 +200,55 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// The last `n` lines of the console, for an error message.
-pub fn console_tail(path: &Path, n: usize) -> String {
-    let text = String::from_utf8_lossy(&fs::read(path).unwrap_or_default()).replace('\r', "");
+/// What the console says about how the guest ended: a kernel crash's headline lines (the
+/// oops, where, the panic) when there was one, else its last `n` lines.
+pub fn console_summary(path: &Path, n: usize) -> String {
+    summarize_console(
+        &String::from_utf8_lossy(&fs::read(path).unwrap_or_default()),
+        n,
+    )
+}
+
+pub fn summarize_console(text: &str, n: usize) -> String {
+    let text = text.replace('\r', "");
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    let crash: Vec<&str> = lines
+        .iter()
+        .filter(|l| CRASH_MARKS.iter().any(|m| l.contains(m)))
+        .map(|l| l.trim())
+        .collect();
+    if crash.is_empty() {
+        lines[lines.len().saturating_sub(n)..].join(" | ")
+    } else {
+        crash.join(" | ")
+    }
+}
+
+/// The lines of a kernel crash report that say what happened and where.
+const CRASH_MARKS: &[&str] = &["Oops:", "BUG:", "RIP: 0010:", "Kernel panic"];
+
+/// Whether the guest's kernel crashed (then the run says nothing about netwatch on it).
+pub fn kernel_crashed(console: &Path) -> bool {
+    let text = String::from_utf8_lossy(&fs::read(console).unwrap_or_default()).into_owned();
+    text.contains("Kernel panic") || text.contains("Oops:")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_crash_is_summarised_by_its_headlines() {
+        let console = "Booting\r\n[ 8.85] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI\n\
+            [ 8.86] CPU: 0 UID: 0 PID: 145 Comm: init\n[ 8.87] RIP: 0010:inet_ehashfn+0x33/0x120\n\
+            [ 8.88] R10: 0000\n[ 8.89] Kernel panic - not syncing: Fatal exception\n";
+        assert_eq!(
+            summarize_console(console, 2),
+            "[ 8.85] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI | [ 8.87] RIP: \
+             0010:inet_ehashfn+0x33/0x120 | [ 8.89] Kernel panic - not syncing: Fatal exception"
+        );
+        assert_eq!(summarize_console("a\nb\nc\n", 2), "b | c");
+    }
 
     #[test]
     fn kvm_only_with_hardware_virtualisation() {

@@ -52,22 +52,25 @@ impl Row {
             broken = true;
             notes.push(format!(
                 "the guest did not finish; console ends with: {}",
-                qemu::console_tail(&b.console, 8).replace('\n', " | ")
+                qemu::console_summary(&b.console, 8)
             ));
         }
-        for line in text("guest.log").unwrap_or_default().lines() {
+        let guest_log = text("guest.log").unwrap_or_default();
+        for line in guest_log.lines() {
             if line.starts_with("error") || line.starts_with("warning") {
                 notes.push(format!("guest: {line}"));
             }
+        }
+        let stderr = text("netwatch.stderr").unwrap_or_default();
+        let rejected = rejected_programs(&stderr);
+        if !rejected.is_empty() {
+            notes.push(format!("verifier rejected: {}", rejected.join(", ")));
         }
         match exit {
             Some(0) => {}
             Some(code) => {
                 broken = true;
-                notes.push(format!(
-                    "netwatch exited {code}: {}",
-                    stderr_cause(&text("netwatch.stderr").unwrap_or_default())
-                ));
+                notes.push(format!("netwatch exited {code}: {}", stderr_cause(&stderr)));
             }
             None if b.complete => {
                 broken = true;
@@ -94,10 +97,19 @@ impl Row {
                 .into_iter()
                 .map(|l| format!("lost per header: {l}")),
         );
-        let cells = Capability::ALL
+        let cells: Vec<_> = Capability::ALL
             .iter()
             .map(|&c| (c, check::cell(c, expected, &o)))
             .collect();
+        if !o.has(Capability::NoFalseOverflow) {
+            // The kernel's own counter, as evidence that the alert is false.
+            if let Some(line) = guest_log.lines().find(|l| l.starts_with("netstat deltas")) {
+                notes.push(format!(
+                    "{} timewait_overflow alert(s); guest {line}",
+                    o.timewait_overflow_alerts
+                ));
+            }
+        }
         Row {
             kernel: kernel.to_owned(),
             package: package.to_owned(),
@@ -164,6 +176,22 @@ pub fn stderr_cause(stderr: &str) -> String {
         s.push_str("...");
     }
     s
+}
+
+/// The programs netwatch says the verifier rejected, as `name (hook)`, once each (the
+/// verifier's log that follows each warning is left to the kept stderr file).
+pub fn rejected_programs(stderr: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in stderr.lines() {
+        let Some(rest) = line.split("the verifier rejected ").nth(1) else {
+            continue;
+        };
+        let name = rest.split(':').next().unwrap_or(rest).trim().to_owned();
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
 }
 
 pub fn markdown(rows: &[Row], accel: Accel, prep: Duration, total: Duration) -> String {
@@ -270,6 +298,24 @@ mod tests {
         assert!(lines[3].contains("| ? |") && lines[3].ends_with("**FAIL** |"));
         assert!(md.contains("- 5.10: netwatch exited 1: bad"));
         assert!(md.contains("TCG"));
+    }
+
+    #[test]
+    fn rejected_programs_are_named_once_with_their_hook() {
+        let err = "netwatch: warning: conntrack entry lifetimes are not followed\n\
+            netwatch: warning: the verifier rejected slab_alloc (tp_btf/kmem_cache_alloc): the \
+            BPF_PROG_LOAD syscall returned Permission denied (os error 13). Verifier output: x\n\
+            0: (79) r1 = *(u64 *)(r1 +0)\n\
+            netwatch: warning: the verifier rejected drops (tp_btf/kfree_skb): the syscall\n\
+            netwatch: warning: the verifier rejected drops (tp_btf/kfree_skb): again\n";
+        assert_eq!(
+            rejected_programs(err),
+            [
+                "slab_alloc (tp_btf/kmem_cache_alloc)",
+                "drops (tp_btf/kfree_skb)"
+            ]
+        );
+        assert!(rejected_programs("").is_empty());
     }
 
     #[test]
