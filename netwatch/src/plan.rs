@@ -152,7 +152,7 @@ pub struct Step {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttachPlan {
-    /// In attach order; the first is `set_state` or `set_state_ptr`.
+    /// In attach order; the last is `set_state` or `set_state_ptr`.
     pub steps: Vec<Step>,
     /// Features lost before anything is loaded, with why in the user's words.
     pub unavailable: Vec<(Feature, String)>,
@@ -366,6 +366,10 @@ pub fn plan(facts: &KernelFacts) -> Result<AttachPlan, String> {
             format!("this kernel has no `{}` tracepoint", tp::SYNACK_RETRANSMIT),
         ));
     }
+    // set_state attaches last: a socket closing into TIME_WAIT is matched with the timewait
+    // socket the slab hook saw allocated just before, so that hook must already run when the
+    // first close is seen (a trace started under churn otherwise shows false overflows).
+    steps.rotate_left(1);
     Ok(AttachPlan { steps, unavailable })
 }
 

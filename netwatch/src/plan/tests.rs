@@ -98,6 +98,11 @@ fn newest_kernels_get_every_feature_from_tracepoints() {
         );
         assert!(programs(&p, Hook::TwSegment).is_empty());
         assert!(p.unavailable.is_empty(), "{:?}", p.unavailable);
+        assert_eq!(
+            p.steps.last().unwrap().hook,
+            Hook::SetState,
+            "attached last"
+        );
         let f = features(&p, &all_first(&p));
         assert_eq!(lost(&f), []);
         assert_eq!(f.0.len(), Feature::ALL.len());
