@@ -162,134 +162,102 @@ fn arg_copy(ctx: &impl EbpfContext, n: usize) -> u64 {
     unsafe { bpf_probe_read_kernel((ctx.as_ptr() as *const u64).wrapping_add(n)) }.unwrap_or(0)
 }
 
-#[btf_tracepoint(function = "inet_sock_set_state")]
-pub fn set_state(ctx: BtfTracePointContext) -> i32 {
-    first(HOOK_SET_STATE, || {
-        transition::try_set_state::<ByCookie>(&ctx)
-    });
-    0
+/// A hook's program and its nested twin (see `first` and `nested`): the same work, one
+/// attribute, so the two cannot drift apart.
+macro_rules! twins {
+    ($(#[$attach:meta])* $first:ident, $second:ident, $hook:expr, $ctx:ty, $work:expr) => {
+        $(#[$attach])*
+        pub fn $first(ctx: $ctx) -> i32 {
+            first($hook, || ($work)(&ctx));
+            0
+        }
+
+        $(#[$attach])*
+        pub fn $second(ctx: $ctx) -> i32 {
+            nested($hook, || ($work)(&ctx));
+            0
+        }
+    };
 }
 
-#[btf_tracepoint(function = "inet_sock_set_state")]
-pub fn set_state_nested(ctx: BtfTracePointContext) -> i32 {
-    nested(HOOK_SET_STATE, || {
-        transition::try_set_state::<ByCookie>(&ctx)
-    });
-    0
-}
+twins!(
+    #[btf_tracepoint(function = "inet_sock_set_state")]
+    set_state,
+    set_state_nested,
+    HOOK_SET_STATE,
+    BtfTracePointContext,
+    transition::try_set_state::<ByCookie>
+);
 
-#[btf_tracepoint(function = "inet_sock_set_state")]
-pub fn set_state_ptr(ctx: BtfTracePointContext) -> i32 {
-    first(HOOK_SET_STATE, || {
-        transition::try_set_state::<ByPointer>(&ctx)
-    });
-    0
-}
+twins!(
+    #[btf_tracepoint(function = "inet_sock_set_state")]
+    set_state_ptr,
+    set_state_ptr_nested,
+    HOOK_SET_STATE,
+    BtfTracePointContext,
+    transition::try_set_state::<ByPointer>
+);
 
-#[btf_tracepoint(function = "inet_sock_set_state")]
-pub fn set_state_ptr_nested(ctx: BtfTracePointContext) -> i32 {
-    nested(HOOK_SET_STATE, || {
-        transition::try_set_state::<ByPointer>(&ctx)
-    });
-    0
-}
+twins!(
+    /// `kmem_cache_alloc(call_site, ptr, s, gfp_flags, node)` (6.0+).
+    #[btf_tracepoint(function = "kmem_cache_alloc")]
+    slab_alloc,
+    slab_alloc_nested,
+    HOOK_SLAB_ALLOC,
+    BtfTracePointContext,
+    |ctx: &BtfTracePointContext| slab::alloc(ctx.arg(0), ctx.arg(2), || arg_copy(ctx, 1))
+);
 
-/// `kmem_cache_alloc(call_site, ptr, s, gfp_flags, node)` (6.0+).
-#[inline(always)]
-fn slab_alloc_tp(ctx: &BtfTracePointContext) {
-    slab::alloc(ctx.arg(0), ctx.arg(2), || arg_copy(ctx, 1));
-}
+twins!(
+    /// `kmem_cache_free(call_site, ptr, s)` (6.0+).
+    #[btf_tracepoint(function = "kmem_cache_free")]
+    slab_free,
+    slab_free_nested,
+    HOOK_SLAB_FREE,
+    BtfTracePointContext,
+    |ctx: &BtfTracePointContext| slab::free(ctx.arg(2), || arg_copy(ctx, 1))
+);
 
-#[btf_tracepoint(function = "kmem_cache_alloc")]
-pub fn slab_alloc(ctx: BtfTracePointContext) -> i32 {
-    first(HOOK_SLAB_ALLOC, || slab_alloc_tp(&ctx));
-    0
-}
+twins!(
+    /// Return of `kmem_cache_alloc(s, gfpflags)`: the object is the slot after the two
+    /// arguments. No call site here, so conntrack is not followed this way.
+    #[fexit(function = "kmem_cache_alloc")]
+    slab_alloc_fexit,
+    slab_alloc_fexit_nested,
+    HOOK_SLAB_ALLOC,
+    FExitContext,
+    |ctx: &FExitContext| slab::alloc(0, ctx.arg(0), || arg_copy(ctx, 2))
+);
 
-#[btf_tracepoint(function = "kmem_cache_alloc")]
-pub fn slab_alloc_nested(ctx: BtfTracePointContext) -> i32 {
-    nested(HOOK_SLAB_ALLOC, || slab_alloc_tp(&ctx));
-    0
-}
+twins!(
+    /// Entry of `kmem_cache_free(s, x)`.
+    #[fentry(function = "kmem_cache_free")]
+    slab_free_fentry,
+    slab_free_fentry_nested,
+    HOOK_SLAB_FREE,
+    FEntryContext,
+    |ctx: &FEntryContext| slab::free(ctx.arg(0), || arg_copy(ctx, 1))
+);
 
-/// `kmem_cache_free(call_site, ptr, s)` (6.0+).
-#[inline(always)]
-fn slab_free_tp(ctx: &BtfTracePointContext) {
-    slab::free(ctx.arg(2), || arg_copy(ctx, 1));
-}
+twins!(
+    /// `kfree_skb(skb, location, reason, rx_sk)` (6.8+).
+    #[btf_tracepoint(function = "kfree_skb")]
+    drops,
+    drops_nested,
+    HOOK_DROPS,
+    BtfTracePointContext,
+    |ctx: &BtfTracePointContext| drops::try_kfree_skb(ctx, || ctx.arg(3))
+);
 
-#[btf_tracepoint(function = "kmem_cache_free")]
-pub fn slab_free(ctx: BtfTracePointContext) -> i32 {
-    first(HOOK_SLAB_FREE, || slab_free_tp(&ctx));
-    0
-}
-
-#[btf_tracepoint(function = "kmem_cache_free")]
-pub fn slab_free_nested(ctx: BtfTracePointContext) -> i32 {
-    nested(HOOK_SLAB_FREE, || slab_free_tp(&ctx));
-    0
-}
-
-/// Return of `kmem_cache_alloc(s, gfpflags)`: the object is the slot after the two
-/// arguments. No call site here, so conntrack is not followed this way.
-#[inline(always)]
-fn slab_alloc_ret(ctx: &FExitContext) {
-    slab::alloc(0, ctx.arg(0), || arg_copy(ctx, 2));
-}
-
-#[fexit(function = "kmem_cache_alloc")]
-pub fn slab_alloc_fexit(ctx: FExitContext) -> i32 {
-    first(HOOK_SLAB_ALLOC, || slab_alloc_ret(&ctx));
-    0
-}
-
-#[fexit(function = "kmem_cache_alloc")]
-pub fn slab_alloc_fexit_nested(ctx: FExitContext) -> i32 {
-    nested(HOOK_SLAB_ALLOC, || slab_alloc_ret(&ctx));
-    0
-}
-
-/// Entry of `kmem_cache_free(s, x)`.
-#[inline(always)]
-fn slab_free_entry(ctx: &FEntryContext) {
-    slab::free(ctx.arg(0), || arg_copy(ctx, 1));
-}
-
-#[fentry(function = "kmem_cache_free")]
-pub fn slab_free_fentry(ctx: FEntryContext) -> i32 {
-    first(HOOK_SLAB_FREE, || slab_free_entry(&ctx));
-    0
-}
-
-#[fentry(function = "kmem_cache_free")]
-pub fn slab_free_fentry_nested(ctx: FEntryContext) -> i32 {
-    nested(HOOK_SLAB_FREE, || slab_free_entry(&ctx));
-    0
-}
-
-#[btf_tracepoint(function = "kfree_skb")]
-pub fn drops(ctx: BtfTracePointContext) -> i32 {
-    first(HOOK_DROPS, || drops::try_kfree_skb(&ctx, || ctx.arg(3)));
-    0
-}
-
-#[btf_tracepoint(function = "kfree_skb")]
-pub fn drops_nested(ctx: BtfTracePointContext) -> i32 {
-    nested(HOOK_DROPS, || drops::try_kfree_skb(&ctx, || ctx.arg(3)));
-    0
-}
-
-#[btf_tracepoint(function = "kfree_skb")]
-pub fn drops_no_rx_sk(ctx: BtfTracePointContext) -> i32 {
-    first(HOOK_DROPS, || drops::try_kfree_skb(&ctx, core::ptr::null));
-    0
-}
-
-#[btf_tracepoint(function = "kfree_skb")]
-pub fn drops_no_rx_sk_nested(ctx: BtfTracePointContext) -> i32 {
-    nested(HOOK_DROPS, || drops::try_kfree_skb(&ctx, core::ptr::null));
-    0
-}
+twins!(
+    /// `kfree_skb(skb, location, reason)` (5.17 to 6.7): never reads a fourth argument.
+    #[btf_tracepoint(function = "kfree_skb")]
+    drops_no_rx_sk,
+    drops_no_rx_sk_nested,
+    HOOK_DROPS,
+    BtfTracePointContext,
+    |ctx: &BtfTracePointContext| drops::try_kfree_skb(ctx, core::ptr::null)
+);
 
 /// After a timewait socket handled a segment: an orphan's FIN_WAIT2 may have turned
 /// TIME_WAIT (kernels whose `kfree_skb` does not name the socket).
