@@ -406,7 +406,12 @@ fn take_census(cfg: &TraceConfig, agg: &mut Aggregator, owners: &mut IdMap<u64, 
                         );
                     }
                 }
-                agg.seed(now, socks.iter().map(existing));
+                agg.seed(
+                    now,
+                    socks
+                        .iter()
+                        .map(|s| existing(s, owners.get(&s.cookie).cloned())),
+                );
                 found.extend(socks.into_iter().map(|s| {
                     let owner = owners.get(&s.cookie).cloned();
                     (s, owner)
@@ -444,7 +449,7 @@ fn census_json<'a>(
         daddr: s.daddr.to_string(),
         dport: s.dport,
         state: state::name(s.state),
-        age_ns: existing(s).age_ns,
+        age_ns: existing(s, None).age_ns,
         netns: s.netns,
         pid: owner.map(|o| o.pid),
         comm: owner.map(|o| &*o.comm),
@@ -598,7 +603,7 @@ fn report_files(files: &TraceFiles) {
 const TIMEWAIT_LEN_MS: u64 = 60_000;
 const TIMER_TIMEWAIT: u8 = 3;
 
-fn existing(s: &census::CensusSocket) -> Existing {
+fn existing(s: &census::CensusSocket, owner: Option<Owner>) -> Existing {
     let age_ns = (s.state == state::TIME_WAIT && s.timer == TIMER_TIMEWAIT)
         .then(|| TIMEWAIT_LEN_MS.saturating_sub(s.expires_ms as u64) * 1_000_000);
     Existing {
@@ -608,6 +613,7 @@ fn existing(s: &census::CensusSocket) -> Existing {
         daddr: s.daddr,
         dport: s.dport,
         age_ns,
+        owner,
     }
 }
 

@@ -8,9 +8,9 @@ use std::net::IpAddr;
 use hdrhistogram::Histogram;
 use netwatch_common::state;
 
-use super::event::Transition;
+use super::event::{Owner, Transition};
 use super::fasthash::IdMap;
-use super::snapshot::{Bucket, Percentiles, Snapshot, StateStats, Talker};
+use super::snapshot::{Bucket, Peak, Percentiles, Snapshot, StateStats, Talker};
 
 /// Longest dwell a histogram records exactly (ten days); longer ones are clamped, so a
 /// five-day conntrack-style ESTABLISHED still lands in the top bucket.
@@ -50,6 +50,37 @@ struct Live {
     /// port of connecting ones.
     service_port: u16,
     remote: IpAddr,
+    /// Index into [`Processes`]; [`NO_PROCESS`] while no process is known.
+    process: u32,
+}
+
+/// What `Live::process` holds for a socket whose owner is unknown.
+const NO_PROCESS: u32 = u32::MAX;
+
+/// The processes seen owning sockets, each stored once, so that every live socket names its
+/// owner in four bytes and the mirror stays `Copy` at 131k TIME_WAIT sockets. Grows with
+/// the distinct (pid, command) pairs of the trace, which is far fewer than sockets.
+#[derive(Default)]
+struct Processes {
+    list: Vec<Owner>,
+    index: HashMap<Owner, u32>,
+}
+
+impl Processes {
+    fn id(&mut self, owner: Option<&Owner>) -> u32 {
+        let Some(o) = owner else { return NO_PROCESS };
+        if let Some(&i) = self.index.get(o) {
+            return i;
+        }
+        let i = self.list.len() as u32;
+        self.list.push(o.clone());
+        self.index.insert(o.clone(), i);
+        i
+    }
+
+    fn get(&self, id: u32) -> Option<&Owner> {
+        self.list.get(id as usize)
+    }
 }
 
 /// A socket that existed when tracing began, from the census.
@@ -62,6 +93,8 @@ pub struct Existing {
     pub dport: u16,
     /// How long it has been in `state`, when the kernel tells (TIME_WAIT's timer does).
     pub age_ns: Option<u64>,
+    /// The process holding it, as /proc said at the census.
+    pub owner: Option<Owner>,
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -114,6 +147,9 @@ pub struct Aggregator {
     /// Server-side SYN_RECV now, as the kernel lists its request sockets: they make no
     /// record until they end, so the caller counts them (sock_diag) each interval.
     syn_recv_now: Option<u64>,
+    /// Per state, the highest count of any snapshot so far (what the gauges showed).
+    peaks: [Peak; state::COUNT],
+    processes: Processes,
 }
 
 impl Default for Aggregator {
@@ -133,6 +169,8 @@ impl Aggregator {
             transitions: 0,
             last_snapshot_ns: None,
             syn_recv_now: None,
+            peaks: [Peak::default(); state::COUNT],
+            processes: Processes::default(),
         }
     }
 
@@ -197,6 +235,7 @@ impl Aggregator {
                 since: s.age_ns.map(|a| now_ns.saturating_sub(a)),
                 service_port: self.service_port(s.state, s.sport, s.dport, false),
                 remote: s.daddr,
+                process: self.processes.id(s.owner.as_ref()),
             };
             if s.state == state::LISTEN {
                 // Already counted in `listening` above.
@@ -233,11 +272,17 @@ impl Aggregator {
         }
         let accepted = t.synack_retransmits.is_some()
             || cur.is_some_and(|l| l.service_port == t.sport && t.sport != 0);
+        // Records made in softirq context name no process: the socket keeps the one it had.
+        let process = match &t.owner {
+            Some(o) => self.processes.id(Some(o)),
+            None => cur.map_or(NO_PROCESS, |c| c.process),
+        };
         let live = Live {
             state: t.new,
             since: Some(t.mono_ns),
             service_port: self.service_port(t.new, t.sport, t.dport, accepted),
             remote: t.daddr,
+            process,
         };
         if let Some(old) = &cur {
             self.count_out(old);
@@ -265,6 +310,9 @@ impl Aggregator {
     /// The view at `now_ns`; starts a new interval for the entry counts.
     pub fn snapshot(&mut self, now_ns: u64, lost: u64) -> Snapshot {
         let snap = self.peek(now_ns, lost);
+        for (peak, st) in self.peaks.iter_mut().zip(&snap.states) {
+            *peak = st.peak;
+        }
         self.last_snapshot_ns = Some(now_ns);
         self.entered = [0; state::COUNT];
         snap
@@ -283,6 +331,7 @@ impl Aggregator {
         let mut ages: Vec<Histogram<u64>> = (0..state::COUNT).map(|_| new_histogram()).collect();
         let mut by_port: Vec<HashMap<u16, u64>> = vec![HashMap::new(); state::COUNT];
         let mut by_remote: Vec<HashMap<IpAddr, u64>> = vec![HashMap::new(); state::COUNT];
+        let mut by_process: Vec<HashMap<u32, u64>> = vec![HashMap::new(); state::COUNT];
         for l in self.live.values() {
             let i = l.state as usize;
             if let Some(since) = l.since {
@@ -292,6 +341,9 @@ impl Aggregator {
             if l.state != state::LISTEN {
                 *by_remote[i].entry(l.remote).or_default() += 1;
             }
+            if l.process != NO_PROCESS {
+                *by_process[i].entry(l.process).or_default() += 1;
+            }
         }
         for i in 0..state::COUNT {
             let now = match self.syn_recv_now {
@@ -300,6 +352,7 @@ impl Aggregator {
             };
             snap.states[i] = StateStats {
                 now,
+                peak: self.peaks[i].with(now, now_ns),
                 entered: self.entered[i],
                 dwell: percentiles(&self.dwell[i]),
                 age: percentiles(&ages[i]),
@@ -307,6 +360,16 @@ impl Aggregator {
             };
             snap.top_local_ports[i] = top(std::mem::take(&mut by_port[i]));
             snap.top_remotes[i] = top(std::mem::take(&mut by_remote[i]));
+            snap.top_processes[i] = top(std::mem::take(&mut by_process[i]))
+                .into_iter()
+                .filter_map(|t| {
+                    let key = self.processes.get(t.key)?.clone();
+                    Some(Talker {
+                        key,
+                        count: t.count,
+                    })
+                })
+                .collect();
         }
         snap
     }
@@ -357,6 +420,53 @@ mod tests {
             accept_wait_ns: None,
             owner: None,
         }
+    }
+
+    fn owner(pid: u32, comm: &str) -> Owner {
+        Owner {
+            pid,
+            comm: comm.into(),
+        }
+    }
+
+    #[test]
+    fn sockets_keep_their_process_and_are_broken_down_by_it() {
+        let mut a = Aggregator::new();
+        a.seed(
+            0,
+            [Existing {
+                sock_id: 100,
+                state: CLOSE_WAIT,
+                sport: 8080,
+                daddr: "10.0.0.9".parse().unwrap(),
+                dport: 5000,
+                age_ns: None,
+                owner: Some(owner(6345, "python3")),
+            }],
+        );
+        for i in 0..3 {
+            let mut tr = t(i, S, SYN_SENT, ESTABLISHED, Some(1));
+            tr.owner = Some(owner(7, "curl"));
+            a.apply(&tr);
+            // Later records come from softirq context and name no process.
+            a.apply(&t(i, 2 * S, ESTABLISHED, CLOSE_WAIT, Some(S)));
+        }
+        a.apply(&t(9, 2 * S, ESTABLISHED, CLOSE_WAIT, Some(S)));
+        let snap = a.snapshot(3 * S, 0);
+        let top = &snap.top_processes[CLOSE_WAIT as usize];
+        assert_eq!(
+            top.len(),
+            2,
+            "the socket of no known process is not a row: {top:?}"
+        );
+        assert_eq!(
+            (top[0].key.to_string(), top[0].count),
+            ("curl[7]".to_owned(), 3)
+        );
+        assert_eq!(
+            (top[1].key.to_string(), top[1].count),
+            ("python3[6345]".to_owned(), 1)
+        );
     }
 
     #[test]
@@ -415,6 +525,29 @@ mod tests {
     }
 
     #[test]
+    fn peaks_outlive_the_sockets_and_keep_their_time() {
+        let mut a = Aggregator::new();
+        for i in 0..3 {
+            a.apply(&t(i, S, ESTABLISHED, CLOSE_WAIT, Some(S)));
+        }
+        a.snapshot(2 * S, 0);
+        for i in 0..3 {
+            a.apply(&t(i, 3 * S, CLOSE_WAIT, LAST_ACK, Some(S)));
+        }
+        // A redraw shows the peak too, without making it one.
+        assert_eq!(a.peek(4 * S, 0).state(LAST_ACK).peak.max, 3);
+        let snap = a.snapshot(5 * S, 0);
+        assert_eq!(snap.state(CLOSE_WAIT).now, 0);
+        assert_eq!(snap.state(CLOSE_WAIT).peak, Peak { max: 3, at: 2 * S });
+        assert_eq!(snap.state(LAST_ACK).peak, Peak { max: 3, at: 5 * S });
+        a.set_syn_recv_now(20);
+        a.snapshot(6 * S, 0);
+        a.set_syn_recv_now(0);
+        let snap = a.snapshot(7 * S, 0);
+        assert_eq!(snap.state(SYN_RECV).peak, Peak { max: 20, at: 6 * S });
+    }
+
+    #[test]
     fn late_request_record_does_not_rewind_the_socket() {
         let mut a = Aggregator::new();
         // The child went on to CLOSE_WAIT before the application accepted it.
@@ -441,6 +574,7 @@ mod tests {
                     daddr: "0.0.0.0".parse().unwrap(),
                     dport: 0,
                     age_ns: None,
+                    owner: None,
                 },
                 Existing {
                     sock_id: 2,
@@ -449,6 +583,7 @@ mod tests {
                     daddr: remote,
                     dport: 5555,
                     age_ns: None,
+                    owner: None,
                 },
                 Existing {
                     sock_id: 3,
@@ -457,6 +592,7 @@ mod tests {
                     daddr: remote,
                     dport: 5556,
                     age_ns: Some(20 * S),
+                    owner: None,
                 },
             ],
         );

@@ -216,11 +216,18 @@ pub struct Transition {
 
 /// A process that owns a socket: learned where the kernel runs in its context (connect,
 /// listen, accept) or from /proc for sockets that existed at start.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Owner {
     pub pid: u32,
     /// Shared: a socket's owner is copied onto each of its records.
     pub comm: Arc<str>,
+}
+
+/// `python3[6345]`, as `ss -p` and the kernel log name a process.
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}[{}]", self.comm, self.pid)
+    }
 }
 
 impl Owner {

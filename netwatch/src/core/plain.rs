@@ -58,6 +58,26 @@ pub fn summary(s: &Snapshot, clock: WallClock) -> String {
         out.push_str(" (RECORDS LOST)");
     }
     out.push('\n');
+    // Every state's peak, those back to 0 included: the pile-up that is over is still
+    // the story.
+    let peaks: Vec<String> = reported_states()
+        .filter(|&st| s.state(st).peak.max > 0)
+        .map(|st| {
+            let p = s.state(st).peak;
+            let at = clock.to_datetime(p.at);
+            format!(
+                "{} {} at {:02}:{:02}:{:02}",
+                state::name(st),
+                p.max,
+                at.hour(),
+                at.minute(),
+                at.second()
+            )
+        })
+        .collect();
+    if !peaks.is_empty() {
+        let _ = writeln!(out, "  peak  {}", peaks.join(", "));
+    }
     for &st in FOCUS {
         let stats = s.state(st);
         if stats.dwell.count > 0 {
@@ -89,6 +109,7 @@ pub fn coverage(kernel: &str, features: &KernelFeatures) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::snapshot::Peak;
 
     #[test]
     fn the_closing_words_name_the_kernel_and_what_it_hid() {
@@ -138,5 +159,19 @@ mod tests {
         );
         s.lost = 3;
         assert!(summary(&s, WallClock::with_offset(0)).contains("lost 3 (RECORDS LOST)"));
+        // A state back to 0 keeps its peak and when it was.
+        s.states[state::FIN_WAIT2 as usize].peak = Peak {
+            max: 200,
+            at: 4_000_000_000,
+        };
+        s.states[state::TIME_WAIT as usize].peak = Peak {
+            max: 28000,
+            at: 10_000_000_000,
+        };
+        let text = summary(&s, WallClock::with_offset(0));
+        assert!(
+            text.contains("\n  peak  FIN_WAIT2 200 at 00:00:04, TIME_WAIT 28000 at 00:00:10\n"),
+            "{text}"
+        );
     }
 }

@@ -135,6 +135,11 @@ pub struct CensusIn {
     pub state: String,
     pub age_ns: Option<u64>,
     pub netns: u32,
+    /// The process holding it at the census, where /proc told.
+    #[serde(default)]
+    pub pid: Option<u32>,
+    #[serde(default)]
+    pub comm: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -695,6 +700,10 @@ impl Replay {
                     daddr: c.daddr,
                     dport: c.dport,
                     age_ns: c.age_ns,
+                    owner: c.pid.map(|pid| Owner {
+                        pid,
+                        comm: Arc::from(c.comm.as_deref().unwrap_or("")),
+                    }),
                 });
             }
             RecordIn::Transition(t) => {

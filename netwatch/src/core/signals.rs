@@ -56,6 +56,53 @@ impl Environment {
     }
 }
 
+/// The evidence fields of an alert kind that count events of its own interval (so they add
+/// up over a trace), each with what it counts; the first is the headline, by which the worst
+/// interval is chosen. Findings quote these totals, not one alert's numbers. Kinds that report
+/// once (nat_suspected) or name no count are absent.
+pub fn counted_evidence(kind: &str) -> &'static [(&'static str, &'static str)] {
+    match kind {
+        "listen_overflow" => &[
+            (
+                "listen_overflows",
+                "accept-queue overflows (ListenOverflows)",
+            ),
+            (
+                "listen_drops",
+                "SYNs and ACKs dropped by listeners (ListenDrops)",
+            ),
+            (
+                "dropped_final_acks",
+                "final ACKs dropped at a full accept queue",
+            ),
+            (
+                "req_queue_full_drops",
+                "SYNs dropped at a full SYN queue (TCPReqQFullDrop)",
+            ),
+        ],
+        "synack_retransmits" => &[("count", "SYN-ACKs resent")],
+        "timewait_overflow" => &[
+            (
+                "tcp_timewait_overflow",
+                "closes with no TIME_WAIT (TCPTimeWaitOverflow)",
+            ),
+            (
+                "closed_without_timewait",
+                "closes seen without a timewait socket",
+            ),
+        ],
+        "port_exhaustion" => &[("failures", "connect() failures (EADDRNOTAVAIL)")],
+        "conntrack_full" => &[
+            (
+                "table_full_drops",
+                "packets dropped at a full conntrack table",
+            ),
+            ("early_drops", "conntrack entries evicted early"),
+        ],
+        _ => &[],
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Alert {

@@ -3,6 +3,8 @@
 
 use std::net::IpAddr;
 
+use super::event::Owner;
+
 use netwatch_common::state;
 
 /// count/p50/p90/p99/max of a set of durations, in nanoseconds.
@@ -23,10 +25,41 @@ pub struct Bucket {
     pub count: u64,
 }
 
+/// The most sockets a gauge has shown, and when it first showed that many. An incident is
+/// often over by the time someone looks (TIME_WAIT back to 0), so every view quotes the
+/// peak beside the current count: the number at the end alone hides what happened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Peak {
+    pub max: u64,
+    /// The stamp of the first sample that reached `max` (the caller's clock: CLOCK_MONOTONIC
+    /// live, the offset into the trace in a report).
+    pub at: u64,
+}
+
+impl Peak {
+    /// Takes one sample of the gauge; the earliest sample wins a tie, so the time says when
+    /// the pile-up reached its height, not when it last stood there.
+    pub fn observe(&mut self, n: u64, at: u64) {
+        if n > self.max {
+            *self = Peak { max: n, at };
+        }
+    }
+
+    /// This peak, or `n` now if that is higher (a redraw between snapshots).
+    pub fn with(self, n: u64, at: u64) -> Peak {
+        let mut p = self;
+        p.observe(n, at);
+        p
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StateStats {
     /// Sockets in this state now.
     pub now: u64,
+    /// The highest `now` of any snapshot so far (gauges are sampled once per interval, so a
+    /// peak between two samples is not seen, as in `ss` run in a loop).
+    pub peak: Peak,
     /// Sockets that entered the state during the last interval.
     pub entered: u64,
     /// Completed dwells in this state since the trace began.
@@ -57,6 +90,9 @@ pub struct Snapshot {
     pub top_local_ports: Vec<Vec<Talker<u16>>>,
     /// Per state: remote addresses with the most sockets in it, top N.
     pub top_remotes: Vec<Vec<Talker<IpAddr>>>,
+    /// Per state: the processes holding the most sockets in it, top N (sockets of no known
+    /// process are left out: a kernel-held TIME_WAIT socket belongs to nobody).
+    pub top_processes: Vec<Vec<Talker<Owner>>>,
     pub transitions: u64,
     /// Records the kernel could not send (ring buffer full) plus undecodable ones.
     pub lost: u64,
@@ -94,6 +130,7 @@ impl Snapshot {
             states: vec![StateStats::default(); state::COUNT],
             top_local_ports: vec![Vec::new(); state::COUNT],
             top_remotes: vec![Vec::new(); state::COUNT],
+            top_processes: vec![Vec::new(); state::COUNT],
             ..Default::default()
         }
     }
@@ -108,5 +145,21 @@ impl Snapshot {
             return 0.0;
         }
         self.state(s).entered as f64 * 1e9 / self.interval_ns as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Peak;
+
+    #[test]
+    fn a_peak_keeps_the_first_time_it_was_reached() {
+        let mut p = Peak::default();
+        for (n, at) in [(3, 1), (9, 2), (9, 3), (0, 4)] {
+            p.observe(n, at);
+        }
+        assert_eq!(p, Peak { max: 9, at: 2 });
+        assert_eq!(p.with(4, 5), p);
+        assert_eq!(p.with(10, 5), Peak { max: 10, at: 5 });
     }
 }

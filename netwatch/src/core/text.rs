@@ -24,9 +24,11 @@ fn endpoint(out: &mut String, addr: IpAddr, port: u16) {
     };
 }
 
-pub const HEADER: &str = "TIME             LOCAL                  REMOTE                 OLD          NEW          DWELL(old)";
+pub const HEADER: &str = "TIME             LOCAL                  REMOTE                 OLD          NEW          DWELL(old) PROCESS";
 
-/// `18:35:01.123456 10.0.0.1:40000 -> 10.0.0.2:80  SYN_SENT -> ESTABLISHED 1.2ms`
+/// `18:35:01.123456 10.0.0.1:40000 -> 10.0.0.2:80  SYN_SENT -> ESTABLISHED 1.2ms curl[4242]`
+/// (the process last, `-` when none is known: most records come from softirq context and
+/// take their owner from the socket's earlier ones)
 pub fn transition_line(t: &Transition, clock: WallClock) -> String {
     let dt = clock.to_datetime(t.mono_ns);
     let mut local = String::new();
@@ -34,7 +36,7 @@ pub fn transition_line(t: &Transition, clock: WallClock) -> String {
     let mut remote = String::new();
     endpoint(&mut remote, t.daddr, t.dport);
     format!(
-        "{:02}:{:02}:{:02}.{:06}  {:<22} {:<22} {:<12} {:<12} {}",
+        "{:02}:{:02}:{:02}.{:06}  {:<22} {:<22} {:<12} {:<12} {:<10} {}",
         dt.hour(),
         dt.minute(),
         dt.second(),
@@ -44,6 +46,9 @@ pub fn transition_line(t: &Transition, clock: WallClock) -> String {
         t.old_name(),
         t.new_name(),
         duration(t.dwell_ns),
+        t.owner
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), ToString::to_string),
     )
 }
 
@@ -74,7 +79,7 @@ mod tests {
         let line = transition_line(&t, WallClock::with_offset(3_600_000_000_000));
         assert_eq!(
             line,
-            "01:00:00.000001  10.0.0.1:40000         10.0.0.2:80            SYN_SENT     ESTABLISHED  42ns"
+            "01:00:00.000001  10.0.0.1:40000         10.0.0.2:80            SYN_SENT     ESTABLISHED  42ns       curl[4242]"
         );
     }
 }

@@ -4,7 +4,8 @@
 
 use serde::Serialize;
 
-use super::Report;
+use super::{text::offset, AlertItem, Report};
+use crate::core::signals::counted_evidence;
 use crate::core::text::duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -74,6 +75,81 @@ fn peak(r: &Report, st: &str) -> u64 {
     gauge.max(r.states.get(st).copied().unwrap_or(0))
 }
 
+/// `held by python3[6345] (200 sockets); ` for the processes holding a state's sockets at
+/// the end, or nothing when none is known.
+fn held_by(r: &Report, st: &str) -> String {
+    let Some(rows) = r.processes.get(st).filter(|p| !p.is_empty()) else {
+        return String::new();
+    };
+    let list: Vec<String> = rows
+        .iter()
+        .map(|p| {
+            format!(
+                "{p} ({} socket{})",
+                p.sockets,
+                if p.sockets == 1 { "" } else { "s" }
+            )
+        })
+        .collect();
+    format!("held by {}; ", list.join(", "))
+}
+
+fn evidence_number(a: &AlertItem, field: &str) -> Option<u64> {
+    a.evidence.get(field)?.as_u64()
+}
+
+/// The title and detail of an alert kind's finding: totals over every alert of the trace
+/// (each alert counts its own interval), the worst interval, then the worst alert's own words
+/// (its advice and evidence) for what to do.
+fn alert_totals(kind: &str, n: u64, alerts: &[&AlertItem]) -> (String, String) {
+    let fields = counted_evidence(kind);
+    let plural = if n == 1 { "" } else { "s" };
+    let Some(&(head, head_what)) = fields.first() else {
+        let last = alerts.last().map(|a| a.message.clone()).unwrap_or_default();
+        return (format!("{n} {kind} alert{plural}"), last);
+    };
+    let total = |field: &str| -> u64 {
+        alerts
+            .iter()
+            .filter_map(|a| evidence_number(a, field))
+            .sum()
+    };
+    let worst = alerts.iter().max_by_key(|a| {
+        (
+            evidence_number(a, head).unwrap_or(0),
+            std::cmp::Reverse(a.offset_ns),
+        )
+    });
+    let mut title = format!("{} {head_what} in {n} alert{plural}", total(head));
+    if let Some(w) = worst.filter(|_| n > 1) {
+        let _ = std::fmt::Write::write_fmt(
+            &mut title,
+            format_args!(
+                ", worst {} at {}",
+                evidence_number(w, head).unwrap_or(0),
+                offset(w.offset_ns)
+            ),
+        );
+    }
+    // Other counters only where they counted something: a 0 beside a big headline reads as
+    // a contradiction when the kernel cannot measure that one.
+    let others: Vec<String> = fields[1..]
+        .iter()
+        .map(|&(f, what)| (total(f), what))
+        .filter(|(t, _)| *t > 0)
+        .map(|(t, what)| format!("{t} {what}"))
+        .collect();
+    let mut detail = String::new();
+    if !others.is_empty() {
+        detail = format!("in all: {}; ", others.join(", "));
+    }
+    if let Some(w) = worst {
+        let which = if n > 1 { "worst interval" } else { "the alert" };
+        detail.push_str(&format!("{which}: {}", w.message));
+    }
+    (title, detail)
+}
+
 fn alert_severity(kind: &str) -> Severity {
     match kind {
         "port_exhaustion" | "listen_overflow" | "conntrack_full" => Severity::Critical,
@@ -104,12 +180,13 @@ pub fn findings(r: &Report) -> Vec<Finding> {
         ));
     }
     for (kind, n) in &r.alert_counts {
-        let first = r.alerts.iter().find(|a| &a.kind == kind);
+        let of_kind: Vec<&AlertItem> = r.alerts.iter().filter(|a| &a.kind == kind).collect();
+        let (title, detail) = alert_totals(kind, *n, &of_kind);
         out.push(finding(
             alert_severity(kind),
             &format!("alert:{kind}"),
-            format!("{n} {kind} alert{}", if *n == 1 { "" } else { "s" }),
-            first.map(|a| a.message.clone()).unwrap_or_default(),
+            title,
+            detail,
         ));
     }
 
@@ -160,9 +237,11 @@ pub fn findings(r: &Report) -> Vec<Finding> {
                     r.states.get("CLOSE_WAIT").copied().unwrap_or(a.count),
                     duration(Some(a.max))
                 ),
-                "the peer closed and the application has not: a missing close() (a leak), or \
-                 a worker stuck before it"
-                    .to_owned(),
+                format!(
+                    "{}the peer closed and the application has not: a missing close() (a \
+                     leak), or a worker stuck before it",
+                    held_by(r, "CLOSE_WAIT")
+                ),
             ));
         }
     }

@@ -241,14 +241,40 @@ fn states_plot(o: &mut String, r: &Report) {
     }
     o.push_str("</svg>\n<div class=\"legend\">");
     for st in &states {
-        let peak = r.peaks.get(st).map_or(0, |p| p.max);
+        let peak = r.peaks.get(st).map_or_else(
+            || "no peak".to_owned(),
+            |p| format!("peak {} at {}", p.max, offset(p.offset_ns)),
+        );
         let _ = write!(
             o,
-            r##"<span><i style="background:{}"></i>{st} (peak {peak})</span>"##,
+            r##"<span><i style="background:{}"></i>{st} ({peak})</span>"##,
             state_colour(st)
         );
     }
     o.push_str("</div>\n");
+}
+
+/// The count at the end and the peak of every state that held a socket, as in the text.
+fn sockets_table(o: &mut String, r: &Report) {
+    let rows = r.socket_rows();
+    if rows.is_empty() {
+        return;
+    }
+    o.push_str(
+        "<table id=\"sockets\"><tr><th>state</th><th>at the end</th><th>peak</th><th>at</th></tr>",
+    );
+    for (st, n, p) in rows {
+        let (max, at) = p.map_or_else(
+            || ("-".to_owned(), "no snapshot".to_owned()),
+            |p| (p.max.to_string(), offset(p.offset_ns)),
+        );
+        let _ = write!(
+            o,
+            "<tr><td>{st}</td><td class=\"n\">{n}</td><td class=\"n\">{max}</td><td class=\"n\">{}</td></tr>",
+            esc(&at)
+        );
+    }
+    o.push_str("</table>\n");
 }
 
 fn dwell_plots(o: &mut String, r: &Report) {
@@ -527,6 +553,7 @@ pub fn render(r: &Report) -> String {
 
     o.push_str("<h2>Sockets by state over time</h2>\n");
     states_plot(&mut o, r);
+    sockets_table(&mut o, r);
     o.push_str("<h2>Dwell histograms (completed dwells per state)</h2>\n");
     dwell_plots(&mut o, r);
     o.push_str("<h2>Alerts</h2>\n");
@@ -577,6 +604,20 @@ pub fn render(r: &Report) -> String {
                 duration(Some(p.p99)),
                 duration(Some(p.max))
             );
+        }
+        o.push_str("</table>\n");
+    }
+    if !r.processes.is_empty() {
+        o.push_str("<h2>Processes holding sockets at the end</h2>\n<table id=\"processes\"><tr><th>state</th><th>process</th><th>sockets</th></tr>");
+        for (st, rows) in &r.processes {
+            for p in rows {
+                let _ = write!(
+                    o,
+                    "<tr><td>{st}</td><td>{}</td><td class=\"n\">{}</td></tr>",
+                    esc(&p.to_string()),
+                    p.sockets
+                );
+            }
         }
         o.push_str("</table>\n");
     }

@@ -29,7 +29,7 @@ use crate::core::{
     replay::{
         HeaderIn, PercentilesIn, ReadError, RecordIn, Replay, ReplayFilter, SummaryIn, TraceReader,
     },
-    snapshot::Percentiles,
+    snapshot::{Peak, Percentiles},
 };
 use crate::features::KernelFeatures;
 use crate::writer;
@@ -84,10 +84,26 @@ pub struct GaugeJson {
     pub conntrack_max: Option<u64>,
 }
 
+/// A state's [`Peak`] over the report's gauges, `offset_ns` from the start of the trace.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct PeakJson {
     pub max: u64,
     pub offset_ns: u64,
+}
+
+/// A process holding sockets in one state at the end of the window.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessJson {
+    pub pid: u32,
+    pub comm: String,
+    pub sockets: u64,
+}
+
+impl std::fmt::Display for ProcessJson {
+    /// `python3[6345]`, as the live views name it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}[{}]", self.comm, self.pid)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -136,6 +152,9 @@ pub struct Report {
     pub histogram: BTreeMap<&'static str, Vec<BucketJson>>,
     /// Ages of the sockets still in each state at the end of the window.
     pub age: BTreeMap<&'static str, PercentilesJson>,
+    /// Per state, the processes holding the most of its sockets at the end of the window
+    /// (top 5; sockets of no known process are left out).
+    pub processes: BTreeMap<&'static str, Vec<ProcessJson>>,
     pub gauges: Vec<GaugeJson>,
     pub peaks: BTreeMap<&'static str, PeakJson>,
     pub alert_counts: BTreeMap<String, u64>,
@@ -147,6 +166,20 @@ pub struct Report {
     /// gzip stream that stops): records the numbers lack. Non-zero makes `report` exit with
     /// [`EXIT_DAMAGED`].
     pub damaged_lines: u64,
+}
+
+impl Report {
+    /// Every state that held a socket at the end or at any snapshot, with its count at the
+    /// end and its peak (None when no snapshot counted it: a trace cut before its first).
+    /// Text and HTML both list these rows: a state back to 0 at the end keeps its row, since
+    /// its peak is often the incident itself.
+    pub fn socket_rows(&self) -> Vec<(&'static str, u64, Option<PeakJson>)> {
+        self.states
+            .iter()
+            .map(|(st, n)| (*st, *n, self.peaks.get(st).copied().filter(|p| p.max > 0)))
+            .filter(|(_, n, p)| *n > 0 || p.is_some())
+            .collect()
+    }
 }
 
 /// `report`'s exit code when it skipped damaged lines: the report is made of everything
@@ -428,6 +461,20 @@ pub fn build(cfg: &ReportConfig) -> Result<Report> {
         ever[st as usize] |= alive.state(st).now > 0;
     }
     let shown: Vec<u8> = reported_states().filter(|&s| ever[s as usize]).collect();
+    let processes = reported_states()
+        .filter_map(|st| {
+            let top = alive.top_processes.get(st as usize)?;
+            let rows: Vec<ProcessJson> = top
+                .iter()
+                .map(|t| ProcessJson {
+                    pid: t.key.pid,
+                    comm: printable::owned(&t.key.comm),
+                    sockets: t.count,
+                })
+                .collect();
+            (!rows.is_empty()).then_some((state::name(st), rows))
+        })
+        .collect();
 
     let mut states = BTreeMap::new();
     let mut dwell = BTreeMap::new();
@@ -488,7 +535,7 @@ pub fn build(cfg: &ReportConfig) -> Result<Report> {
         );
     }
 
-    let mut peaks: BTreeMap<&'static str, PeakJson> = BTreeMap::new();
+    let mut peaks: BTreeMap<&'static str, Peak> = BTreeMap::new();
     let gauges: Vec<GaugeJson> = replay
         .gauges
         .iter()
@@ -498,12 +545,10 @@ pub fn build(cfg: &ReportConfig) -> Result<Report> {
             for &st in &shown {
                 let n = g.states[st as usize];
                 m.insert(state::name(st), n);
-                let peak = peaks
+                peaks
                     .entry(state::name(st))
-                    .or_insert(PeakJson { max: n, offset_ns });
-                if n > peak.max {
-                    *peak = PeakJson { max: n, offset_ns };
-                }
+                    .or_default()
+                    .observe(n, offset_ns);
             }
             GaugeJson {
                 ts: clock.ts(g.mono_ns),
@@ -617,8 +662,18 @@ pub fn build(cfg: &ReportConfig) -> Result<Report> {
         dwell,
         histogram,
         age,
+        processes,
         gauges,
-        peaks,
+        peaks: peaks
+            .into_iter()
+            .map(|(st, p)| {
+                let json = PeakJson {
+                    max: p.max,
+                    offset_ns: p.at,
+                };
+                (st, json)
+            })
+            .collect(),
         alert_counts,
         alerts,
         findings: Vec::new(),

@@ -53,6 +53,25 @@ pub fn pick_rows(n: usize, max: usize, keep: &[usize]) -> Vec<usize> {
     rows
 }
 
+/// Every state that held a socket at any snapshot: its count at the end, its peak and when.
+/// A state back to 0 at the end keeps its row, since its peak is often the incident.
+fn sockets(o: &mut String, r: &Report) {
+    let _ = writeln!(o, "\nSOCKETS (at the end; the peak of the gauges and when)");
+    let rows = r.socket_rows();
+    if rows.is_empty() {
+        let _ = writeln!(o, "  none");
+        return;
+    }
+    let _ = writeln!(o, "  {:<12} {:>8} {:>8}  AT", "STATE", "END", "PEAK");
+    for (st, n, p) in rows {
+        let (max, at) = match p {
+            Some(p) => (p.max.to_string(), offset(p.offset_ns)),
+            None => ("-".to_owned(), "(no snapshot)".to_owned()),
+        };
+        let _ = writeln!(o, "  {st:<12} {n:>8} {max:>8}  {at}");
+    }
+}
+
 pub fn render(r: &Report) -> String {
     let mut o = String::new();
     let t = &r.trace;
@@ -163,23 +182,7 @@ pub fn render(r: &Report) -> String {
         }
     }
 
-    let _ = writeln!(o, "\nSOCKETS AT THE END (peak)");
-    let mut line = String::from(" ");
-    for (st, n) in r.states.iter().filter(|(_, n)| **n > 0) {
-        let _ = write!(line, " {st} {n}");
-        if let Some(p) = r.peaks.get(st).filter(|p| p.max > *n) {
-            let _ = write!(line, " ({} at {})", p.max, offset(p.offset_ns));
-        }
-    }
-    let _ = writeln!(
-        o,
-        "{}",
-        if line.trim().is_empty() {
-            "  none"
-        } else {
-            &line
-        }
-    );
+    sockets(&mut o, r);
 
     let _ = writeln!(o, "\nDWELL (completed, per state)");
     if r.dwell.is_empty() {
@@ -230,6 +233,17 @@ pub fn render(r: &Report) -> String {
                 duration(Some(p.p99)),
                 duration(Some(p.max))
             );
+        }
+    }
+
+    if !r.processes.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nPROCESSES HOLDING SOCKETS AT THE END (top 5 per state)"
+        );
+        for (st, rows) in &r.processes {
+            let list: Vec<String> = rows.iter().map(|p| format!("{p} {}", p.sockets)).collect();
+            let _ = writeln!(o, "  {st:<12} {}", list.join(", "));
         }
     }
 

@@ -28,6 +28,8 @@ pub enum Breakdown {
     LocalPort,
     /// Which peer they are with: finds the backend or the NAT everything goes through.
     RemoteAddr,
+    /// Which process holds them (`ss -p`'s answer): finds the leaking program itself.
+    Process,
 }
 
 impl Breakdown {
@@ -35,6 +37,7 @@ impl Breakdown {
         match self {
             Breakdown::LocalPort => "local port",
             Breakdown::RemoteAddr => "remote address",
+            Breakdown::Process => "process",
         }
     }
 
@@ -42,7 +45,8 @@ impl Breakdown {
     pub fn toggled(self) -> Self {
         match self {
             Breakdown::LocalPort => Breakdown::RemoteAddr,
-            Breakdown::RemoteAddr => Breakdown::LocalPort,
+            Breakdown::RemoteAddr => Breakdown::Process,
+            Breakdown::Process => Breakdown::LocalPort,
         }
     }
 }
@@ -197,8 +201,10 @@ mod tests {
     }
 
     #[test]
-    fn b_toggles_breakdown() {
+    fn b_cycles_through_every_breakdown() {
         let mut dash = Dashboard::new();
+        dash.handle_key(press(KeyCode::Char('b')));
+        assert_eq!(dash.breakdown(), Breakdown::Process);
         dash.handle_key(press(KeyCode::Char('b')));
         assert_eq!(dash.breakdown(), Breakdown::LocalPort);
         dash.handle_key(press(KeyCode::Char('b')));

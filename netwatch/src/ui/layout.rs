@@ -83,7 +83,8 @@ pub fn split(area: Rect, alerts: usize) -> Areas {
 /// States and the ages of open sockets on the left (both short lists of numbers); the
 /// histogram and the talkers, which want width, on the right.
 fn two_columns(body: Rect, areas: &mut Areas) {
-    let left_w = (body.width * 2 / 5).clamp(34, 52);
+    // The states table (key, name, now, peak, rate) needs 40 columns with its borders.
+    let left_w = (body.width * 2 / 5).clamp(40, 52);
     let (left, right) = cut_columns(body, left_w);
 
     let (states, age) = cut_rows(left, STATES_HEIGHT.min(left.height));

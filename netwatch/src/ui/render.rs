@@ -18,7 +18,7 @@ use ratatui::{
 
 use super::dashboard::{digit_for, Breakdown, Dashboard, STATES};
 use super::layout;
-use crate::core::snapshot::{Bucket, Percentiles, Snapshot, StateStats, Talker};
+use crate::core::snapshot::{Bucket, Peak, Percentiles, Snapshot, StateStats, Talker};
 use crate::core::text::duration;
 
 const NO_PERCENTILES: Percentiles = Percentiles {
@@ -33,6 +33,7 @@ const NO_PERCENTILES: Percentiles = Percentiles {
 /// must keep drawing whatever the aggregator hands it.
 static NO_STATS: StateStats = StateStats {
     now: 0,
+    peak: Peak { max: 0, at: 0 },
     entered: 0,
     dwell: NO_PERCENTILES,
     age: NO_PERCENTILES,
@@ -106,7 +107,7 @@ pub fn render(frame: &mut Frame, dash: &Dashboard, snap: &Snapshot) {
         render_dwell(frame, area, s, stats(snap, s));
     }
     if let Some(area) = areas.age {
-        render_age(frame, area, s, &stats(snap, s).age);
+        render_age(frame, area, s, snap);
     }
     if let Some(area) = areas.talkers {
         render_talkers(frame, area, dash.breakdown(), s, snap);
@@ -141,8 +142,8 @@ fn render_states(frame: &mut Frame, area: Rect, dash: &Dashboard, snap: &Snapsho
         .map(|&s| stats(snap, s).now)
         .max()
         .unwrap_or(0);
-    // Selection marker, key, name, now, rate; what is left of the width becomes a gauge.
-    let fixed = 2 + 2 + 12 + 8 + 9;
+    // Selection marker, key, name, now, peak, rate; what is left becomes a gauge.
+    let fixed = 2 + 2 + 12 + 8 + 8 + 7;
     let gauge_w = (area.width.saturating_sub(2) as usize).saturating_sub(fixed + 1);
     let show_gauge = gauge_w >= 6;
 
@@ -152,13 +153,14 @@ fn render_states(frame: &mut Frame, area: Rect, dash: &Dashboard, snap: &Snapsho
             Cell::from(digit_for(i).to_string()),
             Cell::from(state::name(s)),
             right(st.now.to_string()),
+            right(st.peak.max.to_string()),
             right(format_rate(rate(snap, s))),
         ];
         if show_gauge {
             cells.push(Cell::from(bar(st.now, max_now, gauge_w)));
         }
         let row = Row::new(cells);
-        if st.now == 0 && st.entered == 0 && s != selected {
+        if st.now == 0 && st.entered == 0 && st.peak.max == 0 && s != selected {
             row.style(dim())
         } else {
             row
@@ -168,13 +170,15 @@ fn render_states(frame: &mut Frame, area: Rect, dash: &Dashboard, snap: &Snapsho
         Constraint::Length(1),
         Constraint::Length(11),
         Constraint::Length(7),
-        Constraint::Length(9),
+        Constraint::Length(7),
+        Constraint::Length(6),
     ];
     let mut header = vec![
         Cell::from("#"),
         Cell::from("STATE"),
         right("NOW"),
-        right("ENTRIES/s"),
+        right("PEAK"),
+        right("NEW/s"),
     ];
     if show_gauge {
         widths.push(Constraint::Fill(1));
@@ -279,15 +283,36 @@ fn render_dwell(frame: &mut Frame, area: Rect, s: u8, st: &StateStats) {
 
 /// The ages of sockets that have not left the state: unlike dwells, these show a leak while
 /// it is happening (CLOSE_WAIT ages that only grow).
-fn render_age(frame: &mut Frame, area: Rect, s: u8, age: &Percentiles) {
+fn render_age(frame: &mut Frame, area: Rect, s: u8, snap: &Snapshot) {
+    let st = stats(snap, s);
     let block = Block::bordered().title(title(format!("{} ages (still open)", state::name(s))));
     let inner = block.inner(area);
-    let lines = if age.count == 0 {
-        vec![Line::styled("none open", dim())]
+    let mut lines = vec![peak_line(st.peak, snap.mono_ns)];
+    if st.age.count == 0 {
+        lines.push(Line::styled("none open", dim()));
     } else {
-        percentile_lines(age, "open", inner.width)
-    };
+        lines.extend(percentile_lines(&st.age, "open", inner.width));
+    }
     frame.render_widget(Paragraph::new(lines).block(block), area);
+}
+
+/// The selected state's peak and how long ago it was: the states table has the number, this
+/// says when (a pile-up that is over is still worth knowing about).
+fn peak_line(peak: Peak, now_ns: u64) -> Line<'static> {
+    if peak.max == 0 {
+        return Line::styled("peak 0", dim());
+    }
+    let ago = now_ns.saturating_sub(peak.at);
+    let when = if ago == 0 {
+        "now".to_owned()
+    } else {
+        format!("{} ago", duration(Some(ago)))
+    };
+    Line::from(vec![
+        Span::styled("peak ", heading()),
+        Span::raw(format!("{} ", peak.max)),
+        Span::styled(when, dim()),
+    ])
 }
 
 fn talker_rows<K: Display>(list: &[Talker<K>], now: u64, gauge_w: usize) -> Vec<Row<'static>> {
@@ -337,10 +362,20 @@ fn render_talkers(frame: &mut Frame, area: Rect, breakdown: Breakdown, s: u8, sn
                 .collect(),
             "REMOTE",
         ),
+        Breakdown::Process => (
+            talkers(&snap.top_processes, s)
+                .iter()
+                .map(|t| t.key.to_string())
+                .collect(),
+            "PROCESS",
+        ),
     };
     if keys.is_empty() {
         let text = if now == 0 {
             format!("no sockets in {}", state::name(s))
+        } else if breakdown == Breakdown::Process {
+            // TIME_WAIT and orphans belong to the kernel, not to a process.
+            "no owning process known".to_owned()
         } else {
             "no breakdown yet".to_owned()
         };
@@ -362,6 +397,7 @@ fn render_talkers(frame: &mut Frame, area: Rect, breakdown: Breakdown, s: u8, sn
     let rows = match breakdown {
         Breakdown::LocalPort => talker_rows(talkers(&snap.top_local_ports, s), now, gauge_w),
         Breakdown::RemoteAddr => talker_rows(talkers(&snap.top_remotes, s), now, gauge_w),
+        Breakdown::Process => talker_rows(talkers(&snap.top_processes, s), now, gauge_w),
     };
     let header = Row::new(vec![
         Cell::from(key_header),

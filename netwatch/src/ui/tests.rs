@@ -9,7 +9,8 @@ use ratatui::{backend::TestBackend, buffer::Buffer, style::Color, Terminal};
 
 use super::dashboard::{digit_for, STATES};
 use super::{render, Action, Dashboard};
-use crate::core::snapshot::{Bucket, Percentiles, Snapshot, Talker};
+use crate::core::event::Owner;
+use crate::core::snapshot::{Bucket, Peak, Percentiles, Snapshot, Talker};
 
 const S: u64 = 1_000_000_000;
 const MS: u64 = 1_000_000;
@@ -35,6 +36,10 @@ fn incident(lost: u64) -> Snapshot {
 
     let tw = &mut snap.states[state::TIME_WAIT as usize];
     tw.now = 28_000;
+    tw.peak = Peak {
+        max: 31_000,
+        at: 3_000 * S,
+    };
     tw.entered = 466;
     tw.dwell = Percentiles {
         count: 51_000,
@@ -68,6 +73,22 @@ fn incident(lost: u64) -> Snapshot {
             count: 49_000,
         },
     ];
+    // A FIN_WAIT2 pile-up that is over: 0 now, its peak kept.
+    snap.states[state::FIN_WAIT2 as usize].peak = Peak {
+        max: 200,
+        at: 1_800 * S,
+    };
+    snap.states[state::CLOSE_WAIT as usize].peak = Peak {
+        max: 400,
+        at: 3_590 * S,
+    };
+    snap.top_processes[state::CLOSE_WAIT as usize] = vec![Talker {
+        key: Owner {
+            pid: 6345,
+            comm: "python3".into(),
+        },
+        count: 310,
+    }];
     snap.top_remotes[state::TIME_WAIT as usize] = vec![
         Talker {
             key: IpAddr::V4(Ipv4Addr::new(10, 20, 0, 7)),
@@ -193,6 +214,13 @@ fn selected_state_is_highlighted_and_drives_the_detail_panels() {
     let mut dash = showing(state::CLOSE_WAIT);
     dash.handle_key(press(KeyCode::Char('b')));
     let out = screen(80, 24, &dash, &incident(0));
+    // Who holds the leak: the process, as `ss -p` would name it.
+    assert!(out.contains("CLOSE_WAIT by process"), "{out}");
+    assert!(out.contains("python3[6345]      310  100%"), "{out}");
+    // Its peak and when, in the panel of the selected state.
+    assert!(out.contains("peak 400 10.0s ago"), "{out}");
+    dash.handle_key(press(KeyCode::Char('b')));
+    let out = screen(80, 24, &dash, &incident(0));
     assert!(out.contains(">7 CLOSE_WAIT"), "{out}");
     assert!(out.contains("CLOSE_WAIT ages (still open)"), "{out}");
     // An hour-old CLOSE_WAIT: the leak this panel is for.
@@ -209,6 +237,7 @@ fn keys_drive_what_is_drawn() {
     assert_eq!(dash.handle_key(press(KeyCode::Right)), Action::None);
     assert!(screen(80, 24, &dash, &snap).contains("CLOSE_WAIT dwell"));
     dash.handle_key(press(KeyCode::Left));
+    dash.handle_key(press(KeyCode::Char('b')));
     dash.handle_key(press(KeyCode::Char('b')));
     assert!(screen(80, 24, &dash, &snap).contains("TIME_WAIT by local port"));
     assert_eq!(dash.handle_key(press(KeyCode::Char('q'))), Action::Quit);
@@ -272,7 +301,7 @@ fn breakdown_hint_is_dropped_rather_than_drawn_over_a_long_title() {
     assert!(out.contains("ESTABLISHED by remote address ──"), "{out}");
     assert!(!out.contains("b: local port"), "{out}");
     dash.handle_key(press(KeyCode::Char('6')));
-    assert!(screen(80, 24, &dash, &incident(0)).contains("b: local port"));
+    assert!(screen(120, 24, &dash, &incident(0)).contains("b: process"));
 }
 
 #[test]

@@ -129,6 +129,7 @@ pub fn sample_with(n: u64) -> Sample {
             daddr: daddr.parse().unwrap(),
             dport,
             age_ns,
+            owner: None,
         });
     }
     agg.seed(START, existing);
