@@ -84,12 +84,18 @@ impl Row {
             broken = true;
             notes.push("the trace has no summary record".into());
         }
-        let claims = check::claims_not_kept(expected, &o);
+        let claims = check::claims_not_kept(&o);
         if !claims.is_empty() {
             broken = true;
             notes.push(format!(
                 "header claims but trace lacks: {}",
                 claims.join("; ")
+            ));
+        }
+        if !o.netfilter_drops_from.is_empty() {
+            notes.push(format!(
+                "netfilter drops from {}",
+                o.netfilter_drops_from.join(", ")
             ));
         }
         notes.extend(
