@@ -98,6 +98,7 @@ impl Row {
                 o.netfilter_drops_from.join(", ")
             ));
         }
+        notes.extend(check::unnamed_table_full_drops(&o));
         notes.extend(
             check::lost_features(&o)
                 .into_iter()

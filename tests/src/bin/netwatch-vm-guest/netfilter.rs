@@ -46,8 +46,9 @@ const SHORT_CONNECTIONS: usize = 3;
 const DROPPED_CONNECT: Duration = Duration::from_millis(1500);
 
 /// The ruleset: `notrack` in front of conntrack (priority raw) for everything outside the
-/// tracked ports, a `ct state` rule, whose use is what registers conntrack's hooks in the
-/// namespace at all, and the drop rule on input.
+/// tracked ports, a `ct state` match, whose use is what registers conntrack's hooks in the
+/// namespace at all (no `counter`: on 5.10 that is one more module, nft_counter), and the
+/// drop rule on input.
 pub fn ruleset() -> String {
     let tracked = format!("{TRACKED_FIRST}-{TRACKED_LAST}");
     format!(
@@ -58,7 +59,7 @@ pub fn ruleset() -> String {
          \t}}\n\
          \tchain out {{\n\
          \t\ttype filter hook output priority filter; policy accept;\n\
-         \t\tct state new counter\n\
+         \t\tct state new\n\
          \t}}\n\
          \tchain in {{\n\
          \t\ttype filter hook input priority filter; policy accept;\n\
