@@ -82,6 +82,7 @@ impl Log {
 /// Returns netwatch's exit code (None when it was killed or never ran).
 fn run(log: &mut Log) -> Result<Option<i32>> {
     mount_all(log)?;
+    let setup = Instant::now();
     load_modules(log);
     busybox(&["ip", "link", "set", "lo", "up"]).context("bringing lo up")?;
     sysctl("net/ipv4/tcp_fin_timeout", &FIN_TIMEOUT_S.to_string())?;
@@ -89,6 +90,10 @@ fn run(log: &mut Log) -> Result<Option<i32>> {
     if let Err(e) = netfilter::setup() {
         log.say(format!("warning: netfilter setup: {e:#}"));
     }
+    log.say(format!(
+        "modules and ruleset loaded in {:.2} s",
+        setup.elapsed().as_secs_f64()
+    ));
     log.say(conntrack_visibility());
     if let Err(e) = warm_up() {
         log.say(format!("warning: warm-up connection: {e:#}"));
