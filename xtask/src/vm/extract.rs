@@ -19,8 +19,8 @@ use crate::util::{command, describe};
 /// - `inet_diag`, `tcp_diag`: sock_diag, behind netwatch's census;
 /// - `nf_conntrack`: loaded before netwatch starts, which looks its allocator up in
 ///   /proc/kallsyms to recognise conntrack entries;
-/// - `nf_tables`, `nft_ct`: what the guest's ruleset needs (chains, payload matches,
-///   counters and verdicts are in `nf_tables` itself; `ct state` and `notrack` in
+/// - `nf_tables`, `nft_ct`: what the guest's ruleset needs (chains, payload matches and
+///   verdicts are in `nf_tables` itself; `ct state` and `notrack` in
 ///   `nft_ct`), pulling in `nfnetlink`, `nf_defrag_ipv4`/`ipv6` and `libcrc32c` as
 ///   dependencies where the kernel has them.
 pub const MODULES: &[&str] = &[
