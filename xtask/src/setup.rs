@@ -37,12 +37,14 @@ const TEST_PACKAGES: &[&str] = &[
     "gzip",
 ];
 /// What `cargo xtask vm-test` needs: QEMU to boot Debian's kernels, busybox-static for the
-/// guest's shell and mounts, dpkg-deb/cpio/kmod to unpack packages and read module
-/// dependencies, and the three decompressors because each kernel compresses modules
-/// differently (.ko.xz on 5.10/6.1, .ko.zst later).
+/// guest's shell and mounts, nftables for the guest's `nft` (copied in with its libraries),
+/// dpkg-deb/cpio/kmod to unpack packages and read module dependencies, and the three
+/// decompressors because each kernel compresses modules differently (.ko.xz on 5.10/6.1,
+/// .ko.zst later).
 const VM_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
+    "nftables",
     "cpio",
     "kmod",
     "zstd",
@@ -71,12 +73,17 @@ pub fn ensure(install: bool) -> Result<()> {
 }
 
 fn apt_packages(install: bool) -> Result<()> {
-    let wanted: Vec<&str> = TOOLCHAIN_PACKAGES
+    // A package two lists need (nftables) is checked and installed once.
+    let mut wanted: Vec<&str> = Vec::new();
+    for &pkg in TOOLCHAIN_PACKAGES
         .iter()
         .chain(TEST_PACKAGES)
         .chain(VM_PACKAGES)
-        .copied()
-        .collect();
+    {
+        if !wanted.contains(&pkg) {
+            wanted.push(pkg);
+        }
+    }
     let installed = installed_packages(&wanted)?;
     let mut missing = Vec::new();
     for pkg in &wanted {

@@ -13,8 +13,23 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::util::{command, describe};
 
-/// The sock_diag modules behind netwatch's census. Debian builds them as modules.
-pub const MODULES: &[&str] = &["inet_diag", "tcp_diag"];
+/// The modules the guest loads (dependencies are added from each module's `depends`).
+/// Debian builds all of them as modules, and the guest has no modprobe to load them on
+/// demand:
+/// - `inet_diag`, `tcp_diag`: sock_diag, behind netwatch's census;
+/// - `nf_conntrack`: loaded before netwatch starts, which looks its allocator up in
+///   /proc/kallsyms to recognise conntrack entries;
+/// - `nf_tables`, `nft_ct`: what the guest's ruleset needs (chains, payload matches and
+///   verdicts are in `nf_tables` itself; `ct state` and `notrack` in
+///   `nft_ct`), pulling in `nfnetlink`, `nf_defrag_ipv4`/`ipv6` and `libcrc32c` as
+///   dependencies where the kernel has them.
+pub const MODULES: &[&str] = &[
+    "inet_diag",
+    "tcp_diag",
+    "nf_conntrack",
+    "nf_tables",
+    "nft_ct",
+];
 
 /// What the guest of one kernel is made from.
 #[derive(Debug, Clone)]
@@ -24,12 +39,18 @@ pub struct KernelFiles {
     pub modules: Vec<PathBuf>,
 }
 
-/// The kernel in `debs`, unpacked into `out` unless an earlier run did (the `order` file is
-/// written last, so its presence means the unpacking finished).
+/// The kernel in `debs`, unpacked into `out` unless an earlier run did for the same
+/// [`MODULES`] (the `order` file is written last, so its presence means the unpacking
+/// finished; `wanted` says for which modules, so adding one to the list unpacks again).
 pub fn kernel_files(debs: &[PathBuf], out: &Path) -> Result<KernelFiles> {
     let order = out.join("modules.order");
+    let wanted = out.join("modules.wanted");
     let vmlinuz = out.join("vmlinuz");
-    if let (Ok(list), true) = (fs::read_to_string(&order), vmlinuz.is_file()) {
+    let same_modules = fs::read_to_string(&wanted).is_ok_and(|w| w == wanted_list());
+    if let (Ok(list), true) = (
+        fs::read_to_string(&order),
+        vmlinuz.is_file() && same_modules,
+    ) {
         let modules = list.lines().map(|l| out.join(l)).collect::<Vec<_>>();
         if modules.iter().all(|m| m.is_file()) {
             return Ok(KernelFiles { vmlinuz, modules });
@@ -41,12 +62,19 @@ pub fn kernel_files(debs: &[PathBuf], out: &Path) -> Result<KernelFiles> {
     fs::create_dir_all(out).with_context(|| format!("could not create {}", out.display()))?;
     let tree = tempdir(out)?;
     let modules = unpack(debs, &tree.0, out)?;
+    fs::write(&wanted, wanted_list())
+        .with_context(|| format!("could not write {}", wanted.display()))?;
     let names: String = modules
         .iter()
         .map(|m| format!("{}\n", m.file_name().unwrap_or_default().to_string_lossy()))
         .collect();
     fs::write(&order, names).with_context(|| format!("could not write {}", order.display()))?;
     Ok(KernelFiles { vmlinuz, modules })
+}
+
+/// What `modules.wanted` holds: the [`MODULES`] an unpacked kernel was made for.
+fn wanted_list() -> String {
+    MODULES.iter().map(|m| format!("{m}\n")).collect()
 }
 
 /// A directory removed when dropped, also on error.

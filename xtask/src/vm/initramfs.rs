@@ -163,8 +163,22 @@ pub struct Contents<'a> {
     pub driver: &'a Path,
     pub netwatch: &'a Path,
     pub busybox: &'a Path,
+    /// The host's nft, for the guest's netfilter ruleset.
+    pub nft: &'a Path,
     /// Decompressed modules in load order (dependencies first).
     pub modules: &'a [PathBuf],
+}
+
+impl Contents<'_> {
+    /// The dynamically linked programs, by where the guest finds them: each gets the
+    /// libraries `ldd` names for it. (busybox is static and goes in on its own.)
+    fn dynamic_programs(&self) -> [(&'static str, &Path); 3] {
+        [
+            ("init", self.driver),
+            ("bin/netwatch", self.netwatch),
+            ("bin/nft", self.nft),
+        ]
+    }
 }
 
 /// Writes the archive to `out`.
@@ -175,13 +189,12 @@ pub fn build(c: &Contents<'_>, out: &Path) -> Result<()> {
         cpio.dir(d);
     }
     cpio.char_dev("dev/console", 5, 1);
-    cpio.file("init", 0o755, &read(c.driver)?);
-    cpio.file("bin/netwatch", 0o755, &read(c.netwatch)?);
     cpio.file("bin/busybox", 0o755, &read(c.busybox)?);
     // For a human poking at a kept guest; the driver calls busybox by its full path.
     cpio.symlink("bin/sh", "busybox");
     let mut libs = BTreeSet::new();
-    for bin in [c.driver, c.netwatch] {
+    for (at, bin) in c.dynamic_programs() {
+        cpio.file(at, 0o755, &read(bin)?);
         libs.extend(libraries(bin)?);
     }
     for lib in &libs {

@@ -1,6 +1,6 @@
 //! `cargo xtask vm-test`: netwatch on the Debian kernels of the matrix, each booted under
-//! QEMU with a small initramfs (netwatch, a scenario driver, busybox, the sock_diag modules),
-//! real loopback TCP inside, and the trace checked on the host against what each kernel is
+//! QEMU with a small initramfs (netwatch, a scenario driver, busybox, nft, the sock_diag and
+//! netfilter modules), real loopback TCP (some of it through conntrack) inside, and the trace checked on the host against what each kernel is
 //! expected to show. The table it prints (and writes as Markdown) is where the README's
 //! supported-kernels table comes from.
 
@@ -33,6 +33,8 @@ use report::Row;
 const GUEST_PACKAGE: &str = "netwatch-tests";
 const GUEST_BIN: &str = "netwatch-vm-guest";
 const BUSYBOX: &str = "/bin/busybox";
+/// The host's nft (Debian's `nftables`) loads the guest's ruleset: the tool users have.
+const NFT: &str = "/usr/sbin/nft";
 /// Where downloads persist between runs; CI machines keep this directory.
 const CACHE_ENV: &str = "NETWATCH_VM_CACHE";
 const SYSTEM_CACHE: &str = "/var/cache/netwatch-vm";
@@ -55,10 +57,8 @@ pub fn vm_test(opts: &Opts) -> Result<ExitCode> {
     setup::ensure(true)?;
     let netwatch = build::build_netwatch(true)?;
     let driver = build_guest()?;
-    let busybox = Path::new(BUSYBOX);
-    if !busybox.is_file() {
-        bail!("{BUSYBOX} is missing: install busybox-static (`cargo xtask setup` as root)");
-    }
+    let busybox = host_program(BUSYBOX, "busybox-static")?;
+    let nft = host_program(NFT, "nftables")?;
     let cache = cache_dir()?;
     say!("vm cache {}", cache.display());
     let apt = apt::Apt::new(&cache.join("apt"), &kernels::suites(kernels::KERNELS))?;
@@ -73,6 +73,7 @@ pub fn vm_test(opts: &Opts) -> Result<ExitCode> {
         netwatch: &netwatch,
         driver: &driver,
         busybox,
+        nft,
         accel,
         keep: opts.keep,
     };
@@ -108,6 +109,15 @@ pub fn vm_test(opts: &Opts) -> Result<ExitCode> {
         say!("vm-test: some kernels do not show what kernels.rs expects (see the notes above)");
         ExitCode::FAILURE
     })
+}
+
+/// A program of the host that goes into every guest, or which package to install for it.
+fn host_program(path: &'static str, package: &str) -> Result<&'static Path> {
+    let p = Path::new(path);
+    if !p.is_file() {
+        bail!("{path} is missing: install {package} (`cargo xtask setup` as root)");
+    }
+    Ok(p)
 }
 
 fn build_guest() -> Result<PathBuf> {
@@ -184,6 +194,7 @@ struct Guest<'a> {
     netwatch: &'a Path,
     driver: &'a Path,
     busybox: &'a Path,
+    nft: &'a Path,
     accel: qemu::Accel,
     keep: bool,
 }
@@ -203,6 +214,7 @@ impl Guest<'_> {
                 driver: self.driver,
                 netwatch: self.netwatch,
                 busybox: self.busybox,
+                nft: self.nft,
                 modules: &files.modules,
             },
             &initrd,

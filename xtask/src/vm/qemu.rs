@@ -1,7 +1,7 @@
 //! Boots one guest under QEMU, bounded in time, and reads back what it sent on its second
 //! serial port (the first is the kernel console, kept for diagnosis).
 //!
-//! The channel format, written by the guest driver (tests/src/bin/netwatch-vm-guest.rs) on a
+//! The channel format, written by the guest driver (tests/src/bin/netwatch-vm-guest/) on a
 //! raw-mode ttyS1: frames `NWVM <name> <length>\n<bytes>\n`, then `NWVM-END\n` once it has
 //! sent everything. Lengths rather than an encoding: the trace is sent as it is.
 

@@ -84,7 +84,7 @@ impl Row {
             broken = true;
             notes.push("the trace has no summary record".into());
         }
-        let claims = check::claims_not_kept(expected, &o);
+        let claims = check::claims_not_kept(&o);
         if !claims.is_empty() {
             broken = true;
             notes.push(format!(
@@ -92,6 +92,13 @@ impl Row {
                 claims.join("; ")
             ));
         }
+        if !o.netfilter_drops_from.is_empty() {
+            notes.push(format!(
+                "netfilter drops from {}",
+                o.netfilter_drops_from.join(", ")
+            ));
+        }
+        notes.extend(check::unnamed_table_full_drops(&o));
         notes.extend(
             check::lost_features(&o)
                 .into_iter()

@@ -1,6 +1,6 @@
 //! The guest side of `cargo xtask vm-test`: /init of a throw-away VM booted on one Debian
-//! kernel. It mounts what netwatch needs, loads the sock_diag modules, starts
-//! `netwatch trace`, drives real TCP scenarios over loopback while it traces, stops it, and
+//! kernel. It mounts what netwatch needs, loads the sock_diag and netfilter modules and a
+//! ruleset (netfilter.rs), starts `netwatch trace`, drives real TCP scenarios over loopback while it traces, stops it, and
 //! sends the trace, netwatch's stderr and exit status and its own log to the host over the
 //! second serial port, then powers the VM off.
 //!
@@ -22,6 +22,9 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
+
+mod netfilter;
+
 use netwatch_tests::{
     sock::{connect_bound, listen_backlog},
     tcp::{accept_timeout, connect_timeout, read_to_eof},
@@ -79,9 +82,19 @@ impl Log {
 /// Returns netwatch's exit code (None when it was killed or never ran).
 fn run(log: &mut Log) -> Result<Option<i32>> {
     mount_all(log)?;
+    let setup = Instant::now();
     load_modules(log);
     busybox(&["ip", "link", "set", "lo", "up"]).context("bringing lo up")?;
     sysctl("net/ipv4/tcp_fin_timeout", &FIN_TIMEOUT_S.to_string())?;
+    // Before netwatch starts: it looks conntrack's allocator up when it starts.
+    if let Err(e) = netfilter::setup() {
+        log.say(format!("warning: netfilter setup: {e:#}"));
+    }
+    log.say(format!(
+        "modules and ruleset loaded in {:.2} s",
+        setup.elapsed().as_secs_f64()
+    ));
+    log.say(conntrack_visibility());
     if let Err(e) = warm_up() {
         log.say(format!("warning: warm-up connection: {e:#}"));
     }
@@ -202,6 +215,19 @@ fn sysctl(path: &str, value: &str) -> Result<()> {
     fs::write(format!("/proc/sys/{path}"), value).with_context(|| format!("sysctl {path}={value}"))
 }
 
+/// Whether netwatch will find conntrack's allocator: kptr_restrict 2 would hide addresses
+/// even from root, and netwatch would then say conntrack lifetimes are unavailable.
+fn conntrack_visibility() -> String {
+    let restrict = fs::read_to_string("/proc/sys/kernel/kptr_restrict").unwrap_or_default();
+    let kallsyms = fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+    let shown = netfilter::kallsyms_has(&kallsyms, "__nf_conntrack_alloc");
+    format!(
+        "kptr_restrict {}; __nf_conntrack_alloc {} in /proc/kallsyms",
+        restrict.trim(),
+        if shown { "has an address" } else { "NOT shown" }
+    )
+}
+
 /// One loopback connection before anything runs. The first connections flip the kernel's
 /// once-only static keys (the hash secrets behind inet_ehashfn); patching that code while
 /// the other vCPU runs it was seen to oops 6.12 under multi-threaded TCG, so it is done
@@ -280,13 +306,17 @@ type Scenario = fn() -> Result<String>;
 
 /// Runs the scenarios side by side (each is mostly waiting), returning each one's outcome.
 fn scenarios() -> Vec<(&'static str, Result<String>)> {
-    let all: [(&'static str, Scenario); 6] = [
+    let all: [(&'static str, Scenario); 7] = [
         ("orphan FIN_WAIT2 dies", orphan_dies),
         ("orphan FIN_WAIT2 turns TIME_WAIT", orphan_to_time_wait),
         ("TIME_WAIT killed by a SYN", time_wait_killed),
         ("refused connect", refused),
         ("SYN-ACK retransmit", synack_retransmit),
         ("full backlog", full_backlog),
+        (
+            "conntrack lifetimes, then netfilter drops",
+            netfilter::scenarios,
+        ),
     ];
     let handles: Vec<_> = all
         .iter()
