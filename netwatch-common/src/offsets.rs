@@ -58,6 +58,8 @@ pub struct KernelOffsets {
     pub skb_dev: u32,
     /// `net_device.nd_net`
     pub dev_nd_net: u32,
+    /// `sk_buff.sk`: the sending socket of a packet on its way out, which has no device yet
+    pub skb_sk: u32,
     /// `tcp_timewait_sock.tw_ts_recent`
     pub tw_ts_recent: u32,
     /// `sock_common.skc_state`
@@ -111,6 +113,7 @@ impl KernelOffsets {
             skb_transport_header: Self::MISSING,
             skb_dev: Self::MISSING,
             dev_nd_net: Self::MISSING,
+            skb_sk: Self::MISSING,
             tw_ts_recent: Self::MISSING,
             skc_state: 18,
             ct_timeout: Self::MISSING,

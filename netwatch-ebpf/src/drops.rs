@@ -54,7 +54,7 @@ fn report(skb: *const u8, rx_sk: *const u8, reason: u32) {
     rec.netns = if !rx_sk.is_null() {
         read::netns(rx_sk, off)
     } else {
-        read::device_netns(skb, off)
+        read::packet_netns(skb, off)
     };
     if !emit::wanted(rec.netns, dport, sport) {
         return;

@@ -156,16 +156,21 @@ pub fn segment(skb: *const u8, off: &KernelOffsets) -> Option<Segment> {
     Some(seg)
 }
 
-/// Inode of the network namespace of the device a packet came in on.
+/// Inode of the network namespace a dropped packet belongs to: its device's, or, for a
+/// packet on its way out that has no device yet (conntrack refusing a local connect at
+/// LOCAL_OUT), its sending socket's.
 #[inline(always)]
-pub fn device_netns(skb: *const u8, off: &KernelOffsets) -> u32 {
+pub fn packet_netns(skb: *const u8, off: &KernelOffsets) -> u32 {
     let dev: u64 = at(skb, off.skb_dev);
-    if dev == 0 {
+    if dev != 0 {
+        let net: u64 = at(dev as *const u8, off.dev_nd_net);
+        if net != 0 {
+            return at(net as *const u8, off.net_ns_inum);
+        }
+    }
+    let sk: u64 = at(skb, off.skb_sk);
+    if sk == 0 {
         return 0;
     }
-    let net: u64 = at(dev as *const u8, off.dev_nd_net);
-    if net == 0 {
-        return 0;
-    }
-    at(net as *const u8, off.net_ns_inum)
+    netns(sk as *const u8, off)
 }

@@ -44,6 +44,7 @@ pub fn resolve(btf: &Btf) -> (KernelOffsets, Vec<String>) {
         skb_transport_header: get("sk_buff", "transport_header"),
         skb_dev: get("sk_buff", "dev"),
         dev_nd_net: get("net_device", "nd_net"),
+        skb_sk: get("sk_buff", "sk"),
         tw_ts_recent: get("tcp_timewait_sock", "tw_ts_recent"),
         skc_state: get("sock_common", "skc_state"),
         ct_timeout: get("nf_conn", "timeout"),

@@ -215,10 +215,9 @@ fn snapshot(s: &Value, o: &mut Observed) {
 }
 
 /// When a full table refused packets on a kernel with drop reasons but no alert names the
-/// scenario's client among the netfilter drops' senders: those drops are on output, where
-/// the packet has no device yet, and netwatch (when this was written) takes a drop's
-/// namespace from the device only, filing them under namespace 0, apart from the table's.
-/// A note, not a failure: the drop rule on input shows that netfilter drops are seen.
+/// scenario's client among the netfilter drops' senders. Those drops are on output, where
+/// the packet has no device yet: netwatch once filed them under namespace 0, apart from the
+/// table's, so an engineer whose client box filled its table was never told who sent.
 pub fn unnamed_table_full_drops(o: &Observed) -> Option<String> {
     let reasons = o
         .claimed
@@ -232,7 +231,7 @@ pub fn unnamed_table_full_drops(o: &Observed) -> Option<String> {
         format!(
             "the full conntrack table refused {} packet(s) of the host's own connect from \
              {TABLE_FULL_CLIENT}, but no conntrack_full alert names it among the netfilter \
-             drops' senders (drops on output carry no device, so no namespace, in netwatch)",
+             drops' senders",
             o.table_full_drops
         )
     })

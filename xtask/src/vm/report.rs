@@ -98,7 +98,12 @@ impl Row {
                 o.netfilter_drops_from.join(", ")
             ));
         }
-        notes.extend(check::unnamed_table_full_drops(&o));
+        // A full table's refusal of the host's own connect must name its sender (drops on
+        // the way out have no device; netwatch takes their namespace from the socket).
+        if let Some(note) = check::unnamed_table_full_drops(&o) {
+            broken = true;
+            notes.push(note);
+        }
         notes.extend(
             check::lost_features(&o)
                 .into_iter()
