@@ -11,14 +11,15 @@ use anyhow::{bail, Context, Result};
 use crate::cli::{ReportArgs, TimeSpec, TraceArgs};
 use crate::core::filter::AddrFilter;
 use crate::netns_spec;
+use crate::stop_signals;
 use crate::writer::{self, Rotation};
 
 pub enum OutputTarget {
     Stdout,
     File {
+        /// Checked now, created only once the programs are attached ([`open_output`]), so
+        /// that a failed start leaves no file behind.
         path: PathBuf,
-        /// The first file, opened (created) already.
-        file: File,
         /// The name ends in `.gz`.
         gzip: bool,
         rotation: Option<Rotation>,
@@ -59,8 +60,35 @@ pub fn resolve_netns(spec: &str) -> Result<u32> {
     Ok(netns_spec::resolve(spec, &netns_spec::System)?.inode)
 }
 
-/// Opens the trace file now, so a missing directory or a permission problem is reported
-/// before tracing starts. Never follows a symlink at the final component (a link planted in
+/// Checks, without creating anything, that the trace file can be created: an existing file
+/// (without `--force`), a symlink, a directory or a missing directory are reported before the
+/// slow start-up, and a start that fails later (no capability, no BTF) leaves no file behind.
+pub fn check_output(path: &Path, force: bool) -> Result<()> {
+    let refuse = |hint: &str| bail!("cannot create trace file {}: {hint}", path.display());
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => refuse("it is a symlink, which is not followed"),
+        Ok(m) if m.is_dir() => refuse("it is a directory"),
+        Ok(_) if !force => refuse("it exists; pass --force to overwrite it"),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            if dir.is_dir() {
+                Ok(())
+            } else {
+                refuse("its directory does not exist")
+            }
+        }
+        Err(e) => {
+            Err(anyhow::Error::new(e)
+                .context(format!("cannot create trace file {}", path.display())))
+        }
+    }
+}
+
+/// Creates the trace file once tracing can start (see [`check_output`]). Never follows a symlink at the final component (a link planted in
 /// a shared directory must not redirect a root-owned write), and never truncates an existing
 /// trace unless asked.
 pub fn open_output(path: &Path, force: bool) -> Result<File> {
@@ -113,13 +141,12 @@ impl TraceConfig {
                 if rotation.is_some() && !args.force {
                     refuse_old_parts(p)?;
                 }
-                let file = open_output(p, args.force)?;
+                check_output(p, args.force)?;
                 if rotation.is_some() && args.force {
                     remove_old_parts(p)?;
                 }
                 Some(OutputTarget::File {
                     path: p.to_owned(),
-                    file,
                     gzip: writer::is_gzip_name(p),
                     rotation,
                     force: args.force,
@@ -133,6 +160,10 @@ impl TraceConfig {
             View::Events
         } else if args.plain || !std::io::stdout().is_terminal() {
             View::Plain
+        } else if stop_signals::in_background(libc::STDOUT_FILENO)
+            || stop_signals::in_background(libc::STDIN_FILENO)
+        {
+            background_view(output.is_some())
         } else {
             View::Dashboard
         };
@@ -152,6 +183,22 @@ impl TraceConfig {
             verbose: args.verbose,
         })
     }
+}
+
+/// The view of a trace started in the background of an interactive shell: the dashboard
+/// would read keys and switch the terminal's modes, which stops a background job; so the
+/// file alone when there is one, else the plain summaries (writes pass: SIGTTOU is ignored).
+fn background_view(has_output: bool) -> View {
+    let view = if has_output { View::None } else { View::Plain };
+    eprintln!(
+        "netwatch: started in the background: no dashboard{}",
+        if has_output {
+            "; the trace goes to its file only"
+        } else {
+            "; plain summaries instead"
+        }
+    );
+    view
 }
 
 /// Rotated parts left next to the trace file by an earlier trace would be overwritten (or
@@ -264,9 +311,14 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("t.jsonl");
         let _ = std::fs::remove_file(&p);
+        check_output(&p, false).unwrap();
+        assert!(!p.exists(), "checking creates nothing");
         open_output(&p, false).unwrap();
         let err = open_output(&p, false).unwrap_err();
         assert!(format!("{err:#}").contains("--force"));
+        let err = check_output(&p, false).unwrap_err();
+        assert!(format!("{err:#}").contains("--force"));
+        check_output(&p, true).unwrap();
         open_output(&p, true).unwrap();
 
         let link = dir.join("link.jsonl");
@@ -274,8 +326,12 @@ mod tests {
         std::os::unix::fs::symlink(&p, &link).unwrap();
         let err = open_output(&link, true).unwrap_err();
         assert!(format!("{err:#}").contains("symlink"), "{err:#}");
+        let err = check_output(&link, true).unwrap_err();
+        assert!(format!("{err:#}").contains("symlink"), "{err:#}");
 
         let err = open_output(&dir.join("missing/t.jsonl"), false).unwrap_err();
+        assert!(format!("{err:#}").contains("directory does not exist"));
+        let err = check_output(&dir.join("missing/t.jsonl"), false).unwrap_err();
         assert!(format!("{err:#}").contains("directory does not exist"));
         std::fs::remove_dir_all(&dir).unwrap();
     }

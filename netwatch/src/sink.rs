@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 
-use crate::config::OutputTarget;
+use crate::config::{open_output, OutputTarget};
 use crate::core::{
     clock::{mono_now_ns, WallClock},
     event::{Event, Transition},
@@ -26,6 +26,7 @@ use crate::core::{
     snapshot::Snapshot,
     text,
 };
+use crate::stop_signals;
 use crate::writer::{self, Files, Finished, Framing, TraceWriter};
 
 enum JsonDest {
@@ -114,7 +115,6 @@ impl Sinks {
             }
             Some(OutputTarget::File {
                 path,
-                file,
                 gzip,
                 rotation,
                 force,
@@ -124,6 +124,7 @@ impl Sinks {
                     rotation,
                     flush_every: writer::FLUSH_EVERY,
                 };
+                let file = stop_signals::create_output(&path, || open_output(&path, force))?;
                 let framing = Box::new(TraceFraming { header, clock });
                 let w = TraceWriter::new(Files::new(path, force), file, opts, framing)?;
                 Some(JsonDest::File(Box::new(w)))

@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tokio::signal::unix::{signal, SignalKind};
 
 use crate::census;
 use crate::config::{TraceConfig, View};
@@ -35,6 +34,7 @@ use crate::loader::{Probes, VerifierLog};
 use crate::preflight;
 use crate::procfs;
 use crate::sink::{SinkError, Sinks, TraceFiles};
+use crate::stop_signals;
 use crate::ui;
 
 /// How often the ring buffer is drained. The kernel side never wakes us, so this bounds the
@@ -89,6 +89,14 @@ enum Stop {
 }
 
 impl Stop {
+    fn by_signal(sig: libc::c_int) -> Stop {
+        match sig {
+            libc::SIGTERM => Stop::Terminate,
+            libc::SIGHUP => Stop::Hangup,
+            _ => Stop::Interrupt,
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             Stop::Interrupt => "sigint",
@@ -263,8 +271,8 @@ impl Tracer {
         Ok(false)
     }
 
-    /// Traces until told to stop; says why, and the error that stopped it, if any. The signal
-    /// handlers stay installed after the loop, so a second Ctrl-C while the trace is being
+    /// Traces until told to stop; says why, and the error that stopped it, if any. Stop
+    /// signals stay taken after the loop, so a second Ctrl-C while the trace is being
     /// finished does not cut it short.
     async fn run(&mut self, duration: Option<Duration>) -> (Stop, Result<(), SinkError>) {
         let mut tick = tokio::time::interval(DRAIN_EVERY);
@@ -272,10 +280,6 @@ impl Tracer {
         let mut every = tokio::time::interval(self.cfg.interval);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         every.tick().await;
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-        // A closed terminal (an ssh session that dropped) must not lose the trace either.
-        let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
         let deadline = async {
             match duration {
                 Some(d) => tokio::time::sleep(d).await,
@@ -285,14 +289,16 @@ impl Tracer {
         tokio::pin!(deadline);
         let (stop, r) = loop {
             let step = tokio::select! {
-                _ = tick.tick() => self
-                    .drain()
-                    .and_then(|_| self.keys())
-                    .map(|quit| quit.then_some(Stop::Quit)),
+                // SIGINT, SIGTERM and SIGHUP (a dropped ssh session) are taken by
+                // `stop_signals` from the start; the one received ends the trace here.
+                _ = tick.tick() => match stop_signals::received() {
+                    Some(sig) => Ok(Some(Stop::by_signal(sig))),
+                    None => self
+                        .drain()
+                        .and_then(|_| self.keys())
+                        .map(|quit| quit.then_some(Stop::Quit)),
+                },
                 _ = every.tick() => self.snapshot().map(|_| None),
-                _ = int.recv() => Ok(Some(Stop::Interrupt)),
-                _ = term.recv() => Ok(Some(Stop::Terminate)),
-                _ = hup.recv() => Ok(Some(Stop::Hangup)),
                 _ = &mut deadline => Ok(Some(Stop::Duration)),
             };
             match step {
@@ -672,6 +678,8 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         sinks.census(census_json(s, owner.as_ref(), start_mono, clock));
     }
     drop(found);
+    // The trace exists: a signal from now on ends it with its summary.
+    stop_signals::tracing();
     let duration = cfg.duration;
     eprintln!(
         "netwatch: attached to {}; tracing{} (Ctrl-C to stop)",

@@ -10,12 +10,12 @@ use std::net::{TcpListener, TcpStream};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use netwatch_tests::require_root;
-use netwatch_tests::tracer::{netwatch_bin, read_records};
+use netwatch_tests::tracer::{netwatch_bin, read_records, wait_bounded};
 
 /// A pipe whose reader is already gone: every write to it fails with EPIPE.
 fn closed_pipe() -> Result<Stdio> {
@@ -36,22 +36,6 @@ struct TempFile(PathBuf);
 impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// Waits for `child`, killing it after `timeout`.
-fn wait_bounded(child: &mut Child, timeout: Duration) -> Result<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("netwatch did not exit within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
