@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::IsTerminal;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -68,6 +69,8 @@ pub fn check_output(path: &Path, force: bool) -> Result<()> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() => refuse("it is a symlink, which is not followed"),
         Ok(m) if m.is_dir() => refuse("it is a directory"),
+        // Nothing in a FIFO is overwritten: its reader gets the trace.
+        Ok(m) if m.file_type().is_fifo() => Ok(()),
         Ok(_) if !force => refuse("it exists; pass --force to overwrite it"),
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -88,11 +91,65 @@ pub fn check_output(path: &Path, force: bool) -> Result<()> {
     }
 }
 
-/// Creates the trace file once tracing can start (see [`check_output`]). Never follows a symlink at the final component (a link planted in
+/// The first trace file, as [`open_output`] leaves it.
+#[derive(Debug)]
+pub enum Opened {
+    File(File),
+    /// A FIFO that nobody has opened for reading: opening it for writing would wait for a
+    /// reader, so the writer thread does that ([`open_fifo_waiting`]) while tracing goes on.
+    FifoWithoutReader,
+}
+
+/// Opens a FIFO for writing, waiting for its reader: for the writer thread only.
+pub fn open_fifo_waiting(path: &Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Opens a FIFO without waiting for a reader (the kernel says ENXIO when there is none);
+/// None when it is not a FIFO. Writes to it block again once opened: the writer thread
+/// takes that wait, not the trace.
+fn open_fifo_now(path: &Path) -> Option<std::io::Result<Opened>> {
+    use std::os::fd::AsRawFd;
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if !meta.file_type().is_fifo() {
+        return None;
+    }
+    let opened = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    Some(match opened {
+        Ok(f) => {
+            // SAFETY: F_GETFL/F_SETFL on a descriptor this function owns.
+            let ok = unsafe {
+                let flags = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+                flags >= 0
+                    && libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) == 0
+            };
+            if ok {
+                Ok(Opened::File(f))
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(Opened::FifoWithoutReader),
+        Err(e) => Err(e),
+    })
+}
+
+/// Creates the trace file once tracing can start (see [`check_output`]); a FIFO is opened
+/// without waiting for its reader. Never follows a symlink at the final component (a link planted in
 /// a shared directory must not redirect a root-owned write), and never truncates an existing
 /// trace unless asked.
-pub fn open_output(path: &Path, force: bool) -> Result<File> {
-    writer::open_part(path, force).map_err(|e| {
+pub fn open_output(path: &Path, force: bool) -> Result<Opened> {
+    let opened = match open_fifo_now(path) {
+        Some(r) => r,
+        None => writer::open_part(path, force).map(Opened::File),
+    };
+    opened.map_err(|e| {
         let hint = match e.kind() {
             std::io::ErrorKind::AlreadyExists => "it exists; pass --force to overwrite it",
             std::io::ErrorKind::NotFound => "its directory does not exist",
@@ -334,5 +391,35 @@ mod tests {
         let err = check_output(&dir.join("missing/t.jsonl"), false).unwrap_err();
         assert!(format!("{err:#}").contains("directory does not exist"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_fifo_without_a_reader_is_opened_without_waiting_and_needs_no_force() {
+        let dir = crate::testing::TempDir::new("fifo-output");
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        check_output(&fifo, false).unwrap();
+        let start = std::time::Instant::now();
+        assert!(matches!(
+            open_output(&fifo, false).unwrap(),
+            Opened::FifoWithoutReader
+        ));
+        assert!(start.elapsed() < Duration::from_secs(1));
+        // With a reader it is opened at once, for blocking writes.
+        let reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        let Opened::File(f) = open_output(&fifo, false).unwrap() else {
+            panic!("a FIFO with a reader opens");
+        };
+        use std::os::fd::AsRawFd;
+        // SAFETY: F_GETFL on an open descriptor.
+        let flags = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
+        assert_eq!(flags & libc::O_NONBLOCK, 0);
+        drop(reader);
     }
 }

@@ -73,7 +73,19 @@ fn main() -> ExitCode {
                 "netwatch: {} transitions; lost {} records (ring buffer full), {} undecodable",
                 outcome.transitions, outcome.lost, outcome.undecodable
             );
-            if outcome.lost > 0 || outcome.undecodable > 0 {
+            if outcome.output_dropped > 0 {
+                eprintln!(
+                    "netwatch: {} records were dropped, not written: the trace's output did not \
+                     keep up (a slow or absent reader, a stalled disk); the summary's `records` \
+                     counts only those written",
+                    outcome.output_dropped
+                );
+            }
+            if outcome.lost > 0
+                || outcome.undecodable > 0
+                || outcome.output_dropped > 0
+                || outcome.incomplete
+            {
                 ExitCode::from(3)
             } else {
                 ExitCode::SUCCESS

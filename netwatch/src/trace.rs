@@ -36,6 +36,7 @@ use crate::procfs;
 use crate::sink::{SinkError, Sinks, TraceFiles};
 use crate::stop_signals;
 use crate::ui;
+use crate::writer::queue;
 
 /// How often the ring buffer is drained. The kernel side never wakes us, so this bounds the
 /// latency of the live view; 8 MiB holds ~100k records, far more than 20 ms of any churn
@@ -47,6 +48,10 @@ pub struct Outcome {
     pub transitions: u64,
     pub lost: u64,
     pub undecodable: u64,
+    /// Records the trace file's writer could not keep up with (a slow reader), dropped.
+    pub output_dropped: u64,
+    /// The trace file was not finished (a write failed, or its reader stopped reading).
+    pub incomplete: bool,
 }
 
 struct Tracer {
@@ -341,17 +346,19 @@ impl Tracer {
         let totals = SummaryTotals {
             stopped_by: stop.as_str(),
             start_mono_ns: self.start_mono,
-            records: self.sinks.records,
+            records: self.sinks.written(),
             lost_records,
             undecodable: self.undecodable,
         };
-        SummaryJson::new(
+        let mut summary = SummaryJson::new(
             &snap,
             self.clock,
             totals,
             self.sinks.alert_kinds.clone(),
             self.probes.features.clone(),
-        )
+        );
+        summary.output_dropped = queue::total(&self.sinks.dropped());
+        summary
     }
 }
 
@@ -721,6 +728,13 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
     let (stop, stopped) = rt.block_on(tracer.run(duration));
     // Leave the alternate screen before anything is printed on the way out.
     tracer.dashboard = None;
+    // The file's writer gets a short grace to catch up (what it has not taken then is
+    // dropped and counted), so `--duration` ends on time however slow the output's reader.
+    let settled = tracer.sinks.settle();
+    let stopped = match (stopped, settled) {
+        (Err(e), _) | (Ok(()), Err(e @ SinkError::Io(_))) => Err(e),
+        _ => Ok(()),
+    };
     // The summary goes in however tracing stopped; after a failed write nothing does.
     let summary = tracer.summary(stop);
     let finished = tracer.sinks.finish(&summary);
@@ -730,7 +744,7 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
     if let Err(SinkError::Io(e)) = stopped {
         return Err(e);
     }
-    finished?;
+    let incomplete = finished?.is_some_and(|f| !f.complete);
     let counters = tracer.probes.counters()?;
     let skipped = tracer.probes.recursion_misses();
     if skipped > 0 {
@@ -749,6 +763,8 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         transitions: tracer.sinks.transitions,
         lost: counters.lost_records,
         undecodable: tracer.undecodable,
+        output_dropped: summary.output_dropped,
+        incomplete,
     })
 }
 

@@ -212,6 +212,10 @@ pub struct SummaryJson {
     pub lost_records: u64,
     /// Records that arrived but could not be decoded.
     pub undecodable: u64,
+    /// Records the trace's output could not take in time (a slow or absent reader of a FIFO,
+    /// a stalled disk), dropped instead of holding up the tracer; `records` counts only those
+    /// written. Added within schema version 1: absent means 0.
+    pub output_dropped: u64,
     /// As in the header: the last record alone (`tail -n1`) says what the trace could see.
     pub kernel_features: KernelFeatures,
 }
@@ -250,6 +254,7 @@ impl SummaryJson {
             lost: totals.lost_records + totals.undecodable,
             lost_records: totals.lost_records,
             undecodable: totals.undecodable,
+            output_dropped: 0,
             kernel_features,
         };
         for st in reported_states() {
