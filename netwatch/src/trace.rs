@@ -358,6 +358,7 @@ impl Tracer {
             self.probes.features.clone(),
         );
         summary.output_dropped = queue::total(&self.sinks.dropped());
+        summary.skipped_runs = self.probes.recursion_misses();
         summary
     }
 }
@@ -746,11 +747,10 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
     }
     let incomplete = finished?.is_some_and(|f| !f.complete);
     let counters = tracer.probes.counters()?;
-    let skipped = tracer.probes.recursion_misses();
-    if skipped > 0 {
+    if summary.skipped_runs > 0 {
         eprintln!(
-            "netwatch: warning: the kernel skipped {skipped} runs of netwatch's programs nested \
-             twice on one CPU; records may be among them"
+            "netwatch: warning: {}",
+            crate::core::text::skipped_runs(summary.skipped_runs)
         );
     }
     if counters.state_map_full > 0 || counters.read_errors > 0 {

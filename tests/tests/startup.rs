@@ -206,5 +206,10 @@ fn a_trace_in_the_background_of_a_terminal_finishes() -> Result<()> {
         last["type"] == "summary" && last["stopped_by"] == "duration",
         "{last}"
     );
+    // What the trace may lack is in its last line.
+    ensure!(
+        last["skipped_runs"].is_u64() && last["output_dropped"] == 0,
+        "{last}"
+    );
     Ok(())
 }

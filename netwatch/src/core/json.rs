@@ -216,6 +216,10 @@ pub struct SummaryJson {
     /// a stalled disk), dropped instead of holding up the tracer; `records` counts only those
     /// written. Added within schema version 1: absent means 0.
     pub output_dropped: u64,
+    /// Runs of netwatch's programs the kernel skipped because one was already running on that
+    /// CPU, nested deeper than the twin programs catch: each may have been a transition (or
+    /// another record) that is missing. Added within schema version 1: absent means 0.
+    pub skipped_runs: u64,
     /// As in the header: the last record alone (`tail -n1`) says what the trace could see.
     pub kernel_features: KernelFeatures,
 }
@@ -255,6 +259,7 @@ impl SummaryJson {
             lost_records: totals.lost_records,
             undecodable: totals.undecodable,
             output_dropped: 0,
+            skipped_runs: 0,
             kernel_features,
         };
         for st in reported_states() {

@@ -47,6 +47,18 @@ pub fn transition_line(t: &Transition, clock: WallClock) -> String {
     )
 }
 
+/// What the kernel's skipped program runs may have cost, in the words both the tracer (at
+/// exit) and `report` use. The kernel runs one tracing program at a time per CPU; the twin
+/// programs take one level of nesting, and a run nested deeper is skipped and only counted,
+/// so which event it was is unknown: it may have been a transition of a traced socket, or an
+/// event netwatch would have filtered out anyway.
+pub fn skipped_runs(n: u64) -> String {
+    format!(
+        "the kernel skipped {n} run(s) of netwatch's programs nested on one CPU; up to {n} \
+         transition(s) or other records may be missing (counts may be understated)"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
