@@ -75,10 +75,8 @@ fn main() -> ExitCode {
             );
             if outcome.output_dropped > 0 {
                 eprintln!(
-                    "netwatch: {} records were dropped, not written: the trace's output did not \
-                     keep up (a slow or absent reader, a stalled disk); the summary's `records` \
-                     counts only those written",
-                    outcome.output_dropped
+                    "netwatch: {}; the summary's `records` counts only those written",
+                    core::text::output_dropped(outcome.output_dropped)
                 );
             }
             // Skipped kernel runs (said in the summary and on stderr by `trace::run`)

@@ -244,6 +244,9 @@ pub struct SummaryIn {
     /// Absent in traces written before netwatch recorded it.
     #[serde(default)]
     pub skipped_runs: u64,
+    /// Absent in traces written before netwatch recorded it.
+    #[serde(default)]
+    pub output_dropped: u64,
     #[serde(default)]
     pub kernel_features: KernelFeatures,
 }

@@ -47,6 +47,15 @@ pub fn transition_line(t: &Transition, clock: WallClock) -> String {
     )
 }
 
+/// What a trace lacks when its output did not keep up, in the words of both the tracer (at
+/// exit) and `report`.
+pub fn output_dropped(n: u64) -> String {
+    format!(
+        "{n} record(s) were dropped, not written: the trace's output did not keep up (a slow or \
+         absent reader, a stalled disk); the trace lacks them (COUNTS UNDERSTATED)"
+    )
+}
+
 /// What the kernel's skipped program runs may have cost, in the words both the tracer (at
 /// exit) and `report` use. The kernel runs one tracing program at a time per CPU; the twin
 /// programs take one level of nesting, and a run nested deeper is skipped and only counted,

@@ -448,6 +448,12 @@ fn times_out_of_range_are_said_not_panicked_on() {
 /// The sample with its summary's `skipped_runs` set, or removed (a trace from before it was
 /// recorded).
 fn sample_skipping(runs: Option<u64>) -> Vec<u8> {
+    sample_summary_with("skipped_runs", runs)
+}
+
+/// The sample with its summary's `field` set, or removed (a trace from before it was
+/// recorded).
+fn sample_summary_with(field: &str, value: Option<u64>) -> Vec<u8> {
     let mut out = Vec::new();
     for line in sample()
         .bytes
@@ -457,9 +463,9 @@ fn sample_skipping(runs: Option<u64>) -> Vec<u8> {
         let mut v: Value = serde_json::from_slice(line).unwrap();
         if v["type"] == "summary" {
             let o = v.as_object_mut().unwrap();
-            match runs {
-                Some(n) => o.insert("skipped_runs".into(), n.into()),
-                None => o.remove("skipped_runs"),
+            match value {
+                Some(n) => o.insert(field.into(), n.into()),
+                None => o.remove(field),
             };
         }
         serde_json::to_writer(&mut out, &v).unwrap();
@@ -492,4 +498,22 @@ fn runs_the_kernel_skipped_are_said_with_what_they_may_have_cost() {
         assert!(r.warnings.is_empty(), "{:?}", r.warnings);
         assert!(!text::render(&r).contains("the kernel skipped"));
     }
+}
+
+#[test]
+fn records_the_output_dropped_are_said() {
+    let dir = TempDir::new("output-dropped");
+    let p = dir.join("t.jsonl");
+    std::fs::write(&p, sample_summary_with("output_dropped", Some(42))).unwrap();
+    let r = build(&cfg(vec![p.clone()])).unwrap();
+    assert_eq!(r.output_dropped, Some(42));
+    let out = text::render(&r);
+    assert!(
+        out.contains("42 record(s) were dropped, not written"),
+        "{out}"
+    );
+    std::fs::write(&p, sample_summary_with("output_dropped", None)).unwrap();
+    let r = build(&cfg(vec![p.clone()])).unwrap();
+    assert_eq!(r.output_dropped, Some(0));
+    assert!(!text::render(&r).contains("were dropped"));
 }
