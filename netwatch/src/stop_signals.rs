@@ -15,9 +15,11 @@
 //!   been blocked.
 //!
 //! netwatch in the background of an interactive shell (`netwatch trace -o f &`) must never be
-//! stopped by its terminal: SIGTTOU (a write, or a change of terminal modes, with `tostop`
-//! set) and SIGTTIN (a read) are ignored, and the dashboard, which would read keys and change
-//! modes, is not used there ([`in_background`]).
+//! stopped by its terminal: SIGTTOU (a write with `tostop` set) is ignored, so messages and
+//! plain summaries pass, and the dashboard, the only part that reads the terminal (SIGTTIN)
+//! or changes its modes, is not used there ([`in_background`]). A dashboard sent to the
+//! background later (Ctrl-Z, `bg`) is stopped by its terminal as full-screen programs are,
+//! until `fg` ([`dashboard_owns_terminal`]), rather than fail on a read.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
@@ -92,14 +94,13 @@ fn stop_set() -> libc::sigset_t {
 }
 
 /// Blocks the stop signals and starts the thread that takes them; first thing in `main`,
-/// before any other thread exists. Also ignores SIGTTOU and SIGTTIN (see the module).
+/// before any other thread exists. Also ignores SIGTTOU (see the module).
 pub fn install() {
     let set = stop_set();
     // SAFETY: a valid set; the old mask is not wanted. SIG_IGN needs no handler.
     unsafe {
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         libc::signal(libc::SIGTTOU, libc::SIG_IGN);
-        libc::signal(libc::SIGTTIN, libc::SIG_IGN);
     }
     let spawned = std::thread::Builder::new()
         .name("stop-signals".into())
@@ -227,6 +228,14 @@ pub fn received() -> Option<libc::c_int> {
         0 => None,
         s => Some(s),
     }
+}
+
+/// The dashboard takes the terminal (started in the foreground): SIGTTOU acts as usual again,
+/// so that if it is sent to the background it stops until `fg` instead of drawing over the
+/// shell.
+pub fn dashboard_owns_terminal() {
+    // SAFETY: restores a standard signal's default disposition.
+    unsafe { libc::signal(libc::SIGTTOU, libc::SIG_DFL) };
 }
 
 /// True when `fd` is a terminal whose foreground is another process group: netwatch was

@@ -696,6 +696,7 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
     );
     let dashboard = if cfg.view == View::Dashboard {
         ui::install_panic_hook();
+        stop_signals::dashboard_owns_terminal();
         Some((ui::Tui::enter()?, ui::Dashboard::new()))
     } else {
         None
