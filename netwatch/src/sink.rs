@@ -28,15 +28,13 @@ use crate::core::{
 use crate::stop_signals;
 use crate::writer::background::{self, Background, Done, FinishError};
 use crate::writer::queue::{self, Batch};
-use crate::writer::{self, Files, Finished, Framing};
+use crate::writer::{self, Files, Finished, Framing, WriteError};
 
 /// Opens the first trace file in the writer thread.
 type OpenFn = Box<dyn FnOnce() -> io::Result<std::fs::File> + Send>;
 
 enum JsonDest {
-    /// Records for stdout, written at every flush.
-    Stdout(Vec<u8>),
-    /// Records for the trace file, handed to its writer thread at every flush.
+    /// Records for the trace file (or stdout), handed to its writer thread at every flush.
     File {
         writer: Background,
         path: PathBuf,
@@ -45,7 +43,37 @@ enum JsonDest {
         handed: RecordCounts,
         /// A write failed (reported): the file ends at its last whole record.
         failed: bool,
+        /// `--output -`: a closed pipe ends the trace normally, and there is no file to list.
+        stdout: bool,
     },
+}
+
+impl JsonDest {
+    /// Starts the trace's writer thread over `storage` (whose first file `open` makes);
+    /// `path` is `-` for stdout.
+    fn spawn<S, O>(
+        storage: S,
+        open: O,
+        opts: writer::Options,
+        framing: TraceFraming,
+        path: PathBuf,
+    ) -> Result<Self>
+    where
+        S: writer::Storage + Send + 'static,
+        O: FnOnce() -> io::Result<S::File> + Send + 'static,
+        S::File: Send,
+    {
+        let writer = Background::spawn(storage, open, opts, Box::new(framing), queue::CAPACITY)
+            .map_err(|e| anyhow::Error::new(e).context("starting the trace writer thread"))?;
+        Ok(JsonDest::File {
+            writer,
+            stdout: path.as_os_str() == "-",
+            path,
+            batch: Vec::with_capacity(1 << 16),
+            handed: RecordCounts::default(),
+            failed: false,
+        })
+    }
 }
 
 pub struct Sinks {
@@ -122,9 +150,21 @@ impl Sinks {
         let json = match output {
             None => None,
             Some(OutputTarget::Stdout) => {
-                let mut buf = Vec::with_capacity(1 << 16);
-                json::write_line(&mut buf, &Record::Header(&header));
-                Some(JsonDest::Stdout(buf))
+                let opts = writer::Options {
+                    gzip: false,
+                    rotation: None,
+                    // A pipe's reader (`| jq`) sees each drain as it comes.
+                    flush_every: std::time::Duration::ZERO,
+                };
+                let framing = TraceFraming { header, clock };
+                let open = writer::stdout::open;
+                Some(JsonDest::spawn(
+                    writer::stdout::Stdout,
+                    open,
+                    opts,
+                    framing,
+                    "-".into(),
+                )?)
             }
             Some(OutputTarget::File {
                 path,
@@ -138,7 +178,7 @@ impl Sinks {
                     flush_every: writer::FLUSH_EVERY,
                 };
                 let opened = stop_signals::create_output(&path, || open_output(&path, force))?;
-                let framing = Box::new(TraceFraming { header, clock });
+                let framing = TraceFraming { header, clock };
                 let open = match opened {
                     Opened::File(file) => Box::new(move || Ok(file)) as OpenFn,
                     Opened::FifoWithoutReader => {
@@ -153,21 +193,8 @@ impl Sinks {
                         Box::new(move || open_fifo_waiting(&fifo)) as OpenFn
                     }
                 };
-                let writer = Background::spawn(
-                    Files::new(path.clone(), force),
-                    open,
-                    opts,
-                    framing,
-                    queue::CAPACITY,
-                )
-                .map_err(|e| anyhow::Error::new(e).context("starting the trace writer thread"))?;
-                Some(JsonDest::File {
-                    writer,
-                    path,
-                    batch: Vec::with_capacity(1 << 16),
-                    handed: RecordCounts::default(),
-                    failed: false,
-                })
+                let files = Files::new(path.clone(), force);
+                Some(JsonDest::spawn(files, open, opts, framing, path)?)
             }
         };
         Ok(Self {
@@ -186,7 +213,6 @@ impl Sinks {
     fn record(&mut self, record: &Record<'_>) {
         match self.json.as_mut() {
             None => {}
-            Some(JsonDest::Stdout(buf)) => json::write_line(buf, record),
             Some(JsonDest::File { batch, .. }) => json::write_line(batch, record),
         }
     }
@@ -239,7 +265,6 @@ impl Sinks {
             let ts = &mut self.ts_cache;
             match self.json.as_mut() {
                 None => {}
-                Some(JsonDest::Stdout(buf)) => json::write_transition(buf, t, clock, ts),
                 Some(JsonDest::File { batch, .. }) => json::write_transition(batch, t, clock, ts),
             }
         }
@@ -278,25 +303,11 @@ impl Sinks {
                 })?;
             }
         }
-        if let Some(JsonDest::Stdout(buf)) = self.json.as_mut() {
-            if !buf.is_empty() {
-                let mut out = io::stdout().lock();
-                let r = out.write_all(buf).and_then(|_| out.flush());
-                buf.clear();
-                r.map_err(|e| {
-                    if is_closed_pipe(&e) {
-                        SinkError::ClosedPipe
-                    } else {
-                        SinkError::Io(anyhow::Error::new(e).context("writing JSON to stdout"))
-                    }
-                })?;
-            }
-        }
         Ok(())
     }
 
     fn writes_file(&self) -> bool {
-        matches!(self.json, Some(JsonDest::File { .. }))
+        matches!(self.json, Some(JsonDest::File { stdout: false, .. }))
     }
 
     /// stdout's reader went away while the trace goes to a file: the file is what matters,
@@ -326,6 +337,7 @@ impl Sinks {
             batch,
             handed,
             failed,
+            stdout,
             ..
         }) = self.json.as_mut()
         else {
@@ -338,6 +350,10 @@ impl Sinks {
         });
         *handed = records;
         match writer.failure() {
+            Some(WriteError::Write { error, .. }) if *stdout && is_closed_pipe(&error) => {
+                *failed = true;
+                Err(SinkError::ClosedPipe)
+            }
             Some(e) => {
                 *failed = true;
                 Err(SinkError::Io(e.into()))
@@ -377,28 +393,18 @@ impl Sinks {
     /// Ends the trace with `summary`, and makes it durable. Nothing is written after a write
     /// failed (already reported): that file ends at its last whole record.
     pub fn finish(&mut self, summary: &SummaryJson) -> Result<Option<TraceFiles>> {
-        let closed = match self.flush_stdout() {
-            Ok(()) => false,
-            Err(SinkError::ClosedPipe) => true,
+        match self.flush_stdout() {
+            Ok(()) | Err(SinkError::ClosedPipe) => {}
             Err(SinkError::Io(e)) => return Err(e),
         };
         match self.json.as_mut() {
             None => Ok(None),
-            Some(JsonDest::Stdout(buf)) => {
-                if !closed {
-                    json::write_line(buf, &Record::Summary(summary));
-                    match self.flush_stdout() {
-                        Ok(()) | Err(SinkError::ClosedPipe) => {}
-                        Err(SinkError::Io(e)) => return Err(e),
-                    }
-                }
-                Ok(None)
-            }
             Some(JsonDest::File { .. }) => {
                 let Some(JsonDest::File {
                     writer,
                     path,
                     failed,
+                    stdout,
                     ..
                 }) = self.json.take()
                 else {
@@ -407,6 +413,13 @@ impl Sinks {
                 let mut line = Vec::new();
                 json::write_line(&mut line, &Record::Summary(summary));
                 match writer.finish(line, background::GRACE) {
+                    // A closed pipe was a normal end; there is no file to tell of.
+                    Ok(_) if stdout => Ok(None),
+                    Err(FinishError::Write(WriteError::Write { error, .. }))
+                        if stdout && is_closed_pipe(&error) =>
+                    {
+                        Ok(None)
+                    }
                     Ok(Done { finished, warnings }) => Ok(Some(TraceFiles {
                         complete: !failed && !finished.files.is_empty(),
                         finished,
@@ -415,7 +428,7 @@ impl Sinks {
                     Err(FinishError::Write(e)) => Err(e.into()),
                     Err(e @ FinishError::Stuck(_)) => Ok(Some(TraceFiles {
                         finished: Finished {
-                            files: vec![path],
+                            files: if stdout { Vec::new() } else { vec![path] },
                             last_size: 0,
                             deleted: 0,
                         },

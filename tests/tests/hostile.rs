@@ -259,7 +259,7 @@ fn a_slow_reader_neither_stretches_the_duration_nor_loses_records_silently() -> 
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(&fifo.0)?;
-    let mut child = trace_into(&fifo.0, "3s")?;
+    let child = trace_into(&fifo.0, "3s")?;
     let slow = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
         use std::io::Read;
         let mut f = read_end;
@@ -282,6 +282,16 @@ fn a_slow_reader_neither_stretches_the_duration_nor_loses_records_silently() -> 
         }
         Ok(all)
     });
+    slow_reader_case(child, slow)
+}
+
+/// Traces 3 s under churn into an output read slowly by `slow`: netwatch must end on time,
+/// say what the trace lacks, exit with 3, and its summary (if it got through) must count what
+/// was written.
+fn slow_reader_case(
+    mut child: std::process::Child,
+    slow: std::thread::JoinHandle<std::io::Result<Vec<u8>>>,
+) -> Result<()> {
     let reader = stderr_with_attach_time(&mut child)?;
     churn_until(|| Ok(child.try_wait()?.is_some()))?;
     let status = wait_bounded(&mut child, Duration::from_secs(60))?;
@@ -298,7 +308,7 @@ fn a_slow_reader_neither_stretches_the_duration_nor_loses_records_silently() -> 
         stderr.contains("were dropped, not written") || stderr.contains("without its summary"),
         "what the trace lacks should be said: {stderr}"
     );
-    let bytes = slow.join().expect("fifo reader")?;
+    let bytes = slow.join().expect("slow reader")?;
     let text = String::from_utf8_lossy(&bytes);
     let lines: Vec<serde_json::Value> = text
         .lines()
@@ -317,4 +327,34 @@ fn a_slow_reader_neither_stretches_the_duration_nor_loses_records_silently() -> 
         ensure!(summary["output_dropped"].as_u64() > Some(0), "{summary}");
     }
     Ok(())
+}
+
+#[test]
+fn a_slow_reader_of_stdout_neither_stretches_the_duration_nor_loses_records_silently() -> Result<()>
+{
+    if !require_root() {
+        return Ok(());
+    }
+    let mut child = Command::new(netwatch_bin()?)
+        .args(["trace", "--duration", "3s", "--output", "-"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting netwatch")?;
+    let mut out = child.stdout.take().context("stdout")?;
+    // 4 KiB per 50 ms, until netwatch closes its end.
+    let slow = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+        use std::io::Read;
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match out.read(&mut buf)? {
+                0 => return Ok(all),
+                n => all.extend_from_slice(&buf[..n]),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    slow_reader_case(child, slow)
 }

@@ -582,6 +582,7 @@ fn block_end(data: &[u8], limit: usize) -> usize {
 
 pub mod background;
 pub mod queue;
+pub mod stdout;
 
 #[cfg(test)]
 pub mod tests;
