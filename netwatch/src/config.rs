@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::IsTerminal;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,14 +12,15 @@ use anyhow::{bail, Context, Result};
 use crate::cli::{ReportArgs, TimeSpec, TraceArgs};
 use crate::core::filter::AddrFilter;
 use crate::netns_spec;
+use crate::stop_signals;
 use crate::writer::{self, Rotation};
 
 pub enum OutputTarget {
     Stdout,
     File {
+        /// Checked now, created only once the programs are attached ([`open_output`]), so
+        /// that a failed start leaves no file behind.
         path: PathBuf,
-        /// The first file, opened (created) already.
-        file: File,
         /// The name ends in `.gz`.
         gzip: bool,
         rotation: Option<Rotation>,
@@ -59,12 +61,95 @@ pub fn resolve_netns(spec: &str) -> Result<u32> {
     Ok(netns_spec::resolve(spec, &netns_spec::System)?.inode)
 }
 
-/// Opens the trace file now, so a missing directory or a permission problem is reported
-/// before tracing starts. Never follows a symlink at the final component (a link planted in
+/// Checks, without creating anything, that the trace file can be created: an existing file
+/// (without `--force`), a symlink, a directory or a missing directory are reported before the
+/// slow start-up, and a start that fails later (no capability, no BTF) leaves no file behind.
+pub fn check_output(path: &Path, force: bool) -> Result<()> {
+    let refuse = |hint: &str| bail!("cannot create trace file {}: {hint}", path.display());
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => refuse("it is a symlink, which is not followed"),
+        Ok(m) if m.is_dir() => refuse("it is a directory"),
+        // Nothing in a FIFO is overwritten: its reader gets the trace.
+        Ok(m) if m.file_type().is_fifo() => Ok(()),
+        Ok(_) if !force => refuse("it exists; pass --force to overwrite it"),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            if dir.is_dir() {
+                Ok(())
+            } else {
+                refuse("its directory does not exist")
+            }
+        }
+        Err(e) => {
+            Err(anyhow::Error::new(e)
+                .context(format!("cannot create trace file {}", path.display())))
+        }
+    }
+}
+
+/// The first trace file, as [`open_output`] leaves it.
+#[derive(Debug)]
+pub enum Opened {
+    File(File),
+    /// A FIFO that nobody has opened for reading: opening it for writing would wait for a
+    /// reader, so the writer thread does that ([`open_fifo_waiting`]) while tracing goes on.
+    FifoWithoutReader,
+}
+
+/// Opens a FIFO for writing, waiting for its reader: for the writer thread only.
+pub fn open_fifo_waiting(path: &Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Opens a FIFO without waiting for a reader (the kernel says ENXIO when there is none);
+/// None when it is not a FIFO. Writes to it block again once opened: the writer thread
+/// takes that wait, not the trace.
+fn open_fifo_now(path: &Path) -> Option<std::io::Result<Opened>> {
+    use std::os::fd::AsRawFd;
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if !meta.file_type().is_fifo() {
+        return None;
+    }
+    let opened = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    Some(match opened {
+        Ok(f) => {
+            // SAFETY: F_GETFL/F_SETFL on a descriptor this function owns.
+            let ok = unsafe {
+                let flags = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+                flags >= 0
+                    && libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) == 0
+            };
+            if ok {
+                Ok(Opened::File(f))
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(Opened::FifoWithoutReader),
+        Err(e) => Err(e),
+    })
+}
+
+/// Creates the trace file once tracing can start (see [`check_output`]); a FIFO is opened
+/// without waiting for its reader. Never follows a symlink at the final component (a link planted in
 /// a shared directory must not redirect a root-owned write), and never truncates an existing
 /// trace unless asked.
-pub fn open_output(path: &Path, force: bool) -> Result<File> {
-    writer::open_part(path, force).map_err(|e| {
+pub fn open_output(path: &Path, force: bool) -> Result<Opened> {
+    let opened = match open_fifo_now(path) {
+        Some(r) => r,
+        None => writer::open_part(path, force).map(Opened::File),
+    };
+    opened.map_err(|e| {
         let hint = match e.kind() {
             std::io::ErrorKind::AlreadyExists => "it exists; pass --force to overwrite it",
             std::io::ErrorKind::NotFound => "its directory does not exist",
@@ -113,13 +198,12 @@ impl TraceConfig {
                 if rotation.is_some() && !args.force {
                     refuse_old_parts(p)?;
                 }
-                let file = open_output(p, args.force)?;
+                check_output(p, args.force)?;
                 if rotation.is_some() && args.force {
                     remove_old_parts(p)?;
                 }
                 Some(OutputTarget::File {
                     path: p.to_owned(),
-                    file,
                     gzip: writer::is_gzip_name(p),
                     rotation,
                     force: args.force,
@@ -133,6 +217,10 @@ impl TraceConfig {
             View::Events
         } else if args.plain || !std::io::stdout().is_terminal() {
             View::Plain
+        } else if stop_signals::in_background(libc::STDOUT_FILENO)
+            || stop_signals::in_background(libc::STDIN_FILENO)
+        {
+            background_view(output.is_some())
         } else {
             View::Dashboard
         };
@@ -152,6 +240,22 @@ impl TraceConfig {
             verbose: args.verbose,
         })
     }
+}
+
+/// The view of a trace started in the background of an interactive shell: the dashboard
+/// would read keys and switch the terminal's modes, which stops a background job; so the
+/// file alone when there is one, else the plain summaries (writes pass: SIGTTOU is ignored).
+fn background_view(has_output: bool) -> View {
+    let view = if has_output { View::None } else { View::Plain };
+    eprintln!(
+        "netwatch: started in the background: no dashboard{}",
+        if has_output {
+            "; the trace goes to its file only"
+        } else {
+            "; plain summaries instead"
+        }
+    );
+    view
 }
 
 /// Rotated parts left next to the trace file by an earlier trace would be overwritten (or
@@ -264,9 +368,14 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("t.jsonl");
         let _ = std::fs::remove_file(&p);
+        check_output(&p, false).unwrap();
+        assert!(!p.exists(), "checking creates nothing");
         open_output(&p, false).unwrap();
         let err = open_output(&p, false).unwrap_err();
         assert!(format!("{err:#}").contains("--force"));
+        let err = check_output(&p, false).unwrap_err();
+        assert!(format!("{err:#}").contains("--force"));
+        check_output(&p, true).unwrap();
         open_output(&p, true).unwrap();
 
         let link = dir.join("link.jsonl");
@@ -274,9 +383,43 @@ mod tests {
         std::os::unix::fs::symlink(&p, &link).unwrap();
         let err = open_output(&link, true).unwrap_err();
         assert!(format!("{err:#}").contains("symlink"), "{err:#}");
+        let err = check_output(&link, true).unwrap_err();
+        assert!(format!("{err:#}").contains("symlink"), "{err:#}");
 
         let err = open_output(&dir.join("missing/t.jsonl"), false).unwrap_err();
         assert!(format!("{err:#}").contains("directory does not exist"));
+        let err = check_output(&dir.join("missing/t.jsonl"), false).unwrap_err();
+        assert!(format!("{err:#}").contains("directory does not exist"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_fifo_without_a_reader_is_opened_without_waiting_and_needs_no_force() {
+        let dir = crate::testing::TempDir::new("fifo-output");
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        check_output(&fifo, false).unwrap();
+        let start = std::time::Instant::now();
+        assert!(matches!(
+            open_output(&fifo, false).unwrap(),
+            Opened::FifoWithoutReader
+        ));
+        assert!(start.elapsed() < Duration::from_secs(1));
+        // With a reader it is opened at once, for blocking writes.
+        let reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        let Opened::File(f) = open_output(&fifo, false).unwrap() else {
+            panic!("a FIFO with a reader opens");
+        };
+        use std::os::fd::AsRawFd;
+        // SAFETY: F_GETFL on an open descriptor.
+        let flags = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
+        assert_eq!(flags & libc::O_NONBLOCK, 0);
+        drop(reader);
     }
 }

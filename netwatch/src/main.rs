@@ -19,6 +19,7 @@ mod preflight;
 mod procfs;
 mod report;
 mod sink;
+mod stop_signals;
 #[cfg(test)]
 mod testing;
 mod trace;
@@ -32,11 +33,14 @@ use clap::Parser;
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    // Before anything that takes time: a signal during start-up is never a silent death.
+    stop_signals::install();
     writer::ignore_file_size_signal();
     let cli = Cli::parse();
     let args = match cli.command {
         Command::Trace(args) => args,
         Command::Report(args) => {
+            stop_signals::not_tracing();
             return match config::ReportConfig::from_args(args).and_then(report::run) {
                 Ok(0) => ExitCode::SUCCESS,
                 Ok(damaged) => {
@@ -55,6 +59,7 @@ fn main() -> ExitCode {
             };
         }
         Command::Schema => {
+            stop_signals::not_tracing();
             use std::io::Write;
             // A closed pipe (`netwatch schema | head`) is not an error.
             let _ = std::io::stdout().write_all(core::json::SCHEMA.as_bytes());
@@ -68,7 +73,22 @@ fn main() -> ExitCode {
                 "netwatch: {} transitions; lost {} records (ring buffer full), {} undecodable",
                 outcome.transitions, outcome.lost, outcome.undecodable
             );
-            if outcome.lost > 0 || outcome.undecodable > 0 {
+            if outcome.output_dropped > 0 {
+                eprintln!(
+                    "netwatch: {}; the summary's `records` counts only those written",
+                    core::text::output_dropped(outcome.output_dropped)
+                );
+            }
+            // Skipped kernel runs (said in the summary and on stderr by `trace::run`)
+            // do not make it 3: 3 means records known to be missing, while a skipped run is
+            // an event of unknown kind, nearly always one netwatch discards anyway (every
+            // slab free on the CPU runs the kmem_cache_free program), and busy hosts see a
+            // few routinely: counting them would make 3 routine and hide real losses.
+            if outcome.lost > 0
+                || outcome.undecodable > 0
+                || outcome.output_dropped > 0
+                || outcome.incomplete
+            {
                 ExitCode::from(3)
             } else {
                 ExitCode::SUCCESS
@@ -76,6 +96,9 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("netwatch: error: {e:#}");
+            if stop_signals::discard_output() {
+                eprintln!("netwatch: the trace file this start made was removed");
+            }
             ExitCode::FAILURE
         }
     }

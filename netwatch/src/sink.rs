@@ -10,11 +10,10 @@
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::Result;
 
-use crate::config::OutputTarget;
+use crate::config::{open_fifo_waiting, open_output, Opened, OutputTarget};
 use crate::core::{
     clock::{mono_now_ns, WallClock},
     event::{Event, Transition},
@@ -26,12 +25,55 @@ use crate::core::{
     snapshot::Snapshot,
     text,
 };
-use crate::writer::{self, Files, Finished, Framing, TraceWriter};
+use crate::stop_signals;
+use crate::writer::background::{self, Background, Done, FinishError};
+use crate::writer::queue::{self, Batch};
+use crate::writer::{self, Files, Finished, Framing, WriteError};
+
+/// Opens the first trace file in the writer thread.
+type OpenFn = Box<dyn FnOnce() -> io::Result<std::fs::File> + Send>;
 
 enum JsonDest {
-    /// Records for stdout, written at every flush.
-    Stdout(Vec<u8>),
-    File(Box<TraceWriter<Files>>),
+    /// Records for the trace file (or stdout), handed to its writer thread at every flush.
+    File {
+        writer: Background,
+        path: PathBuf,
+        batch: Vec<u8>,
+        /// `records` as of the last hand-over: the next batch holds the difference.
+        handed: RecordCounts,
+        /// A write failed (reported): the file ends at its last whole record.
+        failed: bool,
+        /// `--output -`: a closed pipe ends the trace normally, and there is no file to list.
+        stdout: bool,
+    },
+}
+
+impl JsonDest {
+    /// Starts the trace's writer thread over `storage` (whose first file `open` makes);
+    /// `path` is `-` for stdout.
+    fn spawn<S, O>(
+        storage: S,
+        open: O,
+        opts: writer::Options,
+        framing: TraceFraming,
+        path: PathBuf,
+    ) -> Result<Self>
+    where
+        S: writer::Storage + Send + 'static,
+        O: FnOnce() -> io::Result<S::File> + Send + 'static,
+        S::File: Send,
+    {
+        let writer = Background::spawn(storage, open, opts, Box::new(framing), queue::CAPACITY)
+            .map_err(|e| anyhow::Error::new(e).context("starting the trace writer thread"))?;
+        Ok(JsonDest::File {
+            writer,
+            stdout: path.as_os_str() == "-",
+            path,
+            batch: Vec::with_capacity(1 << 16),
+            handed: RecordCounts::default(),
+            failed: false,
+        })
+    }
 }
 
 pub struct Sinks {
@@ -108,13 +150,24 @@ impl Sinks {
         let json = match output {
             None => None,
             Some(OutputTarget::Stdout) => {
-                let mut buf = Vec::with_capacity(1 << 16);
-                json::write_line(&mut buf, &Record::Header(&header));
-                Some(JsonDest::Stdout(buf))
+                let opts = writer::Options {
+                    gzip: false,
+                    rotation: None,
+                    // A pipe's reader (`| jq`) sees each drain as it comes.
+                    flush_every: std::time::Duration::ZERO,
+                };
+                let framing = TraceFraming { header, clock };
+                let open = writer::stdout::open;
+                Some(JsonDest::spawn(
+                    writer::stdout::Stdout,
+                    open,
+                    opts,
+                    framing,
+                    "-".into(),
+                )?)
             }
             Some(OutputTarget::File {
                 path,
-                file,
                 gzip,
                 rotation,
                 force,
@@ -124,9 +177,24 @@ impl Sinks {
                     rotation,
                     flush_every: writer::FLUSH_EVERY,
                 };
-                let framing = Box::new(TraceFraming { header, clock });
-                let w = TraceWriter::new(Files::new(path, force), file, opts, framing)?;
-                Some(JsonDest::File(Box::new(w)))
+                let opened = stop_signals::create_output(&path, || open_output(&path, force))?;
+                let framing = TraceFraming { header, clock };
+                let open = match opened {
+                    Opened::File(file) => Box::new(move || Ok(file)) as OpenFn,
+                    Opened::FifoWithoutReader => {
+                        eprintln!(
+                            "netwatch: nobody reads the FIFO {} yet; tracing goes on, and its \
+                             records wait in memory (up to {} MiB, then they are dropped and \
+                             counted) until a reader opens it",
+                            path.display(),
+                            queue::CAPACITY >> 20
+                        );
+                        let fifo = path.clone();
+                        Box::new(move || open_fifo_waiting(&fifo)) as OpenFn
+                    }
+                };
+                let files = Files::new(path.clone(), force);
+                Some(JsonDest::spawn(files, open, opts, framing, path)?)
             }
         };
         Ok(Self {
@@ -145,8 +213,7 @@ impl Sinks {
     fn record(&mut self, record: &Record<'_>) {
         match self.json.as_mut() {
             None => {}
-            Some(JsonDest::Stdout(buf)) => json::write_line(buf, record),
-            Some(JsonDest::File(w)) => w.push_with(|buf| json::write_line(buf, record)),
+            Some(JsonDest::File { batch, .. }) => json::write_line(batch, record),
         }
     }
 
@@ -198,10 +265,7 @@ impl Sinks {
             let ts = &mut self.ts_cache;
             match self.json.as_mut() {
                 None => {}
-                Some(JsonDest::Stdout(buf)) => json::write_transition(buf, t, clock, ts),
-                Some(JsonDest::File(w)) => {
-                    w.push_with(|buf| json::write_transition(buf, t, clock, ts))
-                }
+                Some(JsonDest::File { batch, .. }) => json::write_transition(batch, t, clock, ts),
             }
         }
     }
@@ -239,25 +303,11 @@ impl Sinks {
                 })?;
             }
         }
-        if let Some(JsonDest::Stdout(buf)) = self.json.as_mut() {
-            if !buf.is_empty() {
-                let mut out = io::stdout().lock();
-                let r = out.write_all(buf).and_then(|_| out.flush());
-                buf.clear();
-                r.map_err(|e| {
-                    if is_closed_pipe(&e) {
-                        SinkError::ClosedPipe
-                    } else {
-                        SinkError::Io(anyhow::Error::new(e).context("writing JSON to stdout"))
-                    }
-                })?;
-            }
-        }
         Ok(())
     }
 
     fn writes_file(&self) -> bool {
-        matches!(self.json, Some(JsonDest::File(_)))
+        matches!(self.json, Some(JsonDest::File { stdout: false, .. }))
     }
 
     /// stdout's reader went away while the trace goes to a file: the file is what matters,
@@ -275,45 +325,117 @@ impl Sinks {
             Err(SinkError::ClosedPipe) if self.writes_file() => self.stdout_closed(),
             r => r?,
         }
-        if let Some(JsonDest::File(w)) = self.json.as_mut() {
-            if w.due(Instant::now()) {
-                w.flush().map_err(|e| SinkError::Io(e.into()))?;
+        self.hand_over()
+    }
+
+    /// Gives the trace file's writer thread what was produced since the last time: never
+    /// waits (a full queue drops the batch, counted), and reports a write that failed.
+    fn hand_over(&mut self) -> Result<(), SinkError> {
+        let records = self.records;
+        let Some(JsonDest::File {
+            writer,
+            batch,
+            handed,
+            failed,
+            stdout,
+            ..
+        }) = self.json.as_mut()
+        else {
+            return Ok(());
+        };
+        let bytes = std::mem::replace(batch, Vec::with_capacity(1 << 16));
+        writer.send(Batch {
+            bytes,
+            records: queue::minus(&records, handed),
+        });
+        *handed = records;
+        match writer.failure() {
+            Some(WriteError::Write { error, .. }) if *stdout && is_closed_pipe(&error) => {
+                *failed = true;
+                Err(SinkError::ClosedPipe)
             }
+            Some(e) => {
+                *failed = true;
+                Err(SinkError::Io(e.into()))
+            }
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Records the trace file's writer could not keep up with and dropped, by type.
+    pub fn dropped(&self) -> RecordCounts {
+        match &self.json {
+            Some(JsonDest::File { writer, .. }) => writer.dropped(),
+            _ => RecordCounts::default(),
+        }
+    }
+
+    /// Hands over the last records and gives a writer that is behind a short grace
+    /// ([`background::GRACE`]) to take them; what it has not taken by then is dropped.
+    /// Afterwards [`Sinks::written`] is what the trace holds before its summary.
+    pub fn settle(&mut self) -> Result<(), SinkError> {
+        match self.flush_stdout() {
+            Err(SinkError::ClosedPipe) if self.writes_file() => self.stdout_closed(),
+            r => r?,
+        }
+        let r = self.hand_over();
+        if let Some(JsonDest::File { writer, .. }) = &self.json {
+            writer.settle(background::GRACE);
+        }
+        r
+    }
+
+    /// Records of each type in the trace: those made, less those its writer dropped.
+    pub fn written(&self) -> RecordCounts {
+        queue::minus(&self.records, &self.dropped())
     }
 
     /// Ends the trace with `summary`, and makes it durable. Nothing is written after a write
     /// failed (already reported): that file ends at its last whole record.
     pub fn finish(&mut self, summary: &SummaryJson) -> Result<Option<TraceFiles>> {
-        let closed = match self.flush_stdout() {
-            Ok(()) => false,
-            Err(SinkError::ClosedPipe) => true,
+        match self.flush_stdout() {
+            Ok(()) | Err(SinkError::ClosedPipe) => {}
             Err(SinkError::Io(e)) => return Err(e),
         };
         match self.json.as_mut() {
             None => Ok(None),
-            Some(JsonDest::Stdout(buf)) => {
-                if !closed {
-                    json::write_line(buf, &Record::Summary(summary));
-                    match self.flush_stdout() {
-                        Ok(()) | Err(SinkError::ClosedPipe) => {}
-                        Err(SinkError::Io(e)) => return Err(e),
-                    }
-                }
-                Ok(None)
-            }
-            Some(JsonDest::File(w)) => {
-                let failed = w.failed();
+            Some(JsonDest::File { .. }) => {
+                let Some(JsonDest::File {
+                    writer,
+                    path,
+                    failed,
+                    stdout,
+                    ..
+                }) = self.json.take()
+                else {
+                    unreachable!("matched above");
+                };
                 let mut line = Vec::new();
                 json::write_line(&mut line, &Record::Summary(summary));
-                let finished = w.finish(&line)?;
-                let warnings = std::mem::take(&mut w.warnings);
-                Ok(Some(TraceFiles {
-                    finished,
-                    complete: !failed,
-                    warnings,
-                }))
+                match writer.finish(line, background::GRACE) {
+                    // A closed pipe was a normal end; there is no file to tell of.
+                    Ok(_) if stdout => Ok(None),
+                    Err(FinishError::Write(WriteError::Write { error, .. }))
+                        if stdout && is_closed_pipe(&error) =>
+                    {
+                        Ok(None)
+                    }
+                    Ok(Done { finished, warnings }) => Ok(Some(TraceFiles {
+                        complete: !failed && !finished.files.is_empty(),
+                        finished,
+                        warnings,
+                    })),
+                    Err(FinishError::Write(e)) => Err(e.into()),
+                    Err(e @ FinishError::Stuck(_)) => Ok(Some(TraceFiles {
+                        finished: Finished {
+                            files: if stdout { Vec::new() } else { vec![path] },
+                            last_size: 0,
+                            deleted: 0,
+                        },
+                        complete: false,
+                        warnings: vec![e.to_string()],
+                    })),
+                }
             }
         }
     }

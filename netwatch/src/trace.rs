@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tokio::signal::unix::{signal, SignalKind};
 
 use crate::census;
 use crate::config::{TraceConfig, View};
@@ -35,7 +34,9 @@ use crate::loader::{Probes, VerifierLog};
 use crate::preflight;
 use crate::procfs;
 use crate::sink::{SinkError, Sinks, TraceFiles};
+use crate::stop_signals;
 use crate::ui;
+use crate::writer::queue;
 
 /// How often the ring buffer is drained. The kernel side never wakes us, so this bounds the
 /// latency of the live view; 8 MiB holds ~100k records, far more than 20 ms of any churn
@@ -47,6 +48,10 @@ pub struct Outcome {
     pub transitions: u64,
     pub lost: u64,
     pub undecodable: u64,
+    /// Records the trace file's writer could not keep up with (a slow reader), dropped.
+    pub output_dropped: u64,
+    /// The trace file was not finished (a write failed, or its reader stopped reading).
+    pub incomplete: bool,
 }
 
 struct Tracer {
@@ -89,6 +94,14 @@ enum Stop {
 }
 
 impl Stop {
+    fn by_signal(sig: libc::c_int) -> Stop {
+        match sig {
+            libc::SIGTERM => Stop::Terminate,
+            libc::SIGHUP => Stop::Hangup,
+            _ => Stop::Interrupt,
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             Stop::Interrupt => "sigint",
@@ -263,8 +276,8 @@ impl Tracer {
         Ok(false)
     }
 
-    /// Traces until told to stop; says why, and the error that stopped it, if any. The signal
-    /// handlers stay installed after the loop, so a second Ctrl-C while the trace is being
+    /// Traces until told to stop; says why, and the error that stopped it, if any. Stop
+    /// signals stay taken after the loop, so a second Ctrl-C while the trace is being
     /// finished does not cut it short.
     async fn run(&mut self, duration: Option<Duration>) -> (Stop, Result<(), SinkError>) {
         let mut tick = tokio::time::interval(DRAIN_EVERY);
@@ -272,10 +285,6 @@ impl Tracer {
         let mut every = tokio::time::interval(self.cfg.interval);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         every.tick().await;
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-        // A closed terminal (an ssh session that dropped) must not lose the trace either.
-        let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
         let deadline = async {
             match duration {
                 Some(d) => tokio::time::sleep(d).await,
@@ -285,14 +294,16 @@ impl Tracer {
         tokio::pin!(deadline);
         let (stop, r) = loop {
             let step = tokio::select! {
-                _ = tick.tick() => self
-                    .drain()
-                    .and_then(|_| self.keys())
-                    .map(|quit| quit.then_some(Stop::Quit)),
+                // SIGINT, SIGTERM and SIGHUP (a dropped ssh session) are taken by
+                // `stop_signals` from the start; the one received ends the trace here.
+                _ = tick.tick() => match stop_signals::received() {
+                    Some(sig) => Ok(Some(Stop::by_signal(sig))),
+                    None => self
+                        .drain()
+                        .and_then(|_| self.keys())
+                        .map(|quit| quit.then_some(Stop::Quit)),
+                },
                 _ = every.tick() => self.snapshot().map(|_| None),
-                _ = int.recv() => Ok(Some(Stop::Interrupt)),
-                _ = term.recv() => Ok(Some(Stop::Terminate)),
-                _ = hup.recv() => Ok(Some(Stop::Hangup)),
                 _ = &mut deadline => Ok(Some(Stop::Duration)),
             };
             match step {
@@ -335,17 +346,20 @@ impl Tracer {
         let totals = SummaryTotals {
             stopped_by: stop.as_str(),
             start_mono_ns: self.start_mono,
-            records: self.sinks.records,
+            records: self.sinks.written(),
             lost_records,
             undecodable: self.undecodable,
         };
-        SummaryJson::new(
+        let mut summary = SummaryJson::new(
             &snap,
             self.clock,
             totals,
             self.sinks.alert_kinds.clone(),
             self.probes.features.clone(),
-        )
+        );
+        summary.output_dropped = queue::total(&self.sinks.dropped());
+        summary.skipped_runs = self.probes.recursion_misses();
+        summary
     }
 }
 
@@ -678,6 +692,8 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         sinks.census(census_json(s, owner.as_ref(), start_mono, clock));
     }
     drop(found);
+    // The trace exists: a signal from now on ends it with its summary.
+    stop_signals::tracing();
     let duration = cfg.duration;
     eprintln!(
         "netwatch: attached to {}; tracing{} (Ctrl-C to stop)",
@@ -686,6 +702,7 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
     );
     let dashboard = if cfg.view == View::Dashboard {
         ui::install_panic_hook();
+        stop_signals::dashboard_owns_terminal();
         Some((ui::Tui::enter()?, ui::Dashboard::new()))
     } else {
         None
@@ -719,6 +736,13 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
     let (stop, stopped) = rt.block_on(tracer.run(duration));
     // Leave the alternate screen before anything is printed on the way out.
     tracer.dashboard = None;
+    // The file's writer gets a short grace to catch up (what it has not taken then is
+    // dropped and counted), so `--duration` ends on time however slow the output's reader.
+    let settled = tracer.sinks.settle();
+    let stopped = match (stopped, settled) {
+        (Err(e), _) | (Ok(()), Err(e @ SinkError::Io(_))) => Err(e),
+        _ => Ok(()),
+    };
     // The summary goes in however tracing stopped; after a failed write nothing does.
     let summary = tracer.summary(stop);
     let finished = tracer.sinks.finish(&summary);
@@ -728,13 +752,12 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
     if let Err(SinkError::Io(e)) = stopped {
         return Err(e);
     }
-    finished?;
+    let incomplete = finished?.is_some_and(|f| !f.complete);
     let counters = tracer.probes.counters()?;
-    let skipped = tracer.probes.recursion_misses();
-    if skipped > 0 {
+    if summary.skipped_runs > 0 {
         eprintln!(
-            "netwatch: warning: the kernel skipped {skipped} runs of netwatch's programs nested \
-             twice on one CPU; records may be among them"
+            "netwatch: warning: {}",
+            crate::core::text::skipped_runs(summary.skipped_runs)
         );
     }
     if counters.state_map_full > 0 || counters.read_errors > 0 {
@@ -747,6 +770,8 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         transitions: tracer.sinks.transitions,
         lost: counters.lost_records,
         undecodable: tracer.undecodable,
+        output_dropped: summary.output_dropped,
+        incomplete,
     })
 }
 

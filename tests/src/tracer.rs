@@ -499,6 +499,23 @@ pub fn read_records(path: &Path) -> Result<Vec<Value>> {
     Ok(records)
 }
 
+/// Waits for `child`, killing it after `timeout`: a netwatch that hangs fails its test
+/// instead of hanging the run.
+pub fn wait_bounded(child: &mut Child, timeout: Duration) -> Result<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("netwatch did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,17 +5,22 @@
 //! 2. A file size limit (`ulimit -f`) is a full disk, not a kill by SIGXFSZ: netwatch stops
 //!    with an error naming EFBIG, the plain file ends at a whole record, the gzip file passes
 //!    `gzip -t`.
+//! 3. A FIFO nobody reads holds up neither the start nor the end: netwatch traces, and at the
+//!    end says the trace lacks its summary (exit code 3).
+//! 4. A slow reader of the output stretches no `--duration`: what it could not take is
+//!    dropped, counted in the summary and on stderr, and the exit code is 3.
 
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use netwatch_tests::require_root;
-use netwatch_tests::tracer::{netwatch_bin, read_records};
+use netwatch_tests::tracer::{netwatch_bin, read_records, wait_bounded};
 
 /// A pipe whose reader is already gone: every write to it fails with EPIPE.
 fn closed_pipe() -> Result<Stdio> {
@@ -36,22 +41,6 @@ struct TempFile(PathBuf);
 impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// Waits for `child`, killing it after `timeout`.
-fn wait_bounded(child: &mut Child, timeout: Duration) -> Result<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("netwatch did not exit within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -172,4 +161,200 @@ fn a_file_size_limit_stops_the_trace_like_a_full_disk() -> Result<()> {
         ensure!(records[0]["type"] == "header", "{name}: no header");
     }
     Ok(())
+}
+
+/// A FIFO of the test's own, removed on drop.
+fn make_fifo(name: &str) -> Result<TempFile> {
+    let path = std::env::temp_dir().join(format!("nwt-hostile-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: a valid NUL-terminated path.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("mkfifo");
+    }
+    Ok(TempFile(path))
+}
+
+/// Reads `child`'s stderr in a thread: all of it, and when netwatch said it was tracing.
+fn stderr_with_attach_time(
+    child: &mut std::process::Child,
+) -> Result<std::thread::JoinHandle<(String, Option<Instant>)>> {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().context("stderr")?;
+    Ok(std::thread::spawn(move || {
+        let mut text = String::new();
+        let mut attached = None;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if attached.is_none() && line.contains("attached to") {
+                attached = Some(Instant::now());
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+        (text, attached)
+    }))
+}
+
+/// `netwatch trace --quiet --duration DURATION --output PATH`, stderr piped.
+fn trace_into(path: &std::path::Path, duration: &str) -> Result<std::process::Child> {
+    Command::new(netwatch_bin()?)
+        // --force: only for netwatch before FIFOs were taken as they are.
+        .args([
+            "trace",
+            "--quiet",
+            "--force",
+            "--duration",
+            duration,
+            "--output",
+        ])
+        .arg(path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting netwatch")
+}
+
+#[test]
+fn a_fifo_nobody_reads_neither_blocks_the_start_nor_the_end() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let fifo = make_fifo("unread.fifo")?;
+    let mut child = trace_into(&fifo.0, "1s")?;
+    let reader = stderr_with_attach_time(&mut child)?;
+    let status = wait_bounded(&mut child, Duration::from_secs(30))?;
+    let ended = Instant::now();
+    let (stderr, attached) = reader.join().expect("stderr reader");
+    let took = ended - attached.context("netwatch never said it was tracing")?;
+    ensure!(
+        stderr.contains("attached") && stderr.contains("nobody reads the FIFO"),
+        "tracing should start and say nobody reads: {stderr}"
+    );
+    ensure!(
+        stderr.contains("without its summary"),
+        "the end should say the trace lacks its summary: {stderr}"
+    );
+    ensure!(status.code() == Some(3), "{status}: {stderr}");
+    // 1 s of tracing, two bounded graces of 2 s, and slack for a loaded machine.
+    ensure!(
+        took < Duration::from_secs(8),
+        "took {took:?} after attaching: {stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_slow_reader_neither_stretches_the_duration_nor_loses_records_silently() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let fifo = make_fifo("slow.fifo")?;
+    // The reader is there first (so netwatch opens at once), then reads 4 KiB per 50 ms:
+    // 80 KB/s, far below what the churn produces.
+    let read_end = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo.0)?;
+    let child = trace_into(&fifo.0, "3s")?;
+    let slow = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+        use std::io::Read;
+        let mut f = read_end;
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut seen_writer = false;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            match f.read(&mut buf) {
+                Ok(0) if seen_writer => break,
+                Ok(0) => {}
+                Ok(n) => {
+                    seen_writer = true;
+                    all.extend_from_slice(&buf[..n]);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => seen_writer = true,
+                Err(e) => return Err(e),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(all)
+    });
+    slow_reader_case(child, slow)
+}
+
+/// Traces 3 s under churn into an output read slowly by `slow`: netwatch must end on time,
+/// say what the trace lacks, exit with 3, and its summary (if it got through) must count what
+/// was written.
+fn slow_reader_case(
+    mut child: std::process::Child,
+    slow: std::thread::JoinHandle<std::io::Result<Vec<u8>>>,
+) -> Result<()> {
+    let reader = stderr_with_attach_time(&mut child)?;
+    churn_until(|| Ok(child.try_wait()?.is_some()))?;
+    let status = wait_bounded(&mut child, Duration::from_secs(60))?;
+    let ended = Instant::now();
+    let (stderr, attached) = reader.join().expect("stderr reader");
+    let took = ended - attached.context("netwatch never said it was tracing")?;
+    // 3 s of tracing, two bounded graces of 2 s, and slack: not the minute the reader needs.
+    ensure!(
+        took < Duration::from_secs(10),
+        "took {took:?} after attaching: {stderr}"
+    );
+    ensure!(status.code() == Some(3), "{status}: {stderr}");
+    ensure!(
+        stderr.contains("were dropped, not written") || stderr.contains("without its summary"),
+        "what the trace lacks should be said: {stderr}"
+    );
+    let bytes = slow.join().expect("slow reader")?;
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    ensure!(
+        lines.first().is_some_and(|h| h["type"] == "header"),
+        "no header"
+    );
+    if let Some(summary) = lines.last().filter(|l| l["type"] == "summary") {
+        let written = lines.iter().filter(|l| l["type"] == "transition").count() as u64;
+        ensure!(
+            summary["records"]["transition"] == written,
+            "the summary's records count what was written ({written}): {summary}"
+        );
+        ensure!(summary["output_dropped"].as_u64() > Some(0), "{summary}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_slow_reader_of_stdout_neither_stretches_the_duration_nor_loses_records_silently() -> Result<()>
+{
+    if !require_root() {
+        return Ok(());
+    }
+    let mut child = Command::new(netwatch_bin()?)
+        .args(["trace", "--duration", "3s", "--output", "-"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting netwatch")?;
+    let mut out = child.stdout.take().context("stdout")?;
+    // 4 KiB per 50 ms, until netwatch closes its end.
+    let slow = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+        use std::io::Read;
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match out.read(&mut buf)? {
+                0 => return Ok(all),
+                n => all.extend_from_slice(&buf[..n]),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    slow_reader_case(child, slow)
 }

@@ -212,6 +212,14 @@ pub struct SummaryJson {
     pub lost_records: u64,
     /// Records that arrived but could not be decoded.
     pub undecodable: u64,
+    /// Records the trace's output could not take in time (a slow or absent reader of a FIFO,
+    /// a stalled disk), dropped instead of holding up the tracer; `records` counts only those
+    /// written. Added within schema version 1: absent means 0.
+    pub output_dropped: u64,
+    /// Runs of netwatch's programs the kernel skipped because one was already running on that
+    /// CPU, nested deeper than the twin programs catch: each may have been a transition (or
+    /// another record) that is missing. Added within schema version 1: absent means 0.
+    pub skipped_runs: u64,
     /// As in the header: the last record alone (`tail -n1`) says what the trace could see.
     pub kernel_features: KernelFeatures,
 }
@@ -250,6 +258,8 @@ impl SummaryJson {
             lost: totals.lost_records + totals.undecodable,
             lost_records: totals.lost_records,
             undecodable: totals.undecodable,
+            output_dropped: 0,
+            skipped_runs: 0,
             kernel_features,
         };
         for st in reported_states() {

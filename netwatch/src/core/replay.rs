@@ -246,6 +246,12 @@ pub struct SummaryIn {
     pub lost_records: u64,
     #[serde(default)]
     pub undecodable: u64,
+    /// Absent in traces written before netwatch recorded it.
+    #[serde(default)]
+    pub skipped_runs: u64,
+    /// Absent in traces written before netwatch recorded it.
+    #[serde(default)]
+    pub output_dropped: u64,
     #[serde(default)]
     pub kernel_features: KernelFeatures,
 }

@@ -52,6 +52,27 @@ pub fn transition_line(t: &Transition, clock: WallClock) -> String {
     )
 }
 
+/// What a trace lacks when its output did not keep up, in the words of both the tracer (at
+/// exit) and `report`.
+pub fn output_dropped(n: u64) -> String {
+    format!(
+        "{n} record(s) were dropped, not written: the trace's output did not keep up (a slow or \
+         absent reader, a stalled disk); the trace lacks them (COUNTS UNDERSTATED)"
+    )
+}
+
+/// What the kernel's skipped program runs may have cost, in the words both the tracer (at
+/// exit) and `report` use. The kernel runs one tracing program at a time per CPU; the twin
+/// programs take one level of nesting, and a run nested deeper is skipped and only counted,
+/// so which event it was is unknown: it may have been a transition of a traced socket, or an
+/// event netwatch would have filtered out anyway.
+pub fn skipped_runs(n: u64) -> String {
+    format!(
+        "the kernel skipped {n} run(s) of netwatch's programs nested on one CPU; up to {n} \
+         transition(s) or other records may be missing (counts may be understated)"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -145,6 +145,12 @@ pub struct Report {
     pub lost: u64,
     pub lost_records: Option<u64>,
     pub undecodable: Option<u64>,
+    /// Program runs the kernel skipped (nested on one CPU), as the summary says: up to this
+    /// many records may be missing besides `lost`.
+    pub skipped_runs: Option<u64>,
+    /// Records the tracer made but its output could not take (a slow reader), as the summary
+    /// says: they are not in the trace, so the replay undercounts by them.
+    pub output_dropped: Option<u64>,
     /// Sockets in each state at the end of the window.
     pub states: BTreeMap<&'static str, u64>,
     /// Completed dwells per state (in the window), as in the trace's summary.
@@ -658,6 +664,8 @@ pub fn build(cfg: &ReportConfig) -> Result<Report> {
         lost,
         lost_records: summary.map(|s| s.lost_records),
         undecodable: summary.map(|s| s.undecodable),
+        skipped_runs: summary.map(|s| s.skipped_runs),
+        output_dropped: summary.map(|s| s.output_dropped),
         states,
         dwell,
         histogram,

@@ -447,3 +447,76 @@ fn times_out_of_range_are_said_not_panicked_on() {
         }
     }
 }
+
+/// The sample with its summary's `skipped_runs` set, or removed (a trace from before it was
+/// recorded).
+fn sample_skipping(runs: Option<u64>) -> Vec<u8> {
+    sample_summary_with("skipped_runs", runs)
+}
+
+/// The sample with its summary's `field` set, or removed (a trace from before it was
+/// recorded).
+fn sample_summary_with(field: &str, value: Option<u64>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for line in sample()
+        .bytes
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+    {
+        let mut v: Value = serde_json::from_slice(line).unwrap();
+        if v["type"] == "summary" {
+            let o = v.as_object_mut().unwrap();
+            match value {
+                Some(n) => o.insert(field.into(), n.into()),
+                None => o.remove(field),
+            };
+        }
+        serde_json::to_writer(&mut out, &v).unwrap();
+        out.push(b'\n');
+    }
+    out
+}
+
+#[test]
+fn runs_the_kernel_skipped_are_said_with_what_they_may_have_cost() {
+    let dir = TempDir::new("skipped");
+    let p = dir.join("t.jsonl");
+    std::fs::write(&p, sample_skipping(Some(7))).unwrap();
+    let r = build(&cfg(vec![p.clone()])).unwrap();
+    assert_eq!(r.skipped_runs, Some(7));
+    let out = text::render(&r);
+    assert!(
+        out.contains(
+            "the kernel skipped 7 run(s) of netwatch's programs nested on one CPU; up to 7 \
+             transition(s) or other records may be missing"
+        ),
+        "{out}"
+    );
+    assert_eq!(serde_json::to_value(&r).unwrap()["skipped_runs"], 7);
+    // None skipped, and a trace from before they were recorded: nothing said.
+    for runs in [Some(0), None] {
+        std::fs::write(&p, sample_skipping(runs)).unwrap();
+        let r = build(&cfg(vec![p.clone()])).unwrap();
+        assert_eq!(r.skipped_runs, Some(0));
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+        assert!(!text::render(&r).contains("the kernel skipped"));
+    }
+}
+
+#[test]
+fn records_the_output_dropped_are_said() {
+    let dir = TempDir::new("output-dropped");
+    let p = dir.join("t.jsonl");
+    std::fs::write(&p, sample_summary_with("output_dropped", Some(42))).unwrap();
+    let r = build(&cfg(vec![p.clone()])).unwrap();
+    assert_eq!(r.output_dropped, Some(42));
+    let out = text::render(&r);
+    assert!(
+        out.contains("42 record(s) were dropped, not written"),
+        "{out}"
+    );
+    std::fs::write(&p, sample_summary_with("output_dropped", None)).unwrap();
+    let r = build(&cfg(vec![p.clone()])).unwrap();
+    assert_eq!(r.output_dropped, Some(0));
+    assert!(!text::render(&r).contains("were dropped"));
+}

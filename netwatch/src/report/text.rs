@@ -141,6 +141,12 @@ pub fn render(r: &Report) -> String {
             _ => " (COUNTS UNDERSTATED)".to_owned(),
         }
     );
+    if let Some(n) = r.output_dropped.filter(|&n| n > 0) {
+        let _ = writeln!(o, "  {}", crate::core::text::output_dropped(n));
+    }
+    if let Some(n) = r.skipped_runs.filter(|&n| n > 0) {
+        let _ = writeln!(o, "  {}", crate::core::text::skipped_runs(n));
+    }
     if r.numbers_from == "summary" {
         let _ = writeln!(
             o,
