@@ -209,6 +209,19 @@ impl Tracer {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // The stop signals this harness sends must reach the child even when the test run
+        // itself was started with them ignored (a background job of a shell without job
+        // control ignores SIGINT, and a shell cannot trap a signal ignored on entry).
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt as _;
+            cmd.pre_exec(|| {
+                for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+                Ok(())
+            });
+        }
         let command = format!("{cmd:?}");
         let mut child = cmd
             .spawn()
