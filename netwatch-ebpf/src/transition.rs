@@ -235,7 +235,12 @@ fn handed_to_timewait(sk: *const u8, off: &KernelOffsets) -> Option<(*const u8, 
     // The kernel copies the socket's cookie into its timewait socket; a socket that never
     // had one (no cookie helper on this kernel) is matched by its connection instead.
     let cookie = read::cookie(sk, off);
-    let (sport, dport) = read::ports(sk, off);
+    // The connection is read only where it is needed: a close is on the hot path.
+    let ports = if cookie == 0 {
+        read::ports(sk, off)
+    } else {
+        (0, 0)
+    };
     for i in 0..recent.ptrs.len() {
         let tw = recent.ptrs[i] as *const u8;
         if tw.is_null() {
@@ -244,7 +249,7 @@ fn handed_to_timewait(sk: *const u8, off: &KernelOffsets) -> Option<(*const u8, 
         let same = if cookie != 0 {
             read::cookie(tw, off) == cookie
         } else {
-            read::mini_ports(tw, off) == (sport, dport)
+            read::mini_ports(tw, off) == ports
                 && read::at::<u32>(tw, off.skc_daddr) == read::at::<u32>(sk, off.skc_daddr)
                 && read::at::<u64>(tw, off.skc_net) == read::at::<u64>(sk, off.skc_net)
         };
