@@ -124,6 +124,7 @@ impl Tracer {
             Event::Drop(d) => self.cfg.addrs.matches_addrs(d.saddr, d.daddr),
             Event::SynackRetransmit(r) => self.cfg.addrs.matches_addrs(r.laddr, r.raddr),
             Event::ConntrackEnd(c) => self.cfg.addrs.matches_addrs(c.saddr, c.daddr),
+            Event::TimewaitReset(r) => self.cfg.addrs.matches_addrs(r.tuple.laddr, r.tuple.raddr),
         }
     }
 
@@ -149,6 +150,7 @@ impl Tracer {
                     self.agg.apply(t);
                 }
                 Event::ConntrackEnd(c) => self.conntrack.apply(c),
+                Event::TimewaitReset(r) => self.agg.timewait_reset(r),
                 Event::Drop(_) | Event::SynackRetransmit(_) => {}
             }
             self.signals.observe(&ev, &mut now);
@@ -744,6 +746,8 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         _ => Ok(()),
     };
     // The summary goes in however tracing stopped; after a failed write nothing does.
+    // Early TIME_WAIT ends still waiting for their evidence will get none now.
+    tracer.agg.finish();
     let summary = tracer.summary(stop);
     let finished = tracer.sinks.finish(&summary);
     if let Ok(Some(files)) = &finished {

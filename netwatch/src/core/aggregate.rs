@@ -8,7 +8,8 @@ use std::net::IpAddr;
 use hdrhistogram::Histogram;
 use netwatch_common::state;
 
-use super::event::{Owner, Transition};
+use super::early_ends::Classifier;
+use super::event::{Owner, TimewaitReset, Transition};
 use super::fasthash::IdMap;
 use super::snapshot::{Bucket, Peak, Percentiles, Snapshot, StateStats, Talker};
 
@@ -150,6 +151,8 @@ pub struct Aggregator {
     /// Per state, the highest count of any snapshot so far (what the gauges showed).
     peaks: [Peak; state::COUNT],
     processes: Processes,
+    /// Why TIME_WAITs ended early.
+    early_ends: Classifier,
 }
 
 impl Default for Aggregator {
@@ -171,7 +174,18 @@ impl Aggregator {
             syn_recv_now: None,
             peaks: [Peak::default(); state::COUNT],
             processes: Processes::default(),
+            early_ends: Classifier::default(),
         }
+    }
+
+    /// A RST reached a timewait socket (evidence for an early end).
+    pub fn timewait_reset(&mut self, r: &TimewaitReset) {
+        self.early_ends.reset(r.tuple, r.mono_ns);
+    }
+
+    /// The trace is over: early ends still waiting for evidence will get none.
+    pub fn finish(&mut self) {
+        self.early_ends.finish();
     }
 
     fn service_port(&self, state: u8, sport: u16, dport: u16, accepted: bool) -> u16 {
@@ -249,6 +263,7 @@ impl Aggregator {
 
     pub fn apply(&mut self, t: &Transition) {
         self.transitions += 1;
+        self.early_ends.transition(t);
         if let Some(d) = t.dwell_ns {
             if (t.old as usize) < state::COUNT && t.old != state::CLOSE {
                 self.dwell[t.old as usize].saturating_record(d.min(MAX_TRACKABLE_NS));
@@ -327,6 +342,7 @@ impl Aggregator {
             .map_or(0, |last| now_ns.saturating_sub(last));
         snap.transitions = self.transitions;
         snap.lost = lost;
+        snap.timewait_early_ends = self.early_ends.counts();
 
         let mut ages: Vec<Histogram<u64>> = (0..state::COUNT).map(|_| new_histogram()).collect();
         let mut by_port: Vec<HashMap<u16, u64>> = vec![HashMap::new(); state::COUNT];

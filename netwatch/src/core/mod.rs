@@ -6,6 +6,7 @@ pub mod clock;
 pub mod conntrack;
 pub mod coverage;
 pub mod decode;
+pub mod early_ends;
 pub mod event;
 pub mod fasthash;
 pub mod filter;

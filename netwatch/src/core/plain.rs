@@ -7,6 +7,7 @@ use netwatch_common::state;
 
 use crate::features::KernelFeatures;
 
+use super::early_ends::Cause;
 use super::{
     clock::WallClock,
     coverage,
@@ -77,6 +78,19 @@ pub fn summary(s: &Snapshot, clock: WallClock) -> String {
         .collect();
     if !peaks.is_empty() {
         let _ = writeln!(out, "  peak  {}", peaks.join(", "));
+    }
+    let early = &s.timewait_early_ends;
+    if early.total() + early.pending > 0 {
+        let causes: Vec<String> = Cause::ALL
+            .iter()
+            .filter(|&&c| early.get(c) > 0)
+            .map(|&c| format!("{} {}", c.name(), early.get(c)))
+            .collect();
+        let _ = write!(out, "  TIME_WAIT ended early: {}", causes.join(", "));
+        if early.pending > 0 {
+            let _ = write!(out, " ({} awaiting evidence)", early.pending);
+        }
+        out.push('\n');
     }
     for &st in FOCUS {
         let stats = s.state(st);

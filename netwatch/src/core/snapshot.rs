@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use super::early_ends::EarlyEnds;
 use super::event::Owner;
 
 use netwatch_common::state;
@@ -98,6 +99,8 @@ pub struct Snapshot {
     pub lost: u64,
     /// Connection tracking, when the traced namespaces use it.
     pub conntrack: Option<ConntrackStats>,
+    /// TIME_WAITs that ended before their 60 s, by cause, since the start.
+    pub timewait_early_ends: EarlyEnds,
 }
 
 /// The conntrack table of the traced namespace: fill level, churn and entry lifetimes.

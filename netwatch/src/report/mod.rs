@@ -25,6 +25,7 @@ use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 use crate::cli::TimeSpec;
 use crate::config::ReportConfig;
 use crate::core::{
+    early_ends::EarlyEnds,
     json::{reported_states, BucketJson, PercentilesJson},
     replay::{
         HeaderIn, PercentilesIn, ReadError, RecordIn, Replay, ReplayFilter, SummaryIn, TraceReader,
@@ -172,6 +173,9 @@ pub struct Report {
     /// gzip stream that stops): records the numbers lack. Non-zero makes `report` exit with
     /// [`EXIT_DAMAGED`].
     pub damaged_lines: u64,
+    /// TIME_WAITs that ended before their 60 s, by cause (in the window, or over the whole
+    /// run where the numbers come from the summary).
+    pub timewait_early_ends: EarlyEnds,
 }
 
 impl Report {
@@ -694,6 +698,10 @@ pub fn build(cfg: &ReportConfig) -> Result<Report> {
         // They quote the files: names, run ids, `part_end.next`.
         warnings: warnings.iter().map(|w| printable::owned(w)).collect(),
         damaged_lines: damaged,
+        timewait_early_ends: match from_summary {
+            Some(s) => s.timewait_early_ends.unwrap_or_default(),
+            None => dwells.timewait_early_ends,
+        },
     };
     report.findings = findings::findings(&report);
     Ok(report)
