@@ -27,6 +27,7 @@ use crate::core::{
         CensusJson, FiltersJson, HeaderJson, SummaryJson, SummaryTotals, FORMAT, SCHEMA_VERSION,
     },
     plain,
+    requests::Queues,
     signals::{Alert, Environment, Signals},
 };
 use crate::features::KernelFeatures;
@@ -168,8 +169,9 @@ impl Tracer {
         }
     }
 
-    /// Request sockets waiting in SYN_RECV in the traced namespaces (None if a dump failed).
-    fn pending_requests(&self) -> Option<u64> {
+    /// Request sockets waiting in SYN_RECV and children in accept queues, in the traced
+    /// namespaces (None if a dump failed).
+    fn queues(&self) -> Option<Queues> {
         let spaces: Vec<Option<&std::path::Path>> = if self.cfg.netns.is_empty() {
             vec![None]
         } else {
@@ -179,12 +181,12 @@ impl Tracer {
                 .map(|p| Some(p.as_path()))
                 .collect()
         };
-        let mut n = 0;
+        let mut all = Vec::new();
         for ns in spaces {
-            let socks = census::dump_syn_recv(ns).ok()?;
-            n += socks.iter().filter(|s| census_wanted(&self.cfg, s)).count() as u64;
+            let socks = census::dump_queues(ns).ok()?;
+            all.extend(socks.into_iter().filter(|s| census_wanted(&self.cfg, s)));
         }
-        Some(n)
+        Some(census::queues(&all))
     }
 
     /// Counter deltas and settings of the traced namespaces.
@@ -206,8 +208,8 @@ impl Tracer {
         let lost = self.lost();
         if std::time::Instant::now() >= self.syn_recv_next {
             let started = std::time::Instant::now();
-            if let Some(n) = self.pending_requests() {
-                self.agg.set_syn_recv_now(n);
+            if let Some(q) = self.queues() {
+                self.agg.set_queues(mono_now_ns(), &q);
             }
             // The kernel walks its whole socket table for the dump (30 ms at a full 131k
             // TIME_WAIT table here): keep it under 2 % of the time, however big that gets.

@@ -398,6 +398,9 @@ pub struct SnapshotJson {
     /// TIME_WAITs ended before their 60 s since the start, by cause (added within schema
     /// version 1).
     pub timewait_early_ends: EarlyEnds,
+    /// Of `states.ESTABLISHED`, children waiting in listeners' accept queues (added within
+    /// schema version 1).
+    pub accept_queued: u64,
 }
 
 /// `conntrack` in a snapshot: see [`ConntrackStats`].
@@ -458,6 +461,7 @@ impl SnapshotJson {
             lost: s.lost,
             conntrack: s.conntrack.as_ref().map(ConntrackJson::from),
             timewait_early_ends: s.timewait_early_ends,
+            accept_queued: s.accept_queued,
         };
         for st in reported_states() {
             let name = state::name(st);

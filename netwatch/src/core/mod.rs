@@ -13,6 +13,7 @@ pub mod filter;
 pub mod json;
 pub mod plain;
 pub mod replay;
+pub mod requests;
 pub mod signals;
 pub mod snapshot;
 pub mod text;

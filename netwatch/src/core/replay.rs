@@ -76,6 +76,18 @@ pub struct PercentilesIn {
     pub max: u64,
 }
 
+impl From<PercentilesIn> for Percentiles {
+    fn from(p: PercentilesIn) -> Self {
+        Self {
+            count: p.count,
+            p50: p.p50,
+            p90: p.p90,
+            p99: p.p99,
+            max: p.max,
+        }
+    }
+}
+
 impl From<Percentiles> for PercentilesIn {
     fn from(p: Percentiles) -> Self {
         Self {
@@ -226,6 +238,9 @@ pub struct SnapshotIn {
     /// Absent in traces written before netwatch classified early ends.
     #[serde(default)]
     pub timewait_early_ends: Option<EarlyEnds>,
+    /// Absent in traces written before netwatch counted accept queues: 0.
+    #[serde(default)]
+    pub accept_queued: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -778,10 +793,15 @@ impl Replay {
     fn snapshot(&mut self, s: SnapshotIn) {
         self.last_mono = self.last_mono.max(s.mono_ns);
         self.lost = self.lost.max(s.lost);
-        // Request sockets were counted by sock_diag live, not from records: take the count
-        // the snapshot recorded, as the census is taken from its records.
+        // Request sockets and accept queues were listed by sock_diag live, not from
+        // records: take what the snapshot recorded, as the census is taken from its records.
         if let Some(&n) = s.states.get(state::name(state::SYN_RECV)) {
-            self.full.set_syn_recv_now(n);
+            let age = s
+                .age
+                .get(state::name(state::SYN_RECV))
+                .map_or_else(Percentiles::default, |&p| p.into());
+            self.full
+                .set_recorded_queues(s.mono_ns, n, age, s.accept_queued);
         }
         let replayed = self.full.snapshot(s.mono_ns, s.lost);
         if !self.filter.filters_connections() && self.complete {

@@ -122,6 +122,27 @@ fn early_timewait(r: &Report) -> Option<Finding> {
     ))
 }
 
+/// Most server-side handshakes ending without a connection: the clients see timeouts or
+/// resets, and no other view says why.
+fn failed_handshakes(r: &Report) -> Option<Finding> {
+    let h = r.handshakes;
+    let total = h.completed + h.failed;
+    if h.failed < 10 || h.failed * 2 <= total {
+        return None;
+    }
+    Some(finding(
+        Severity::Warning,
+        "handshakes_failed",
+        format!(
+            "{} of {total} handshakes ({}%) ended without a connection",
+            h.failed,
+            h.failed * 100 / total
+        ),
+        "request sockets died in SYN_RECV: final ACKs lost or never sent (clients gone,          a SYN flood, a firewall), or dropped because the accept queue was full (see          listen_overflow); knobs net.ipv4.tcp_synack_retries, net.core.somaxconn,          net.ipv4.tcp_max_syn_backlog, net.ipv4.tcp_syncookies"
+            .to_owned(),
+    ))
+}
+
 fn evidence_number(a: &AlertItem, field: &str) -> Option<u64> {
     a.evidence.get(field)?.as_u64()
 }
@@ -320,6 +341,9 @@ pub fn findings(r: &Report) -> Vec<Finding> {
         }
     }
     if let Some(f) = early_timewait(r) {
+        out.push(f);
+    }
+    if let Some(f) = failed_handshakes(r) {
         out.push(f);
     }
     let ct = r
