@@ -105,6 +105,21 @@ pub fn summary(s: &Snapshot, clock: WallClock) -> String {
                 pct(&stats.age)
             );
         }
+        // Who holds them, as `ss -p` would say: a CLOSE_WAIT leak is a process's bug.
+        let holders = &s.top_processes[st as usize];
+        if stats.now > 0 && !holders.is_empty() {
+            let names: Vec<String> = holders
+                .iter()
+                .take(3)
+                .map(|t| format!("{} {}", t.key, t.count))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  held  {:<11} by {}",
+                state::name(st),
+                names.join(", ")
+            );
+        }
     }
     out
 }
@@ -123,7 +138,8 @@ pub fn coverage(kernel: &str, features: &KernelFeatures) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::snapshot::Peak;
+    use crate::core::event::Owner;
+    use crate::core::snapshot::{Peak, Talker};
 
     #[test]
     fn the_closing_words_name_the_kernel_and_what_it_hid() {
@@ -164,12 +180,20 @@ mod tests {
             max: 40_000_000_000,
         };
         s.transitions = 99;
+        s.top_processes[state::CLOSE_WAIT as usize] = vec![Talker {
+            key: Owner {
+                pid: 6345,
+                comm: "python3".into(),
+            },
+            count: 2,
+        }];
         let text = summary(&s, WallClock::with_offset(0));
         assert_eq!(
             text,
             "[00:00:10] TIME_WAIT 28000 (+710/s) CLOSE_WAIT 2 | transitions 99 lost 0\n  \
              dwell TIME_WAIT   n=5 p50=60.5s p90=61.0s p99=62.0s max=62.5s\n  \
-             age   CLOSE_WAIT  n=2 p50=3.000s p90=40.0s p99=40.0s max=40.0s (still in state)\n"
+             age   CLOSE_WAIT  n=2 p50=3.000s p90=40.0s p99=40.0s max=40.0s (still in state)\n  \
+             held  CLOSE_WAIT  by python3[6345] 2\n"
         );
         s.lost = 3;
         assert!(summary(&s, WallClock::with_offset(0)).contains("lost 3 (RECORDS LOST)"));
