@@ -24,6 +24,10 @@ pub mod kind {
     pub const DROP: u16 = 4;
     /// A conntrack entry was freed: see [`super::ConntrackEnd`].
     pub const CONNTRACK_END: u16 = 5;
+    /// A RST reached a timewait socket, laid out as a [`super::DropRecord`] (the packet's
+    /// addresses, TCP header and namespace). Not a drop: evidence for why a TIME_WAIT ended
+    /// early, since with `tcp_rfc1337` off the kernel kills the timewait socket on it.
+    pub const TIMEWAIT_RESET: u16 = 6;
 }
 
 /// Bits of `Transition::flags`.

@@ -19,6 +19,7 @@ pub fn try_kfree_skb(ctx: &BtfTracePointContext, rx_sk: impl Fn() -> *const u8) 
         let rx_sk = rx_sk();
         if !rx_sk.is_null() {
             timewait::segment_handled(rx_sk);
+            timewait_reset(ctx.arg(0), rx_sk);
         }
         return;
     }
@@ -31,12 +32,34 @@ pub fn try_kfree_skb(ctx: &BtfTracePointContext, rx_sk: impl Fn() -> *const u8) 
     }
 }
 
+/// If `skb`, just handled by the timewait socket `tw`, is a RST, reports it: the kernel
+/// kills a TIME_WAIT socket on an in-window RST (unless `tcp_rfc1337`), and the record is
+/// how userspace tells that early end from a reused port. Cheap for everything else: one
+/// byte of the TCP header is read before anything is built.
+#[inline(never)]
+pub fn timewait_reset(skb: *const u8, tw: *const u8) {
+    let Some(seg) = read::segment(skb, offsets()) else {
+        return;
+    };
+    if read::at::<u8>(seg.tcp, 13) & TCP_RST == 0 {
+        return;
+    }
+    send(kind::TIMEWAIT_RESET, skb, tw, 0);
+}
+
+const TCP_RST: u8 = 0x04;
+
 #[inline(never)]
 fn report(skb: *const u8, rx_sk: *const u8, reason: u32) {
+    send(kind::DROP, skb, rx_sk, reason);
+}
+
+#[inline(always)]
+fn send(record_kind: u16, skb: *const u8, rx_sk: *const u8, reason: u32) {
     let off = offsets();
     let mut rec = DropRecord {
         header: RecordHeader {
-            kind: kind::DROP,
+            kind: record_kind,
             size: DropRecord::SIZE as u16,
             _pad: 0,
             mono_ns: unsafe { bpf_ktime_get_ns() },

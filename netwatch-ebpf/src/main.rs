@@ -264,6 +264,7 @@ twins!(
 #[fexit(function = "tcp_timewait_state_process")]
 pub fn tw_segment_fexit(ctx: FExitContext) -> i32 {
     timewait::segment_handled(ctx.arg(0));
+    drops::timewait_reset(ctx.arg(1), ctx.arg(0));
     0
 }
 

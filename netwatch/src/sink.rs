@@ -19,7 +19,7 @@ use crate::core::{
     event::{Event, Transition},
     json::{
         self, alert_kind, AlertJson, CensusJson, HeaderJson, PartEndJson, Record, RecordCounts,
-        SnapshotJson, SummaryJson,
+        SnapshotJson, SummaryJson, TimewaitResetJson,
     },
     signals::Alert,
     snapshot::Snapshot,
@@ -226,8 +226,14 @@ impl Sinks {
     }
 
     pub fn push(&mut self, event: &Event) {
-        if let Event::Transition(t) = event {
-            self.transition(t);
+        match event {
+            Event::Transition(t) => self.transition(t),
+            Event::TimewaitReset(r) if self.json.is_some() => {
+                self.records.timewait_reset += 1;
+                let clock = self.clock;
+                self.record(&Record::TimewaitReset(TimewaitResetJson::new(r, clock)));
+            }
+            _ => {}
         }
     }
 

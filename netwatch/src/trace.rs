@@ -27,6 +27,7 @@ use crate::core::{
         CensusJson, FiltersJson, HeaderJson, SummaryJson, SummaryTotals, FORMAT, SCHEMA_VERSION,
     },
     plain,
+    requests::Queues,
     signals::{Alert, Environment, Signals},
 };
 use crate::features::KernelFeatures;
@@ -124,6 +125,7 @@ impl Tracer {
             Event::Drop(d) => self.cfg.addrs.matches_addrs(d.saddr, d.daddr),
             Event::SynackRetransmit(r) => self.cfg.addrs.matches_addrs(r.laddr, r.raddr),
             Event::ConntrackEnd(c) => self.cfg.addrs.matches_addrs(c.saddr, c.daddr),
+            Event::TimewaitReset(r) => self.cfg.addrs.matches_addrs(r.tuple.laddr, r.tuple.raddr),
         }
     }
 
@@ -149,6 +151,7 @@ impl Tracer {
                     self.agg.apply(t);
                 }
                 Event::ConntrackEnd(c) => self.conntrack.apply(c),
+                Event::TimewaitReset(r) => self.agg.timewait_reset(r),
                 Event::Drop(_) | Event::SynackRetransmit(_) => {}
             }
             self.signals.observe(&ev, &mut now);
@@ -166,8 +169,9 @@ impl Tracer {
         }
     }
 
-    /// Request sockets waiting in SYN_RECV in the traced namespaces (None if a dump failed).
-    fn pending_requests(&self) -> Option<u64> {
+    /// Request sockets waiting in SYN_RECV and children in accept queues, in the traced
+    /// namespaces (None if a dump failed).
+    fn queues(&self) -> Option<Queues> {
         let spaces: Vec<Option<&std::path::Path>> = if self.cfg.netns.is_empty() {
             vec![None]
         } else {
@@ -177,12 +181,12 @@ impl Tracer {
                 .map(|p| Some(p.as_path()))
                 .collect()
         };
-        let mut n = 0;
+        let mut all = Vec::new();
         for ns in spaces {
-            let socks = census::dump_syn_recv(ns).ok()?;
-            n += socks.iter().filter(|s| census_wanted(&self.cfg, s)).count() as u64;
+            let socks = census::dump_queues(ns).ok()?;
+            all.extend(socks.into_iter().filter(|s| census_wanted(&self.cfg, s)));
         }
-        Some(n)
+        Some(census::queues(&all))
     }
 
     /// Counter deltas and settings of the traced namespaces.
@@ -204,8 +208,8 @@ impl Tracer {
         let lost = self.lost();
         if std::time::Instant::now() >= self.syn_recv_next {
             let started = std::time::Instant::now();
-            if let Some(n) = self.pending_requests() {
-                self.agg.set_syn_recv_now(n);
+            if let Some(q) = self.queues() {
+                self.agg.set_queues(mono_now_ns(), &q);
             }
             // The kernel walks its whole socket table for the dump (30 ms at a full 131k
             // TIME_WAIT table here): keep it under 2 % of the time, however big that gets.
@@ -744,6 +748,8 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         _ => Ok(()),
     };
     // The summary goes in however tracing stopped; after a failed write nothing does.
+    // Early TIME_WAIT ends still waiting for their evidence will get none now.
+    tracer.agg.finish();
     let summary = tracer.summary(stop);
     let finished = tracer.sinks.finish(&summary);
     if let Ok(Some(files)) = &finished {

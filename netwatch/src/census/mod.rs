@@ -27,6 +27,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use netwatch_common::state;
 
+use crate::core::requests::{self, Queues, Waiting};
+
 pub use netlink::DiagError;
 pub use owners::{socket_owners, Owner};
 
@@ -54,6 +56,14 @@ pub struct CensusSocket {
     pub timer: u8,
     /// Milliseconds until that timer fires: for timewait sockets, the time left to live.
     pub expires_ms: u32,
+    /// Retransmissions so far (`idiag_retrans`): for request sockets, SYN-ACKs resent.
+    pub retrans: u8,
+    /// `idiag_rqueue`: for a listener, children waiting in its accept queue (else bytes
+    /// not yet read).
+    pub rqueue: u32,
+    /// `idiag_wqueue`: for a listener, its backlog (listen()'s argument capped by
+    /// somaxconn); else bytes not yet acknowledged.
+    pub wqueue: u32,
     /// Inode of the network namespace the socket lives in.
     pub netns: u32,
 }
@@ -69,10 +79,31 @@ pub fn dump_tcp(netns: Option<&Path>) -> Result<Vec<CensusSocket>> {
     dump_states(netns, netlink::ALL_STATES)
 }
 
-/// Request sockets (server-side SYN_RECV) only, which no tracepoint reports while they
-/// wait: the kernel dumps just those, so this stays cheap however many sockets the host has.
-pub fn dump_syn_recv(netns: Option<&Path>) -> Result<Vec<CensusSocket>> {
-    dump_states(netns, 1 << state::SYN_RECV | 1 << state::NEW_SYN_RECV)
+/// Request sockets and listeners of `netns` (or this process's own namespace): one walk of
+/// the kernel's tables for both queues (see [`queues`]).
+pub fn dump_queues(netns: Option<&Path>) -> Result<Vec<CensusSocket>> {
+    dump_states(
+        netns,
+        1 << state::SYN_RECV | 1 << state::NEW_SYN_RECV | 1 << state::LISTEN,
+    )
+}
+
+/// The waiting request sockets (with their ages from the SYN-ACK timer) and the children
+/// queued on listeners, from a dump of both.
+pub fn queues<'a>(socks: impl IntoIterator<Item = &'a CensusSocket>) -> Queues {
+    let mut q = Queues::default();
+    for s in socks {
+        match s.state {
+            state::SYN_RECV => q.requests.push(Waiting {
+                age_ns: requests::age_ms(s.retrans, s.expires_ms).saturating_mul(1_000_000),
+                port: s.sport,
+                remote: s.daddr,
+            }),
+            state::LISTEN => q.accept_queued += u64::from(s.rqueue),
+            _ => {}
+        }
+    }
+    q
 }
 
 fn dump_states(netns: Option<&Path>, states: u32) -> Result<Vec<CensusSocket>> {
@@ -159,7 +190,7 @@ mod tests {
         p[0] = s.family as u8;
         p[1] = raw_state;
         p[2] = s.timer;
-        p[3] = 2; // retrans
+        p[3] = s.retrans;
         p[4..6].copy_from_slice(&s.sport.to_be_bytes());
         p[6..8].copy_from_slice(&s.dport.to_be_bytes());
         let put = |p: &mut [u8], at: usize, a: IpAddr| match a {
@@ -172,8 +203,8 @@ mod tests {
         p[44..48].copy_from_slice(&(s.cookie as u32).to_ne_bytes());
         p[48..52].copy_from_slice(&((s.cookie >> 32) as u32).to_ne_bytes());
         p[52..56].copy_from_slice(&s.expires_ms.to_ne_bytes());
-        p[56..60].copy_from_slice(&7u32.to_ne_bytes()); // rqueue
-        p[60..64].copy_from_slice(&9u32.to_ne_bytes()); // wqueue
+        p[56..60].copy_from_slice(&s.rqueue.to_ne_bytes());
+        p[60..64].copy_from_slice(&s.wqueue.to_ne_bytes());
         p[64..68].copy_from_slice(&s.uid.to_ne_bytes());
         p[68..72].copy_from_slice(&(s.inode as u32).to_ne_bytes());
         // An attribute header and value, which the parser must step over.
@@ -194,6 +225,9 @@ mod tests {
             cookie: 0x0000_0012_8000_0001,
             timer: 2,
             expires_ms: 7_199_000,
+            retrans: 2,
+            rqueue: 7,
+            wqueue: 9,
             netns: NS,
         }
     }
@@ -211,8 +245,37 @@ mod tests {
             cookie: u64::MAX - 5,
             timer: 3,
             expires_ms: 59_870,
+            retrans: 0,
+            rqueue: 0,
+            wqueue: 0,
             netns: NS,
         }
+    }
+
+    #[test]
+    fn queues_are_the_waiting_requests_with_ages_and_the_listeners_backlogs() {
+        let listener = CensusSocket {
+            state: state::LISTEN,
+            rqueue: 3,
+            wqueue: 2,
+            ..v4_established()
+        };
+        let request = CensusSocket {
+            state: state::SYN_RECV,
+            retrans: 1,
+            expires_ms: 500,
+            ..v4_established()
+        };
+        let q = queues([&listener, &request, &listener, &v6_time_wait()]);
+        assert_eq!(q.accept_queued, 6);
+        assert_eq!(
+            q.requests,
+            [Waiting {
+                age_ns: 2_500_000_000,
+                port: 443,
+                remote: request.daddr,
+            }]
+        );
     }
 
     #[test]

@@ -152,6 +152,9 @@ pub(super) fn parse_diag_msg(p: &[u8], netns: u32) -> Result<CensusSocket, DiagE
         cookie: cookie_lo | cookie_hi << 32,
         timer: p[2],
         expires_ms: u32_ne(p, 52),
+        retrans: p[3],
+        rqueue: u32_ne(p, 56),
+        wqueue: u32_ne(p, 60),
         netns,
     })
 }

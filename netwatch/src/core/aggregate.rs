@@ -8,9 +8,11 @@ use std::net::IpAddr;
 use hdrhistogram::Histogram;
 use netwatch_common::state;
 
-use super::event::{Owner, Transition};
+use super::early_ends::Classifier;
+use super::event::{Owner, TimewaitReset, Transition};
 use super::fasthash::IdMap;
-use super::snapshot::{Bucket, Peak, Percentiles, Snapshot, StateStats, Talker};
+use super::requests::Queues;
+use super::snapshot::{Bucket, Handshakes, Peak, Percentiles, Snapshot, StateStats, Talker};
 
 /// Longest dwell a histogram records exactly (ten days); longer ones are clamped, so a
 /// five-day conntrack-style ESTABLISHED still lands in the top bucket.
@@ -145,11 +147,45 @@ pub struct Aggregator {
     transitions: u64,
     last_snapshot_ns: Option<u64>,
     /// Server-side SYN_RECV now, as the kernel lists its request sockets: they make no
-    /// record until they end, so the caller counts them (sock_diag) each interval.
-    syn_recv_now: Option<u64>,
+    /// record until they end, so the caller lists them (sock_diag) each interval.
+    requests: Option<Requests>,
+    /// Accepted children in listeners' queues: ESTABLISHED, but announced only at accept().
+    accept_queued: u64,
+    /// Server-side handshakes that ended, by outcome, since the start.
+    handshakes: Handshakes,
     /// Per state, the highest count of any snapshot so far (what the gauges showed).
     peaks: [Peak; state::COUNT],
     processes: Processes,
+    /// Why TIME_WAITs ended early.
+    early_ends: Classifier,
+}
+
+/// The request sockets waiting now, as last listed (see [`Aggregator::set_queues`]).
+#[derive(Debug, Clone, Default)]
+struct Requests {
+    /// When the list was read: between reads (the dump is rationed) the ages grow.
+    listed_ns: u64,
+    now: u64,
+    age: Percentiles,
+    by_port: Vec<Talker<u16>>,
+    by_remote: Vec<Talker<IpAddr>>,
+}
+
+impl Requests {
+    fn age_at(&self, now_ns: u64) -> Percentiles {
+        let later = now_ns.saturating_sub(self.listed_ns);
+        let a = self.age;
+        if a.count == 0 {
+            return a;
+        }
+        Percentiles {
+            count: a.count,
+            p50: a.p50.saturating_add(later),
+            p90: a.p90.saturating_add(later),
+            p99: a.p99.saturating_add(later),
+            max: a.max.saturating_add(later),
+        }
+    }
 }
 
 impl Default for Aggregator {
@@ -168,10 +204,23 @@ impl Aggregator {
             listening: IdMap::default(),
             transitions: 0,
             last_snapshot_ns: None,
-            syn_recv_now: None,
+            requests: None,
+            accept_queued: 0,
+            handshakes: Handshakes::default(),
             peaks: [Peak::default(); state::COUNT],
             processes: Processes::default(),
+            early_ends: Classifier::default(),
         }
+    }
+
+    /// A RST reached a timewait socket (evidence for an early end).
+    pub fn timewait_reset(&mut self, r: &TimewaitReset) {
+        self.early_ends.reset(r.tuple, r.mono_ns);
+    }
+
+    /// The trace is over: early ends still waiting for evidence will get none.
+    pub fn finish(&mut self) {
+        self.early_ends.finish();
     }
 
     fn service_port(&self, state: u8, sport: u16, dport: u16, accepted: bool) -> u16 {
@@ -213,13 +262,47 @@ impl Aggregator {
         }
     }
 
-    /// Sets how many sockets are in SYN_RECV now (see `syn_recv_now`).
-    pub fn set_syn_recv_now(&mut self, n: u64) {
-        self.syn_recv_now = Some(n);
+    /// Sets how many sockets are in SYN_RECV now and their ages, and how many children
+    /// wait in accept queues, as a recorded snapshot says (a replay: records cannot tell).
+    pub fn set_recorded_queues(
+        &mut self,
+        at_ns: u64,
+        syn_recv: u64,
+        age: Percentiles,
+        accept_queued: u64,
+    ) {
+        self.requests = Some(Requests {
+            listed_ns: at_ns,
+            now: syn_recv,
+            age,
+            by_port: Vec::new(),
+            by_remote: Vec::new(),
+        });
+        self.accept_queued = accept_queued;
+    }
+
+    /// The kernel's list of waiting request sockets and accept queues, read at `now_ns`.
+    pub fn set_queues(&mut self, now_ns: u64, q: &Queues) {
+        let mut ages = new_histogram();
+        let mut by_port: HashMap<u16, u64> = HashMap::new();
+        let mut by_remote: HashMap<IpAddr, u64> = HashMap::new();
+        for w in &q.requests {
+            ages.saturating_record(w.age_ns.clamp(1, MAX_TRACKABLE_NS));
+            *by_port.entry(w.port).or_default() += 1;
+            *by_remote.entry(w.remote).or_default() += 1;
+        }
+        self.requests = Some(Requests {
+            listed_ns: now_ns,
+            now: q.requests.len() as u64,
+            age: percentiles(&ages),
+            by_port: top(by_port),
+            by_remote: top(by_remote),
+        });
+        self.accept_queued = q.accept_queued;
     }
 
     /// Seeds the live mirror with the sockets that existed at start (the census). Sockets
-    /// in SYN_RECV are request sockets, counted by `set_syn_recv_now`: their end is reported
+    /// in SYN_RECV are request sockets, counted by `set_queues`: their end is reported
     /// under the child's cookie, so a mirror entry would never leave.
     pub fn seed(&mut self, now_ns: u64, sockets: impl IntoIterator<Item = Existing>) {
         let sockets: Vec<Existing> = sockets
@@ -249,6 +332,7 @@ impl Aggregator {
 
     pub fn apply(&mut self, t: &Transition) {
         self.transitions += 1;
+        self.early_ends.transition(t);
         if let Some(d) = t.dwell_ns {
             if (t.old as usize) < state::COUNT && t.old != state::CLOSE {
                 self.dwell[t.old as usize].saturating_record(d.min(MAX_TRACKABLE_NS));
@@ -263,6 +347,16 @@ impl Aggregator {
         }
         if (t.new as usize) < state::COUNT && t.new != state::CLOSE {
             self.entered[t.new as usize] += 1;
+        }
+        if t.synack_retransmits.is_some() {
+            // A request socket's end: the record of a connection that entered SYN_RECV
+            // (server side), the only one it makes.
+            self.entered[state::SYN_RECV as usize] += 1;
+            if t.new == state::CLOSE {
+                self.handshakes.failed += 1;
+            } else {
+                self.handshakes.completed += 1;
+            }
         }
         if t.new == state::CLOSE {
             if cur.is_some() {
@@ -327,6 +421,9 @@ impl Aggregator {
             .map_or(0, |last| now_ns.saturating_sub(last));
         snap.transitions = self.transitions;
         snap.lost = lost;
+        snap.timewait_early_ends = self.early_ends.counts();
+        snap.accept_queued = self.accept_queued;
+        snap.handshakes = self.handshakes;
 
         let mut ages: Vec<Histogram<u64>> = (0..state::COUNT).map(|_| new_histogram()).collect();
         let mut by_port: Vec<HashMap<u16, u64>> = vec![HashMap::new(); state::COUNT];
@@ -346,20 +443,31 @@ impl Aggregator {
             }
         }
         for i in 0..state::COUNT {
-            let now = match self.syn_recv_now {
-                Some(n) if i == state::SYN_RECV as usize => n,
-                _ => self.counts[i],
+            let requests = self
+                .requests
+                .as_ref()
+                .filter(|_| i == state::SYN_RECV as usize);
+            let now = match requests {
+                Some(r) => r.now,
+                None if i == state::ESTABLISHED as usize => self.counts[i] + self.accept_queued,
+                None => self.counts[i],
             };
             snap.states[i] = StateStats {
                 now,
                 peak: self.peaks[i].with(now, now_ns),
                 entered: self.entered[i],
                 dwell: percentiles(&self.dwell[i]),
-                age: percentiles(&ages[i]),
+                age: requests.map_or_else(|| percentiles(&ages[i]), |r| r.age_at(now_ns)),
                 buckets: buckets(&self.dwell[i]),
             };
-            snap.top_local_ports[i] = top(std::mem::take(&mut by_port[i]));
-            snap.top_remotes[i] = top(std::mem::take(&mut by_remote[i]));
+            snap.top_local_ports[i] = match requests {
+                Some(r) => r.by_port.clone(),
+                None => top(std::mem::take(&mut by_port[i])),
+            };
+            snap.top_remotes[i] = match requests {
+                Some(r) => r.by_remote.clone(),
+                None => top(std::mem::take(&mut by_remote[i])),
+            };
             snap.top_processes[i] = top(std::mem::take(&mut by_process[i]))
                 .into_iter()
                 .filter_map(|t| {
@@ -540,9 +648,9 @@ mod tests {
         assert_eq!(snap.state(CLOSE_WAIT).now, 0);
         assert_eq!(snap.state(CLOSE_WAIT).peak, Peak { max: 3, at: 2 * S });
         assert_eq!(snap.state(LAST_ACK).peak, Peak { max: 3, at: 5 * S });
-        a.set_syn_recv_now(20);
+        a.set_recorded_queues(6 * S, 20, Percentiles::default(), 0);
         a.snapshot(6 * S, 0);
-        a.set_syn_recv_now(0);
+        a.set_recorded_queues(7 * S, 0, Percentiles::default(), 0);
         let snap = a.snapshot(7 * S, 0);
         assert_eq!(snap.state(SYN_RECV).peak, Peak { max: 20, at: 6 * S });
     }

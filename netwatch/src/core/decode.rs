@@ -9,8 +9,10 @@ use netwatch_common::{
 };
 use thiserror::Error;
 
+use super::early_ends::Tuple;
 use super::event::{
-    ConntrackEnd, Drop, DropReason, Event, Family, Owner, SynackRetransmit, Transition,
+    ConntrackEnd, Drop, DropReason, Event, Family, Owner, SynackRetransmit, TimewaitReset,
+    Transition,
 };
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -70,6 +72,10 @@ impl Decoder {
                     .map(|(_, r)| *r)
                     .ok_or(DecodeError::UnknownKind(kind::DROP))?;
                 Ok(Event::Drop(drop(&raw, reason)))
+            }
+            kind::TIMEWAIT_RESET => {
+                let raw: DropRecord = read_record(bytes)?;
+                Ok(Event::TimewaitReset(timewait_reset(&raw)))
             }
             kind::CONNTRACK_END => {
                 let raw: RawConntrackEnd = read_record(bytes)?;
@@ -147,6 +153,21 @@ fn drop(raw: &DropRecord, reason: DropReason) -> Drop {
         tsval: ts.map(|t| t.0),
         tsecr: ts.map(|t| t.1),
         ts_recent: (raw.has_ts_recent != 0).then_some(raw.ts_recent),
+    }
+}
+
+/// The RST's packet turned round: its destination is the timewait socket's local side.
+fn timewait_reset(raw: &DropRecord) -> TimewaitReset {
+    let family = family(raw.family);
+    TimewaitReset {
+        mono_ns: raw.header.mono_ns,
+        tuple: Tuple {
+            netns: raw.netns,
+            laddr: addr(family, &raw.daddr),
+            lport: u16::from_be_bytes([raw.tcp[2], raw.tcp[3]]),
+            raddr: addr(family, &raw.saddr),
+            rport: u16::from_be_bytes([raw.tcp[0], raw.tcp[1]]),
+        },
     }
 }
 
@@ -431,6 +452,25 @@ pub(crate) mod tests {
         assert_eq!(drop.ts_delta(), Some(1000 - 900_000_000));
         // A reason this kernel's table does not know is an error, not a misreading.
         assert!(Decoder::default().decode(bytes).is_err());
+
+        // The same layout as a RST that met a timewait socket: the tuple is the socket's.
+        raw.header.kind = kind::TIMEWAIT_RESET;
+        raw.tcp[13] = 0x04;
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&raw as *const DropRecord).cast::<u8>(), DropRecord::SIZE)
+        };
+        let Ok(Event::TimewaitReset(r)) = Decoder::default().decode(bytes) else {
+            panic!("not a timewait reset")
+        };
+        assert_eq!(r.mono_ns, 7);
+        assert_eq!(
+            (r.tuple.laddr.to_string(), r.tuple.lport, r.tuple.rport),
+            ("10.0.0.2".into(), 80, 40000)
+        );
+        assert_eq!(
+            (r.tuple.raddr.to_string(), r.tuple.netns),
+            ("198.51.100.7".into(), 5)
+        );
     }
 
     #[test]

@@ -12,6 +12,16 @@ pub enum Event {
     Drop(Drop),
     SynackRetransmit(SynackRetransmit),
     ConntrackEnd(ConntrackEnd),
+    TimewaitReset(TimewaitReset),
+}
+
+/// A RST reached a timewait socket: with `tcp_rfc1337` off the kernel kills the socket on
+/// it, so it explains a TIME_WAIT that ended early (see [`super::early_ends`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimewaitReset {
+    pub mono_ns: u64,
+    /// The timewait socket's side: its local address is where the RST was sent to.
+    pub tuple: super::early_ends::Tuple,
 }
 
 /// A conntrack entry that was freed.

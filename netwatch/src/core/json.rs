@@ -39,8 +39,9 @@
 //! ([`SCHEMA`]), against which the tests validate real traces.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use netwatch_common::state;
 
@@ -48,7 +49,8 @@ use crate::features::KernelFeatures;
 
 use super::{
     clock::WallClock,
-    event::Transition,
+    early_ends::{EarlyEnds, Tuple},
+    event::{TimewaitReset, Transition},
     signals::Alert,
     snapshot::{Bucket, ConntrackStats, Percentiles, Snapshot},
 };
@@ -74,8 +76,50 @@ pub enum Record<'a> {
     Transition(TransitionJson<'a>),
     Snapshot(SnapshotJson),
     Alert(AlertJson<'a>),
+    TimewaitReset(TimewaitResetJson),
     PartEnd(PartEndJson),
     Summary(&'a SummaryJson),
+}
+
+/// `"type":"timewait_reset"`: a RST reached a timewait socket (the socket's own addresses:
+/// `saddr` is local). The kernel kills a TIME_WAIT socket on an in-window RST, so these are
+/// the evidence for `timewait_early_ends.rst`. Added within schema version 1.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TimewaitResetJson {
+    pub ts: String,
+    pub mono_ns: u64,
+    pub netns: u32,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+}
+
+impl TimewaitResetJson {
+    pub fn new(r: &TimewaitReset, clock: WallClock) -> Self {
+        Self {
+            ts: clock.rfc3339(r.mono_ns),
+            mono_ns: r.mono_ns,
+            netns: r.tuple.netns,
+            saddr: r.tuple.laddr,
+            sport: r.tuple.lport,
+            daddr: r.tuple.raddr,
+            dport: r.tuple.rport,
+        }
+    }
+
+    pub fn to_event(&self) -> TimewaitReset {
+        TimewaitReset {
+            mono_ns: self.mono_ns,
+            tuple: Tuple {
+                netns: self.netns,
+                laddr: self.saddr,
+                lport: self.sport,
+                raddr: self.daddr,
+                rport: self.dport,
+            },
+        }
+    }
 }
 
 /// `"type":"header"`: the first record of every file of a trace. Everything a reader needs to
@@ -180,6 +224,8 @@ pub struct RecordCounts {
     pub transition: u64,
     pub alert: u64,
     pub snapshot: u64,
+    /// Added within schema version 1: absent means 0.
+    pub timewait_reset: u64,
 }
 
 /// `"type":"summary"`: the last record of a complete trace, written however tracing stopped
@@ -222,6 +268,9 @@ pub struct SummaryJson {
     pub skipped_runs: u64,
     /// As in the header: the last record alone (`tail -n1`) says what the trace could see.
     pub kernel_features: KernelFeatures,
+    /// TIME_WAITs ended before their 60 s, by cause, over the whole trace (added within
+    /// schema version 1: absent means none were classified).
+    pub timewait_early_ends: EarlyEnds,
 }
 
 /// What the summary needs besides the engine's view.
@@ -261,6 +310,7 @@ impl SummaryJson {
             output_dropped: 0,
             skipped_runs: 0,
             kernel_features,
+            timewait_early_ends: s.timewait_early_ends,
         };
         for st in reported_states() {
             let name = state::name(st);
@@ -345,6 +395,12 @@ pub struct SnapshotJson {
     pub lost: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conntrack: Option<ConntrackJson>,
+    /// TIME_WAITs ended before their 60 s since the start, by cause (added within schema
+    /// version 1).
+    pub timewait_early_ends: EarlyEnds,
+    /// Of `states.ESTABLISHED`, children waiting in listeners' accept queues (added within
+    /// schema version 1).
+    pub accept_queued: u64,
 }
 
 /// `conntrack` in a snapshot: see [`ConntrackStats`].
@@ -404,6 +460,8 @@ impl SnapshotJson {
             transitions: s.transitions,
             lost: s.lost,
             conntrack: s.conntrack.as_ref().map(ConntrackJson::from),
+            timewait_early_ends: s.timewait_early_ends,
+            accept_queued: s.accept_queued,
         };
         for st in reported_states() {
             let name = state::name(st);

@@ -7,6 +7,7 @@ use netwatch_common::state;
 
 use crate::features::KernelFeatures;
 
+use super::early_ends::Cause;
 use super::{
     clock::WallClock,
     coverage,
@@ -78,6 +79,19 @@ pub fn summary(s: &Snapshot, clock: WallClock) -> String {
     if !peaks.is_empty() {
         let _ = writeln!(out, "  peak  {}", peaks.join(", "));
     }
+    let early = &s.timewait_early_ends;
+    if early.total() + early.pending > 0 {
+        let causes: Vec<String> = Cause::ALL
+            .iter()
+            .filter(|&&c| early.get(c) > 0)
+            .map(|&c| format!("{} {}", c.name(), early.get(c)))
+            .collect();
+        let _ = write!(out, "  TIME_WAIT ended early: {}", causes.join(", "));
+        if early.pending > 0 {
+            let _ = write!(out, " ({} awaiting evidence)", early.pending);
+        }
+        out.push('\n');
+    }
     for &st in FOCUS {
         let stats = s.state(st);
         if stats.dwell.count > 0 {
@@ -89,6 +103,21 @@ pub fn summary(s: &Snapshot, clock: WallClock) -> String {
                 "  age   {:<11} {} (still in state)",
                 state::name(st),
                 pct(&stats.age)
+            );
+        }
+        // Who holds them, as `ss -p` would say: a CLOSE_WAIT leak is a process's bug.
+        let holders = &s.top_processes[st as usize];
+        if stats.now > 0 && !holders.is_empty() {
+            let names: Vec<String> = holders
+                .iter()
+                .take(3)
+                .map(|t| format!("{} {}", t.key, t.count))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  held  {:<11} by {}",
+                state::name(st),
+                names.join(", ")
             );
         }
     }
@@ -109,7 +138,8 @@ pub fn coverage(kernel: &str, features: &KernelFeatures) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::snapshot::Peak;
+    use crate::core::event::Owner;
+    use crate::core::snapshot::{Peak, Talker};
 
     #[test]
     fn the_closing_words_name_the_kernel_and_what_it_hid() {
@@ -150,12 +180,20 @@ mod tests {
             max: 40_000_000_000,
         };
         s.transitions = 99;
+        s.top_processes[state::CLOSE_WAIT as usize] = vec![Talker {
+            key: Owner {
+                pid: 6345,
+                comm: "python3".into(),
+            },
+            count: 2,
+        }];
         let text = summary(&s, WallClock::with_offset(0));
         assert_eq!(
             text,
             "[00:00:10] TIME_WAIT 28000 (+710/s) CLOSE_WAIT 2 | transitions 99 lost 0\n  \
              dwell TIME_WAIT   n=5 p50=60.5s p90=61.0s p99=62.0s max=62.5s\n  \
-             age   CLOSE_WAIT  n=2 p50=3.000s p90=40.0s p99=40.0s max=40.0s (still in state)\n"
+             age   CLOSE_WAIT  n=2 p50=3.000s p90=40.0s p99=40.0s max=40.0s (still in state)\n  \
+             held  CLOSE_WAIT  by python3[6345] 2\n"
         );
         s.lost = 3;
         assert!(summary(&s, WallClock::with_offset(0)).contains("lost 3 (RECORDS LOST)"));

@@ -20,9 +20,10 @@ use crate::features::KernelFeatures;
 
 use super::{
     aggregate::{Aggregator, Existing},
+    early_ends::EarlyEnds,
     event::{Family, Owner, Transition},
     filter::AddrFilter,
-    json::{reported_states, FORMAT, SCHEMA_VERSION},
+    json::{reported_states, TimewaitResetJson, FORMAT, SCHEMA_VERSION},
     snapshot::{Percentiles, Snapshot},
 };
 
@@ -35,6 +36,7 @@ const KNOWN_TYPES: &[&str] = &[
     "transition",
     "snapshot",
     "alert",
+    "timewait_reset",
     "part_end",
     "summary",
 ];
@@ -72,6 +74,18 @@ pub struct PercentilesIn {
     pub p90: u64,
     pub p99: u64,
     pub max: u64,
+}
+
+impl From<PercentilesIn> for Percentiles {
+    fn from(p: PercentilesIn) -> Self {
+        Self {
+            count: p.count,
+            p50: p.p50,
+            p90: p.p90,
+            p99: p.p99,
+            max: p.max,
+        }
+    }
 }
 
 impl From<Percentiles> for PercentilesIn {
@@ -221,6 +235,12 @@ pub struct SnapshotIn {
     pub lost: u64,
     #[serde(default)]
     pub conntrack: Option<ConntrackIn>,
+    /// Absent in traces written before netwatch classified early ends.
+    #[serde(default)]
+    pub timewait_early_ends: Option<EarlyEnds>,
+    /// Absent in traces written before netwatch counted accept queues: 0.
+    #[serde(default)]
+    pub accept_queued: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -254,6 +274,9 @@ pub struct SummaryIn {
     pub output_dropped: u64,
     #[serde(default)]
     pub kernel_features: KernelFeatures,
+    /// Absent in traces written before netwatch classified early ends.
+    #[serde(default)]
+    pub timewait_early_ends: Option<EarlyEnds>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -283,6 +306,7 @@ pub enum RecordIn {
     Transition(TransitionIn),
     Snapshot(Box<SnapshotIn>),
     Alert(AlertIn),
+    TimewaitReset(TimewaitResetJson),
     PartEnd(PartEndIn),
     Summary(Box<SummaryIn>),
     #[serde(other)]
@@ -729,6 +753,17 @@ impl Replay {
                     None => self.transitions += 1,
                 }
             }
+            RecordIn::TimewaitReset(r) => {
+                self.last_mono = self.last_mono.max(r.mono_ns);
+                if !self.filter.connection(r.saddr, r.sport, r.daddr, r.dport) {
+                    return;
+                }
+                let ev = r.to_event();
+                self.full.timewait_reset(&ev);
+                if let Some(w) = self.window.as_mut() {
+                    w.timewait_reset(&ev);
+                }
+            }
             RecordIn::Snapshot(s) => self.snapshot(*s),
             RecordIn::Alert(a) => {
                 self.last_mono = self.last_mono.max(a.mono_ns);
@@ -746,18 +781,27 @@ impl Replay {
         }
     }
 
-    /// Seeds a census that ended the input.
+    /// Seeds a census that ended the input; early ends still waiting get no evidence now.
     pub fn end(&mut self) {
         self.seed_batch();
+        self.full.finish();
+        if let Some(w) = self.window.as_mut() {
+            w.finish();
+        }
     }
 
     fn snapshot(&mut self, s: SnapshotIn) {
         self.last_mono = self.last_mono.max(s.mono_ns);
         self.lost = self.lost.max(s.lost);
-        // Request sockets were counted by sock_diag live, not from records: take the count
-        // the snapshot recorded, as the census is taken from its records.
+        // Request sockets and accept queues were listed by sock_diag live, not from
+        // records: take what the snapshot recorded, as the census is taken from its records.
         if let Some(&n) = s.states.get(state::name(state::SYN_RECV)) {
-            self.full.set_syn_recv_now(n);
+            let age = s
+                .age
+                .get(state::name(state::SYN_RECV))
+                .map_or_else(Percentiles::default, |&p| p.into());
+            self.full
+                .set_recorded_queues(s.mono_ns, n, age, s.accept_queued);
         }
         let replayed = self.full.snapshot(s.mono_ns, s.lost);
         if !self.filter.filters_connections() && self.complete {
@@ -859,6 +903,14 @@ impl Replay {
                 ));
             }
         }
+        if let Some(r) = s.timewait_early_ends {
+            if r != view.timewait_early_ends {
+                diffs.push(format!(
+                    "timewait_early_ends {r:?} recorded, {:?} replayed",
+                    view.timewait_early_ends
+                ));
+            }
+        }
         Some(diffs)
     }
 }
@@ -866,6 +918,14 @@ impl Replay {
 /// Where a recomputed snapshot differs from the recorded one.
 fn snapshot_differences(rec: &SnapshotIn, got: &Snapshot) -> Vec<String> {
     let mut out = Vec::new();
+    if let Some(r) = rec.timewait_early_ends {
+        if r != got.timewait_early_ends {
+            out.push(format!(
+                "timewait_early_ends {r:?} recorded, {:?} replayed",
+                got.timewait_early_ends
+            ));
+        }
+    }
     if rec.transitions != got.transitions {
         out.push(format!(
             "transitions {} recorded, {} replayed",

@@ -437,7 +437,7 @@ impl Signals {
                 }
             }
             Event::Transition(t) => self.transition(t),
-            Event::ConntrackEnd(_) => {}
+            Event::ConntrackEnd(_) | Event::TimewaitReset(_) => {}
         }
     }
 

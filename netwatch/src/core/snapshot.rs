@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use super::early_ends::EarlyEnds;
 use super::event::Owner;
 
 use netwatch_common::state;
@@ -98,6 +99,21 @@ pub struct Snapshot {
     pub lost: u64,
     /// Connection tracking, when the traced namespaces use it.
     pub conntrack: Option<ConntrackStats>,
+    /// TIME_WAITs that ended before their 60 s, by cause, since the start.
+    pub timewait_early_ends: EarlyEnds,
+    /// Of the ESTABLISHED sockets, children waiting in listeners' accept queues (counted
+    /// from the listeners: no record announces them before accept()).
+    pub accept_queued: u64,
+    /// Server-side handshakes that ended since the start, by outcome.
+    pub handshakes: Handshakes,
+}
+
+/// Request sockets that ended: with a connection (the child was accepted) or without
+/// (the SYN-ACKs went unanswered, the queue was full, the client gave up).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Handshakes {
+    pub completed: u64,
+    pub failed: u64,
 }
 
 /// The conntrack table of the traced namespace: fill level, churn and entry lifetimes.

@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use super::{text::offset, AlertItem, Report};
+use crate::core::early_ends::Cause;
 use crate::core::signals::counted_evidence;
 use crate::core::text::duration;
 
@@ -92,6 +93,54 @@ fn held_by(r: &Report, st: &str) -> String {
         })
         .collect();
     format!("held by {}; ", list.join(", "))
+}
+
+/// TIME_WAIT dwells far below 60 s, explained: otherwise an engineer reads a 0.5 s median
+/// for a state the kernel holds 60 s as a broken tool.
+fn early_timewait(r: &Report) -> Option<Finding> {
+    let e = &r.timewait_early_ends;
+    let n = e.total();
+    if n == 0 {
+        return None;
+    }
+    let ends = r.dwell.get("TIME_WAIT").map_or(0, |d| d.count);
+    let mut causes: Vec<(u64, Cause)> = Cause::ALL
+        .iter()
+        .map(|&c| (e.get(c), c))
+        .filter(|&(k, _)| k > 0)
+        .collect();
+    causes.sort_by_key(|c| std::cmp::Reverse(c.0));
+    let detail: Vec<String> = causes
+        .iter()
+        .map(|(k, c)| format!("{k} {}: {}", c.name(), c.explanation()))
+        .collect();
+    Some(finding(
+        Severity::Info,
+        "timewait_early_ends",
+        format!("{n} of {ends} TIME_WAITs ended before their 60 s"),
+        detail.join("; "),
+    ))
+}
+
+/// Most server-side handshakes ending without a connection: the clients see timeouts or
+/// resets, and no other view says why.
+fn failed_handshakes(r: &Report) -> Option<Finding> {
+    let h = r.handshakes;
+    let total = h.completed + h.failed;
+    if h.failed < 10 || h.failed * 2 <= total {
+        return None;
+    }
+    Some(finding(
+        Severity::Warning,
+        "handshakes_failed",
+        format!(
+            "{} of {total} handshakes ({}%) ended without a connection",
+            h.failed,
+            h.failed * 100 / total
+        ),
+        "request sockets died in SYN_RECV: final ACKs lost or never sent (clients gone,          a SYN flood, a firewall), or dropped because the accept queue was full (see          listen_overflow); knobs net.ipv4.tcp_synack_retries, net.core.somaxconn,          net.ipv4.tcp_max_syn_backlog, net.ipv4.tcp_syncookies"
+            .to_owned(),
+    ))
 }
 
 fn evidence_number(a: &AlertItem, field: &str) -> Option<u64> {
@@ -290,6 +339,12 @@ pub fn findings(r: &Report) -> Vec<Finding> {
                     .to_owned(),
             ));
         }
+    }
+    if let Some(f) = early_timewait(r) {
+        out.push(f);
+    }
+    if let Some(f) = failed_handshakes(r) {
+        out.push(f);
     }
     let ct = r
         .gauges

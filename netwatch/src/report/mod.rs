@@ -25,6 +25,7 @@ use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 use crate::cli::TimeSpec;
 use crate::config::ReportConfig;
 use crate::core::{
+    early_ends::EarlyEnds,
     json::{reported_states, BucketJson, PercentilesJson},
     replay::{
         HeaderIn, PercentilesIn, ReadError, RecordIn, Replay, ReplayFilter, SummaryIn, TraceReader,
@@ -126,6 +127,13 @@ pub struct Check {
     pub differences: Vec<String>,
 }
 
+/// Request sockets that ended with a connection, and without one.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct HandshakesJson {
+    pub completed: u64,
+    pub failed: u64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub trace: TraceInfo,
@@ -172,6 +180,11 @@ pub struct Report {
     /// gzip stream that stops): records the numbers lack. Non-zero makes `report` exit with
     /// [`EXIT_DAMAGED`].
     pub damaged_lines: u64,
+    /// TIME_WAITs that ended before their 60 s, by cause (in the window, or over the whole
+    /// run where the numbers come from the summary).
+    pub timewait_early_ends: EarlyEnds,
+    /// Server-side handshakes that ended in the window, by outcome (replayed).
+    pub handshakes: HandshakesJson,
 }
 
 impl Report {
@@ -694,6 +707,14 @@ pub fn build(cfg: &ReportConfig) -> Result<Report> {
         // They quote the files: names, run ids, `part_end.next`.
         warnings: warnings.iter().map(|w| printable::owned(w)).collect(),
         damaged_lines: damaged,
+        handshakes: HandshakesJson {
+            completed: dwells.handshakes.completed,
+            failed: dwells.handshakes.failed,
+        },
+        timewait_early_ends: match from_summary {
+            Some(s) => s.timewait_early_ends.unwrap_or_default(),
+            None => dwells.timewait_early_ends,
+        },
     };
     report.findings = findings::findings(&report);
     Ok(report)

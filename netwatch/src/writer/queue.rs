@@ -63,11 +63,12 @@ pub fn add_to(to: &mut RecordCounts, n: &RecordCounts) {
     to.transition += n.transition;
     to.alert += n.alert;
     to.snapshot += n.snapshot;
+    to.timewait_reset += n.timewait_reset;
 }
 
 /// All records of `n`, whatever their type.
 pub fn total(n: &RecordCounts) -> u64 {
-    n.census + n.transition + n.alert + n.snapshot
+    n.census + n.transition + n.alert + n.snapshot + n.timewait_reset
 }
 
 /// `a - b` by type: the records written of those sent, given those dropped.
@@ -77,6 +78,7 @@ pub fn minus(a: &RecordCounts, b: &RecordCounts) -> RecordCounts {
         transition: a.transition.saturating_sub(b.transition),
         alert: a.alert.saturating_sub(b.alert),
         snapshot: a.snapshot.saturating_sub(b.snapshot),
+        timewait_reset: a.timewait_reset.saturating_sub(b.timewait_reset),
     }
 }
 
@@ -270,6 +272,7 @@ mod tests {
             transition: 10,
             alert: 1,
             snapshot: 3,
+            timewait_reset: 0,
         };
         let dropped = RecordCounts {
             transition: 4,

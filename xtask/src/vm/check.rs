@@ -34,6 +34,9 @@ pub enum Capability {
     Drops,
     /// Conntrack entries' lifetimes (creation to expiry) in a snapshot's `conntrack`.
     ConntrackLifetimes,
+    /// The TIME_WAIT a reconnect from the same port took over is counted as an early end
+    /// by `syn_reuse` in the summary's `timewait_early_ends`.
+    EarlyEnds,
     /// No `timewait_overflow` alert: these scenarios never overflow, so one is false.
     NoFalseOverflow,
 }
@@ -49,6 +52,7 @@ impl Capability {
         SynackRetransmits,
         Drops,
         ConntrackLifetimes,
+        EarlyEnds,
         NoFalseOverflow,
     ];
 
@@ -62,6 +66,7 @@ impl Capability {
             SynackRetransmits => "synack_rtx",
             Drops => "drops",
             ConntrackLifetimes => "ct_lifetimes",
+            EarlyEnds => "tw_early_end",
             NoFalseOverflow => "no_false_tw_overflow",
         }
     }
@@ -98,6 +103,8 @@ pub struct Observed {
     /// Packets `conntrack_full` alerts say the full table refused.
     pub table_full_drops: u64,
     pub conntrack_lifetimes: bool,
+    /// TIME_WAITs the summary counts as ended by a reconnect's SYN.
+    pub syn_reuse_ends: u64,
     pub timewait_overflow_alerts: u64,
     /// `kernel_features` of the header: (feature, available, detail); empty when absent.
     pub claimed: Vec<(String, bool, String)>,
@@ -117,6 +124,7 @@ impl Observed {
             SynackRetransmits => self.synack_retransmits,
             Drops => self.drops,
             ConntrackLifetimes => self.conntrack_lifetimes,
+            EarlyEnds => self.syn_reuse_ends >= 1,
             NoFalseOverflow => self.timewait_overflow_alerts == 0,
         }
     }
@@ -136,7 +144,12 @@ pub fn observe(trace: &str) -> Observed {
             Some("transition") => transition(&rec, &mut o),
             Some("alert") => alert(&rec, &mut o),
             Some("snapshot") => snapshot(&rec, &mut o),
-            Some("summary") => o.complete = true,
+            Some("summary") => {
+                o.complete = true;
+                o.syn_reuse_ends = rec["timewait_early_ends"]["syn_reuse"]
+                    .as_u64()
+                    .unwrap_or(0);
+            }
             _ => {}
         }
     }
@@ -324,7 +337,7 @@ mod tests {
         r#"{"type":"alert","kind":"timewait_overflow","closed_without_timewait":2}"#;
     const LISTEN: &str =
         r#"{"type":"alert","kind":"listen_overflow","dropped_final_acks":1,"listen_overflows":3}"#;
-    const SUMMARY: &str = r#"{"type":"summary","stopped_by":"sigint"}"#;
+    const SUMMARY: &str = r#"{"type":"summary","stopped_by":"sigint","timewait_early_ends":{"syn_reuse":1,"tw_reuse":0,"rst":0,"other":0,"pending":0}}"#;
     const CT_FULL: &str = r#"{"type":"alert","kind":"conntrack_full","netns":4026531840,"count":1,"max":1,"table_full_drops":1,"early_drops":0,"dropped_from":["127.0.0.1:7212","127.0.0.1:7213"]}"#;
     const CT_SNAPSHOT: &str = r#"{"type":"snapshot","states":{},"conntrack":{"count":4,"max":1,"inserted":3,"freed":3,"lifetime":{"TIME_WAIT":{"count":3,"p50":1010000000,"p90":1010000000,"p99":1010000000,"max":1010000000}}}}"#;
 

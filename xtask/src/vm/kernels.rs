@@ -81,6 +81,7 @@ const BEFORE_DROP_REASONS: &[Capability] = &[
     OrphanFin,
     SynRecv,
     SynackRetransmits,
+    EarlyEnds,
     NoFalseOverflow,
 ];
 
