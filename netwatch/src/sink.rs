@@ -242,9 +242,7 @@ impl Sinks {
             .into_iter()
             .flatten()
         {
-            buf.extend_from_slice(b"ALERT ");
-            buf.extend_from_slice(alert.message().as_bytes());
-            buf.push(b'\n');
+            buf.extend_from_slice(alert.text().as_bytes());
         }
     }
 

@@ -241,8 +241,8 @@ impl Tracer {
             View::Plain => self.sinks.print(&plain::summary(&snap, self.clock)),
             View::Dashboard => {
                 if let Some((tui, dash)) = self.dashboard.as_mut() {
-                    if !alerts.is_empty() {
-                        dash.alerts = alerts.iter().map(Alert::message).collect();
+                    for a in &alerts {
+                        dash.alerts.record_alert(a, snap.mono_ns);
                     }
                     tui.draw(dash, &snap).map_err(SinkError::Io)?;
                 }

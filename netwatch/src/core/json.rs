@@ -281,10 +281,7 @@ impl SummaryJson {
 
 /// An alert's `kind`, as its record spells it.
 pub fn alert_kind(alert: &Alert) -> String {
-    serde_json::to_value(alert)
-        .ok()
-        .and_then(|v| v.get("kind")?.as_str().map(str::to_owned))
-        .unwrap_or_else(|| "unknown".to_owned())
+    alert.kind().name.to_owned()
 }
 
 /// `"type":"alert"`: a named incident signal. `kind` is one of `paws_reject`,
