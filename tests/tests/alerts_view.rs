@@ -124,7 +124,8 @@ fn an_alert_shows_with_its_count_evidence_and_advice_in_every_view() -> Result<(
     wait_attached(&trace, &dash)?;
     let mut plain_args = vec!["--plain", "--interval", "200ms"];
     plain_args.extend(ns.iter().map(String::as_str));
-    let plain = Tracer::start(&plain_args)?;
+    let plain = Tracer::start(&plain_args)?.keep_file();
+    let plain_file = plain.output_path().to_owned();
 
     let process = exhaust_ports(&net, server)?;
     let total = format!("{FAILURES} connect() failures (EADDRNOTAVAIL)");
@@ -184,6 +185,19 @@ fn an_alert_shows_with_its_count_evidence_and_advice_in_every_view() -> Result<(
         dash.screen()?
     );
     let out = plain.stop()?;
+    // At exit netwatch says how big the saved trace is (a few KiB here).
+    let size = std::fs::metadata(&plain_file)?.len();
+    let _ = std::fs::remove_file(&plain_file);
+    ensure!(
+        (1024..1 << 20).contains(&size),
+        "a trace of {size} bytes: not a few KiB"
+    );
+    let said = format!("({:.1} KiB), ending with its summary", size as f64 / 1024.0);
+    ensure!(
+        out.stderr.contains(&said),
+        "the exit message does not give the size {said:?}:\n{}",
+        out.stderr
+    );
 
     // The count on screen is the trace's count of alerts; their failures add up to the truth.
     let records = read_records(&trace)?;
