@@ -178,6 +178,32 @@ fn an_alert_shows_with_its_count_evidence_and_advice_in_every_view() -> Result<(
         "the alerts pane",
     )?;
 
+    // Back to the states: TIME_WAIT by service port (the server's, 2 sockets), then by local
+    // port (the client's own two ports, one socket each).
+    dash.send_key("a")?;
+    for key in ["b", "b"] {
+        dash.send_key(key)?;
+    }
+    let service_row = format!("{PORT}  ");
+    let (ok, screen) = dash.wait_for(SHOW_WAIT, |s| {
+        s.contains("TIME_WAIT by service port")
+            && s.lines()
+                .any(|l| l.contains(&service_row) && l.contains("100%"))
+    });
+    ensure!(
+        ok,
+        "no TIME_WAIT by service port {PORT} (2 sockets):\n{screen}"
+    );
+    dash.send_key("b")?;
+    let (ok, screen) = dash.wait_for(SHOW_WAIT, |s| {
+        s.contains("TIME_WAIT by local port")
+            && ["40000", "40001"]
+                .iter()
+                .all(|p| s.lines().any(|l| l.contains(p) && l.contains("50%")))
+    });
+    eprintln!("TIME_WAIT by local port at 80x24:\n{screen}");
+    ensure!(ok, "no TIME_WAIT by local port 40000 and 40001:\n{screen}");
+
     dash.send_key("q")?;
     ensure!(
         dash.wait_exit(STOP_TIMEOUT),
@@ -245,8 +271,11 @@ fn an_alert_shows_with_its_count_evidence_and_advice_in_every_view() -> Result<(
                 "  CRIT Ephemeral ports exhausted  {:<22} {shown_count:>6}",
                 server.to_string()
             ),
+            // Service port: the server's, whichever side; local port: the client's own,
+            // both ports of its two-port range.
             format!(
-                "  TIME_WAIT\n    by service port    {PORT} 2\n    by remote address  {} 2",
+                "  TIME_WAIT\n    by service port    {PORT} 2\n    by local port      \
+                 40000 1, 40001 1\n    by remote address  {} 2",
                 server.ip()
             ),
         ],
@@ -283,6 +312,8 @@ fn an_alert_shows_with_its_count_evidence_and_advice_in_every_view() -> Result<(
         &[
             "what to change: The client has no free local port".to_owned(),
             format!("<tr><td>TIME_WAIT</td><td>service port</td><td>{PORT}</td><td class=\"n\">2</td></tr>"),
+            "<tr><td>TIME_WAIT</td><td>local port</td><td>40001</td><td class=\"n\">1</td></tr>"
+                .to_owned(),
             format!(
                 "<tr><td>TIME_WAIT</td><td>remote address</td><td>{}</td><td class=\"n\">2</td></tr>",
                 server.ip()

@@ -105,6 +105,8 @@ pub struct TalkerJson {
 pub struct BreakdownJson {
     /// By service port: the listener's port, whichever side the socket is on.
     pub service_ports: Vec<TalkerJson>,
+    /// By this end's own port (random for clients).
+    pub local_ports: Vec<TalkerJson>,
     /// By remote address.
     pub remotes: Vec<TalkerJson>,
     /// By owning process (sockets of no known process are left out).
@@ -126,7 +128,8 @@ impl BreakdownJson {
         }
         let i = st as usize;
         Self {
-            service_ports: rows(snap.top_local_ports.get(i)),
+            service_ports: rows(snap.top_service_ports.get(i)),
+            local_ports: rows(snap.top_local_ports.get(i)),
             remotes: rows(snap.top_remotes.get(i)),
             processes: snap
                 .top_processes
@@ -145,14 +148,19 @@ impl BreakdownJson {
     }
 
     fn is_empty(&self) -> bool {
-        self.service_ports.is_empty() && self.remotes.is_empty() && self.processes.is_empty()
+        self.service_ports.is_empty()
+            && self.local_ports.is_empty()
+            && self.remotes.is_empty()
+            && self.processes.is_empty()
     }
 
     /// Every row as (what it is by, key, sockets), in the order of the dashboard's `b`.
     pub fn rows(&self) -> Vec<(&'static str, String, u64)> {
         let ports = self.service_ports.iter().map(|t| ("service port", t));
+        let local = self.local_ports.iter().map(|t| ("local port", t));
         let remotes = self.remotes.iter().map(|t| ("remote address", t));
         ports
+            .chain(local)
             .chain(remotes)
             .map(|(by, t)| (by, t.key.clone(), t.sockets))
             .chain(
@@ -232,7 +240,7 @@ pub struct Report {
     /// Ages of the sockets still in each state at the end of the window.
     pub age: BTreeMap<&'static str, PercentilesJson>,
     /// Per state with sockets at the end of the window, the dashboard's breakdowns then (by
-    /// service port, remote address, process).
+    /// service port, local port, remote address, process).
     pub breakdowns: BTreeMap<&'static str, BreakdownJson>,
     pub gauges: Vec<GaugeJson>,
     pub peaks: BTreeMap<&'static str, PeakJson>,

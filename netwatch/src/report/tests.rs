@@ -143,7 +143,8 @@ fn text_report_shows_the_sections() {
          3 connect() failures (EADDRNOTAVAIL)",
         // The dashboard's breakdowns, kept for later.
         "BREAKDOWNS AT THE END",
-        "  TIME_WAIT\n    by service port    80 61, 443 20\n    by remote address  10.0.0.2 81",
+        "  TIME_WAIT\n    by service port    80 61, 443 20\n    by local port      40000 1,",
+        "    by remote address  10.0.0.2 81",
         // Every state's peak and when, those back to 0 at the end included.
         "  SYN_SENT            0        1  +1.0s",
         "  TIME_WAIT          81       81  +12.0s",

@@ -84,7 +84,7 @@ fn breakdowns(o: &mut String, r: &Report) {
     for (st, b) in &r.breakdowns {
         let _ = writeln!(o, "  {st}");
         let rows = b.rows();
-        for by in ["service port", "remote address", "process"] {
+        for by in ["service port", "local port", "remote address", "process"] {
             let list: Vec<String> = rows
                 .iter()
                 .filter(|(b, _, _)| *b == by)

@@ -26,7 +26,10 @@ pub const STATES: [u8; 10] = [
 /// Which key the top-talkers panel groups the selected state's sockets by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Breakdown {
-    /// Which of our services (or listeners) holds them: finds the leaking server.
+    /// Which service they belong to (the listener's port, whichever side the socket is
+    /// on): finds the leaking server, or the backend clients pile up towards.
+    ServicePort,
+    /// This end's own port, as `ss` shows it (random for clients).
     LocalPort,
     /// Which peer they are with: finds the backend or the NAT everything goes through.
     RemoteAddr,
@@ -37,6 +40,7 @@ pub enum Breakdown {
 impl Breakdown {
     pub fn label(self) -> &'static str {
         match self {
+            Breakdown::ServicePort => "service port",
             Breakdown::LocalPort => "local port",
             Breakdown::RemoteAddr => "remote address",
             Breakdown::Process => "process",
@@ -46,9 +50,10 @@ impl Breakdown {
     /// What `b` switches to, also named in the talkers panel so the key explains itself.
     pub fn toggled(self) -> Self {
         match self {
+            Breakdown::ServicePort => Breakdown::LocalPort,
             Breakdown::LocalPort => Breakdown::RemoteAddr,
             Breakdown::RemoteAddr => Breakdown::Process,
-            Breakdown::Process => Breakdown::LocalPort,
+            Breakdown::Process => Breakdown::ServicePort,
         }
     }
 }
@@ -229,12 +234,15 @@ mod tests {
     #[test]
     fn b_cycles_through_every_breakdown() {
         let mut dash = Dashboard::new();
-        dash.handle_key(press(KeyCode::Char('b')));
-        assert_eq!(dash.breakdown(), Breakdown::Process);
-        dash.handle_key(press(KeyCode::Char('b')));
-        assert_eq!(dash.breakdown(), Breakdown::LocalPort);
-        dash.handle_key(press(KeyCode::Char('b')));
-        assert_eq!(dash.breakdown(), Breakdown::RemoteAddr);
+        for want in [
+            Breakdown::Process,
+            Breakdown::ServicePort,
+            Breakdown::LocalPort,
+            Breakdown::RemoteAddr,
+        ] {
+            dash.handle_key(press(KeyCode::Char('b')));
+            assert_eq!(dash.breakdown(), want);
+        }
     }
 
     #[test]

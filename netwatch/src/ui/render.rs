@@ -173,10 +173,9 @@ fn render_alerts(frame: &mut Frame, area: Rect, alerts: &AlertHistory, now: u64)
                 e.count,
                 ago(now, e.last_ns)
             );
+            // The footer names `a` for the details; this row says only what is hidden.
             if i + 1 == rows && recent.len() > rows {
                 text.push_str(&format!(" (+{} more: a)", recent.len() - rows));
-            } else if i == 0 {
-                text.push_str(" (a: details)");
             }
             Line::from(vec![
                 Span::styled(
@@ -465,20 +464,24 @@ fn peak_line(peak: Peak, now_ns: u64) -> Line<'static> {
     ])
 }
 
-fn talker_rows<K: Display>(list: &[Talker<K>], now: u64, gauge_w: usize) -> Vec<Row<'static>> {
-    let max = list.first().map_or(0, |t| t.count);
+/// A breakdown's rows as text keys and counts, whatever it is keyed by.
+fn keyed<K: Display>(list: &[Talker<K>]) -> Vec<(String, u64)> {
+    list.iter().map(|t| (t.key.to_string(), t.count)).collect()
+}
+
+fn talker_rows(list: &[(String, u64)], now: u64, gauge_w: usize) -> Vec<Row<'static>> {
+    let max = list.first().map_or(0, |(_, n)| *n);
     list.iter()
-        .map(|t| {
-            let share = t
-                .count
+        .map(|(key, count)| {
+            let share = count
                 .saturating_mul(100)
                 .checked_div(now)
                 .map_or_else(|| "-".to_owned(), |pct| format!("{pct}%"));
             Row::new(vec![
-                Cell::from(t.key.to_string()),
-                right(t.count.to_string()),
+                Cell::from(key.clone()),
+                right(count.to_string()),
                 right(share),
-                Cell::from(bar(t.count, max, gauge_w)).style(Style::new().fg(Color::Cyan)),
+                Cell::from(bar(*count, max, gauge_w)).style(Style::new().fg(Color::Cyan)),
             ])
         })
         .collect()
@@ -497,30 +500,13 @@ fn render_talkers(frame: &mut Frame, area: Rect, breakdown: Breakdown, s: u8, sn
     let inner = block.inner(area);
     let now = stats(snap, s).now;
 
-    let (keys, key_header): (Vec<String>, &str) = match breakdown {
-        Breakdown::LocalPort => (
-            talkers(&snap.top_local_ports, s)
-                .iter()
-                .map(|t| t.key.to_string())
-                .collect(),
-            "PORT",
-        ),
-        Breakdown::RemoteAddr => (
-            talkers(&snap.top_remotes, s)
-                .iter()
-                .map(|t| t.key.to_string())
-                .collect(),
-            "REMOTE",
-        ),
-        Breakdown::Process => (
-            talkers(&snap.top_processes, s)
-                .iter()
-                .map(|t| t.key.to_string())
-                .collect(),
-            "PROCESS",
-        ),
+    let (list, key_header) = match breakdown {
+        Breakdown::ServicePort => (keyed(talkers(&snap.top_service_ports, s)), "SERVICE"),
+        Breakdown::LocalPort => (keyed(talkers(&snap.top_local_ports, s)), "PORT"),
+        Breakdown::RemoteAddr => (keyed(talkers(&snap.top_remotes, s)), "REMOTE"),
+        Breakdown::Process => (keyed(talkers(&snap.top_processes, s)), "PROCESS"),
     };
-    if keys.is_empty() {
+    if list.is_empty() {
         let text = if now == 0 {
             format!("no sockets in {}", state::name(s))
         } else if breakdown == Breakdown::Process {
@@ -536,19 +522,15 @@ fn render_talkers(frame: &mut Frame, area: Rect, breakdown: Breakdown, s: u8, sn
     // IPv6 addresses can take 39 columns; the counts matter more than the tail of one.
     let count_w = 8;
     let share_w = 5;
-    let key_w = keys
+    let key_w = list
         .iter()
-        .map(String::len)
+        .map(|(k, _)| k.len())
         .max()
         .unwrap_or(0)
         .max(key_header.len())
         .min((inner.width as usize).saturating_sub(count_w + share_w + 3));
     let gauge_w = (inner.width as usize).saturating_sub(key_w + count_w + share_w + 3);
-    let rows = match breakdown {
-        Breakdown::LocalPort => talker_rows(talkers(&snap.top_local_ports, s), now, gauge_w),
-        Breakdown::RemoteAddr => talker_rows(talkers(&snap.top_remotes, s), now, gauge_w),
-        Breakdown::Process => talker_rows(talkers(&snap.top_processes, s), now, gauge_w),
-    };
+    let rows = talker_rows(&list, now, gauge_w);
     let header = Row::new(vec![
         Cell::from(key_header),
         right("SOCKETS"),

@@ -104,10 +104,17 @@ fn incident(lost: u64) -> Snapshot {
             count: 1_500,
         },
     ];
-    snap.top_local_ports[state::TIME_WAIT as usize] = vec![Talker {
+    snap.top_service_ports[state::TIME_WAIT as usize] = vec![Talker {
         key: 443,
         count: 27_000,
     }];
+    // Each client socket has a port of its own.
+    snap.top_local_ports[state::TIME_WAIT as usize] = (0..5)
+        .map(|i| Talker {
+            key: 40_000 + i,
+            count: 1,
+        })
+        .collect();
 
     let cw = &mut snap.states[state::CLOSE_WAIT as usize];
     cw.now = 310;
@@ -119,10 +126,12 @@ fn incident(lost: u64) -> Snapshot {
         p99: 3_550 * S,
         max: 3_590 * S,
     };
-    snap.top_local_ports[state::CLOSE_WAIT as usize] = vec![Talker {
+    let leak = vec![Talker {
         key: 8080,
         count: 305,
     }];
+    snap.top_service_ports[state::CLOSE_WAIT as usize] = leak.clone();
+    snap.top_local_ports[state::CLOSE_WAIT as usize] = leak;
 
     snap.states[state::LISTEN as usize].now = 6;
     snap
@@ -227,7 +236,7 @@ fn selected_state_is_highlighted_and_drives_the_detail_panels() {
     // An hour-old CLOSE_WAIT: the leak this panel is for.
     assert!(out.contains("3590.0s"), "{out}");
     assert!(out.contains("no completed dwells yet"), "{out}");
-    assert!(out.contains("CLOSE_WAIT by local port"), "{out}");
+    assert!(out.contains("CLOSE_WAIT by service port"), "{out}");
     assert!(out.contains("8080"), "{out}");
 }
 
@@ -240,7 +249,14 @@ fn keys_drive_what_is_drawn() {
     dash.handle_key(press(KeyCode::Left));
     dash.handle_key(press(KeyCode::Char('b')));
     dash.handle_key(press(KeyCode::Char('b')));
-    assert!(screen(80, 24, &dash, &snap).contains("TIME_WAIT by local port"));
+    let out = screen(80, 24, &dash, &snap);
+    assert!(out.contains("TIME_WAIT by service port"), "{out}");
+    assert!(out.contains("SERVICE") && out.contains("443"), "{out}");
+    // The clients' own ports are another view: one socket each.
+    dash.handle_key(press(KeyCode::Char('b')));
+    let out = screen(80, 24, &dash, &snap);
+    assert!(out.contains("TIME_WAIT by local port"), "{out}");
+    assert!(out.contains("40004"), "{out}");
     assert_eq!(dash.handle_key(press(KeyCode::Char('q'))), Action::Quit);
 }
 
@@ -389,9 +405,11 @@ fn breakdown_hint_is_dropped_rather_than_drawn_over_a_long_title() {
     let mut dash = showing(state::ESTABLISHED);
     let out = screen(80, 24, &dash, &incident(0));
     assert!(out.contains("ESTABLISHED by remote address ──"), "{out}");
-    assert!(!out.contains("b: local port"), "{out}");
+    assert!(!out.contains("b: process"), "{out}");
     dash.handle_key(press(KeyCode::Char('6')));
     assert!(screen(120, 24, &dash, &incident(0)).contains("b: process"));
+    dash.handle_key(press(KeyCode::Char('b')));
+    assert!(screen(120, 24, &dash, &incident(0)).contains("b: service port"));
 }
 
 #[test]
