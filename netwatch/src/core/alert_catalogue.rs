@@ -544,6 +544,26 @@ mod tests {
         );
     }
 
+    /// The format's own descriptions (owned with the trace format) list the kinds too: a
+    /// kind added here must be added there.
+    #[test]
+    fn the_trace_format_and_schema_name_every_kind() {
+        let format = include_str!("../../../docs/trace-format.md");
+        let schema: Value =
+            serde_json::from_str(include_str!("../../schema/trace.schema.json")).unwrap();
+        let alert = schema["$defs"]["alert"]["description"].as_str().unwrap();
+        for k in ALL_KINDS {
+            assert!(
+                format.contains(&format!("`{k}`")),
+                "docs/trace-format.md lacks {k}"
+            );
+            assert!(
+                alert.contains(k),
+                "the schema's alert description lacks {k}"
+            );
+        }
+    }
+
     #[test]
     fn the_readme_names_every_kind() {
         let readme = include_str!("../../../README.md");
