@@ -23,6 +23,7 @@ mod stop_signals;
 #[cfg(test)]
 mod testing;
 mod trace;
+mod trace_size;
 mod ui;
 mod writer;
 

@@ -83,6 +83,9 @@ pub struct Sinks {
     text: Option<Vec<u8>>,
     header_printed: bool,
     json: Option<JsonDest>,
+    /// Bytes of records handed to the trace's writer (before any gzip): how big a plain
+    /// file has grown.
+    pub output_bytes: u64,
     pub transitions: u64,
     /// Records of each type written to the trace.
     pub records: RecordCounts,
@@ -207,6 +210,7 @@ impl Sinks {
             records: RecordCounts::default(),
             alert_kinds: BTreeMap::new(),
             ts_cache: json::TsCache::default(),
+            output_bytes: 0,
         })
     }
 
@@ -248,9 +252,7 @@ impl Sinks {
             .into_iter()
             .flatten()
         {
-            buf.extend_from_slice(b"ALERT ");
-            buf.extend_from_slice(alert.message().as_bytes());
-            buf.push(b'\n');
+            buf.extend_from_slice(alert.text().as_bytes());
         }
     }
 
@@ -350,6 +352,7 @@ impl Sinks {
             return Ok(());
         };
         let bytes = std::mem::replace(batch, Vec::with_capacity(1 << 16));
+        self.output_bytes += bytes.len() as u64;
         writer.send(Batch {
             bytes,
             records: queue::minus(&records, handed),

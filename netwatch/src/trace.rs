@@ -13,6 +13,7 @@ use crate::config::{TraceConfig, View};
 use crate::core::conntrack::ConntrackTracker;
 use crate::core::fasthash::IdMap;
 use crate::environment::{kernel_hz, EnvSource};
+use crate::trace_size::{self, SizeWatch};
 
 /// Kernel tick rate assumed when /proc/timer_list cannot tell (Debian's default).
 const DEFAULT_HZ: u64 = 250;
@@ -80,6 +81,10 @@ struct Tracer {
     start_mono: u64,
     /// `uname -r`, for the closing word on what this kernel let the trace see.
     kernel: String,
+    /// Says once when a plain trace file grows large; under the dashboard (which owns the
+    /// terminal) the hint waits for the exit.
+    size: SizeWatch,
+    size_hint_at_exit: Option<String>,
 }
 
 /// What ended the trace, as the summary's `stopped_by` says it.
@@ -240,13 +245,19 @@ impl Tracer {
             }
         }
         self.sinks.snapshot(&snap);
+        if let Some(hint) = self.size.check(self.sinks.output_bytes) {
+            match self.cfg.view {
+                View::Dashboard => self.size_hint_at_exit = Some(hint),
+                _ => eprintln!("netwatch: {hint}"),
+            }
+        }
         let alerts = std::mem::take(&mut self.alerts);
         match self.cfg.view {
             View::Plain => self.sinks.print(&plain::summary(&snap, self.clock)),
             View::Dashboard => {
                 if let Some((tui, dash)) = self.dashboard.as_mut() {
-                    if !alerts.is_empty() {
-                        dash.alerts = alerts.iter().map(Alert::message).collect();
+                    for a in &alerts {
+                        dash.alerts.record_alert(a, snap.mono_ns);
                     }
                     tui.draw(dash, &snap).map_err(SinkError::Io)?;
                 }
@@ -601,6 +612,13 @@ fn report_files(files: &TraceFiles) {
     } else {
         String::new()
     };
+    let sizes: Vec<u64> = files
+        .finished
+        .files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok().map(|m| m.len()))
+        .collect();
+    let more = format!("{more} ({})", trace_size::saved(&sizes));
     if files.complete {
         eprintln!(
             "netwatch: trace saved to {}{more}, ending with its summary; read it with \
@@ -685,6 +703,7 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
     let start_mono = found.mono_ns;
     let header = header(&cfg, clock, start_mono, &probes.features);
     let kernel = header.kernel.clone();
+    let size = SizeWatch::new(cfg.output.as_ref());
     let mut sinks = Sinks::new(
         clock,
         cfg.view == View::Events,
@@ -731,6 +750,8 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         undecodable: 0,
         start_mono,
         kernel,
+        size,
+        size_hint_at_exit: None,
     };
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -754,6 +775,9 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
     let finished = tracer.sinks.finish(&summary);
     if let Ok(Some(files)) = &finished {
         report_files(files);
+    }
+    if let Some(hint) = tracer.size_hint_at_exit.take() {
+        eprintln!("netwatch: {hint}");
     }
     if let Err(SinkError::Io(e)) = stopped {
         return Err(e);

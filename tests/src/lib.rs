@@ -16,9 +16,13 @@
 //! - [`router`]: clients behind a (masquerading) router namespace in front of a server.
 //! - [`sock`]: bind-before-connect, listen backlogs, TCP timestamps, thread comm (libc).
 //! - [`alerts`]: netwatch's alert records and their ground truth in /proc/net/netstat.
+//! - [`tmux`]: a program in a real terminal of a given size: keys in, screen text out.
+//! - [`tempdir`]: a directory of the test's own, removed on drop.
+//! - [`browser`]: headless Chromium for the HTML report: its DOM, its screenshots.
 //! - [`expected`]: the kernel's `inet_sock_set_state` sequences the tests expect, in one place.
 
 pub mod alerts;
+pub mod browser;
 pub mod expected;
 pub mod netns;
 pub mod privilege;
@@ -26,6 +30,8 @@ pub mod records;
 pub mod router;
 pub mod sock;
 pub mod tcp;
+pub mod tempdir;
+pub mod tmux;
 pub mod tracer;
 
 pub use netns::{in_netns, spawn_in_netns, veth_pair, Netns, NetnsThread, TestNet, Veth};

@@ -22,40 +22,15 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
-use netwatch_tests::privilege::under_ci;
+use anyhow::{ensure, Context, Result};
+use netwatch_tests::browser::{dump_dom, require_chromium, run_chromium};
 use netwatch_tests::tcp::{accept_timeout, connect_timeout, read_to_eof, IO_TIMEOUT};
+use netwatch_tests::tempdir::TempDir;
 use netwatch_tests::tracer::{netwatch_bin, read_records, SETTLE};
 use netwatch_tests::{in_netns, require_root, Netns, TestNet, TraceOutput, Tracer};
 use serde_json::Value;
 
 const INTERVAL: &str = "200ms";
-
-/// A directory of the test's own, removed on drop (unless NETWATCH_TEST_KEEP is set).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Result<Self> {
-        let d = std::env::temp_dir().join(format!("nwt-trace-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).with_context(|| format!("mkdir {}", d.display()))?;
-        Ok(Self(d))
-    }
-
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if std::env::var_os("NETWATCH_TEST_KEEP").is_some_and(|v| !v.is_empty()) {
-            eprintln!("kept {}", self.0.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
 
 fn netns_args(net: &TestNet) -> Vec<String> {
     vec![
@@ -241,7 +216,7 @@ fn recorded_incident_replays_into_the_same_numbers() -> Result<()> {
     if !require_root() {
         return Ok(());
     }
-    let dir = TempDir::new("roundtrip")?;
+    let dir = TempDir::new("trace", "roundtrip")?;
     let net = TestNet::new("trf")?;
     let addr = SocketAddr::new(net.server_v4().into(), 8200);
     let listener = listen_in(&net.server, addr)?;
@@ -338,55 +313,6 @@ const TIME_WAIT_RGB: [u8; 3] = [0xe3, 0x77, 0xc2];
 const ESTABLISHED_RGB: [u8; 3] = [0x1f, 0x77, 0xb4];
 const PORT_EXHAUSTION_RGB: [u8; 3] = [0xd6, 0x27, 0x28];
 
-fn chromium() -> Option<PathBuf> {
-    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-}
-
-/// Runs headless Chromium with `args` on `page`, bounded; its stdout.
-fn run_chromium(bin: &Path, profile: &Path, args: &[String], page: &Path) -> Result<Vec<u8>> {
-    let mut child = Command::new(bin)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--hide-scrollbars",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(args)
-        .arg(format!("file://{}", page.display()))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .context("start chromium")?;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if child.try_wait()?.is_some() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("chromium did not finish within 90 s");
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output()?;
-    ensure!(
-        out.status.success(),
-        "chromium {args:?}: {}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(out.stdout)
-}
-
 /// Pixels within a small distance of `rgb`.
 fn count_colour(rgba: &[u8], channels: usize, rgb: [u8; 3]) -> usize {
     rgba.chunks(channels)
@@ -401,21 +327,11 @@ fn count_colour(rgba: &[u8], channels: usize, rgb: [u8; 3]) -> usize {
 /// Opens the page in headless Chromium: the DOM has the plots with their marks, and the
 /// screenshot shows them drawn in their colours.
 fn check_html_renders(html: &Path, dir: &TempDir) -> Result<()> {
-    let Some(bin) = chromium() else {
-        if under_ci() {
-            bail!(
-                "chromium is not installed (/usr/bin/chromium): the HTML report cannot be \
-                 checked; `cargo xtask setup` should install Debian's `chromium`"
-            );
-        }
-        eprintln!(
-            "skipping the HTML rendering check: no /usr/bin/chromium (apt-get install chromium)"
-        );
+    let Some(bin) = require_chromium()? else {
         return Ok(());
     };
     let profile = dir.join("chromium-profile");
-    let dom = run_chromium(&bin, &profile, &["--dump-dom".into()], html)?;
-    let dom = String::from_utf8_lossy(&dom);
+    let dom = dump_dom(&bin, &profile, html)?;
     ensure!(
         dom.contains("id=\"plot-states\"") && dom.contains("id=\"plot-alerts\""),
         "the rendered DOM lacks the plots"
@@ -473,7 +389,7 @@ fn every_way_of_stopping_leaves_a_readable_trace() -> Result<()> {
     if !require_root() {
         return Ok(());
     }
-    let dir = TempDir::new("stops")?;
+    let dir = TempDir::new("trace", "stops")?;
     let net = TestNet::new("trs")?;
     let addr = SocketAddr::new(net.server_v4().into(), 8210);
     let listener = listen_in(&net.server, addr)?;
@@ -586,7 +502,7 @@ fn a_full_disk_is_reported_and_the_file_keeps_whole_records() -> Result<()> {
     if !require_root() {
         return Ok(());
     }
-    let dir = TempDir::new("enospc")?;
+    let dir = TempDir::new("trace", "enospc")?;
     let disk = Tmpfs::mount(dir.join("tiny"), "128k")?;
     let net = TestNet::new("trd")?;
     let addr = SocketAddr::new(net.server_v4().into(), 8220);
@@ -635,7 +551,7 @@ fn rotation_bounds_every_file_and_the_parts_replay() -> Result<()> {
     if !require_root() {
         return Ok(());
     }
-    let dir = TempDir::new("rotation")?;
+    let dir = TempDir::new("trace", "rotation")?;
     let net = TestNet::new("trr")?;
     let addr = SocketAddr::new(net.server_v4().into(), 8230);
     let listener = listen_in(&net.server, addr)?;
@@ -745,7 +661,7 @@ fn rotation_bounds_every_file_and_the_parts_replay() -> Result<()> {
 /// Problems with the output are errors before anything is loaded: no root needed to see them.
 #[test]
 fn output_problems_are_refused_before_tracing() -> Result<()> {
-    let dir = TempDir::new("refused")?;
+    let dir = TempDir::new("trace", "refused")?;
     let bin = netwatch_bin()?;
     let run = |args: &[&str]| -> Result<(bool, String)> {
         let out = Command::new(&bin).arg("trace").args(args).output()?;

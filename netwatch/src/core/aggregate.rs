@@ -51,6 +51,8 @@ struct Live {
     /// The port that names the service: the local port of accepted sockets, the remote
     /// port of connecting ones.
     service_port: u16,
+    /// This end's own port (random for a client): `ss`'s local port.
+    local_port: u16,
     remote: IpAddr,
     /// Index into [`Processes`]; [`NO_PROCESS`] while no process is known.
     process: u32,
@@ -317,6 +319,7 @@ impl Aggregator {
                 state: s.state,
                 since: s.age_ns.map(|a| now_ns.saturating_sub(a)),
                 service_port: self.service_port(s.state, s.sport, s.dport, false),
+                local_port: s.sport,
                 remote: s.daddr,
                 process: self.processes.id(s.owner.as_ref()),
             };
@@ -375,6 +378,12 @@ impl Aggregator {
             state: t.new,
             since: Some(t.mono_ns),
             service_port: self.service_port(t.new, t.sport, t.dport, accepted),
+            // A transition may read port 0 (before bind, at close): the socket keeps the
+            // port it had.
+            local_port: match (t.sport, cur) {
+                (0, Some(c)) => c.local_port,
+                (p, _) => p,
+            },
             remote: t.daddr,
             process,
         };
@@ -427,6 +436,7 @@ impl Aggregator {
 
         let mut ages: Vec<Histogram<u64>> = (0..state::COUNT).map(|_| new_histogram()).collect();
         let mut by_port: Vec<HashMap<u16, u64>> = vec![HashMap::new(); state::COUNT];
+        let mut by_local: Vec<HashMap<u16, u64>> = vec![HashMap::new(); state::COUNT];
         let mut by_remote: Vec<HashMap<IpAddr, u64>> = vec![HashMap::new(); state::COUNT];
         let mut by_process: Vec<HashMap<u32, u64>> = vec![HashMap::new(); state::COUNT];
         for l in self.live.values() {
@@ -435,6 +445,7 @@ impl Aggregator {
                 ages[i].saturating_record(now_ns.saturating_sub(since).clamp(1, MAX_TRACKABLE_NS));
             }
             *by_port[i].entry(l.service_port).or_default() += 1;
+            *by_local[i].entry(l.local_port).or_default() += 1;
             if l.state != state::LISTEN {
                 *by_remote[i].entry(l.remote).or_default() += 1;
             }
@@ -460,9 +471,13 @@ impl Aggregator {
                 age: requests.map_or_else(|| percentiles(&ages[i]), |r| r.age_at(now_ns)),
                 buckets: buckets(&self.dwell[i]),
             };
-            snap.top_local_ports[i] = match requests {
+            snap.top_service_ports[i] = match requests {
                 Some(r) => r.by_port.clone(),
                 None => top(std::mem::take(&mut by_port[i])),
+            };
+            snap.top_local_ports[i] = match requests {
+                Some(r) => r.by_port.clone(),
+                None => top(std::mem::take(&mut by_local[i])),
             };
             snap.top_remotes[i] = match requests {
                 Some(r) => r.by_remote.clone(),
@@ -535,6 +550,34 @@ mod tests {
             pid,
             comm: comm.into(),
         }
+    }
+
+    #[test]
+    fn clients_are_broken_down_by_service_port_and_by_their_own_local_port() {
+        let mut a = Aggregator::new();
+        // Three clients of port 80, one of them seen again with port 0 (a close).
+        for i in 0..3 {
+            a.apply(&t(i, S, SYN_SENT, ESTABLISHED, Some(1)));
+        }
+        let mut closing = t(2, 2 * S, ESTABLISHED, FIN_WAIT1, Some(S));
+        closing.sport = 0;
+        a.apply(&closing);
+        let snap = a.snapshot(3 * S, 0);
+        let est = ESTABLISHED as usize;
+        assert_eq!(
+            snap.top_service_ports[est],
+            vec![Talker { key: 80, count: 2 }]
+        );
+        let local: Vec<u16> = snap.top_local_ports[est].iter().map(|t| t.key).collect();
+        assert_eq!(local, [40000, 40001]);
+        assert_eq!(
+            snap.top_local_ports[FIN_WAIT1 as usize],
+            vec![Talker {
+                key: 40002,
+                count: 1
+            }],
+            "a port read as 0 keeps the socket's own"
+        );
     }
 
     #[test]
@@ -715,7 +758,7 @@ mod tests {
         );
         assert_eq!(snap.state(TIME_WAIT).age.count, 1);
         // Accepted sockets are keyed by the listening port, remote by address.
-        assert_eq!(snap.top_local_ports[TIME_WAIT as usize][0].key, 80);
+        assert_eq!(snap.top_service_ports[TIME_WAIT as usize][0].key, 80);
         assert_eq!(snap.top_remotes[ESTABLISHED as usize][0].key, remote);
         // The census socket's end is counted out, and a dwell with unknown start is not
         // invented.

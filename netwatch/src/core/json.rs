@@ -331,16 +331,13 @@ impl SummaryJson {
 
 /// An alert's `kind`, as its record spells it.
 pub fn alert_kind(alert: &Alert) -> String {
-    serde_json::to_value(alert)
-        .ok()
-        .and_then(|v| v.get("kind")?.as_str().map(str::to_owned))
-        .unwrap_or_else(|| "unknown".to_owned())
+    alert.kind().name.to_owned()
 }
 
-/// `"type":"alert"`: a named incident signal. `kind` is one of `paws_reject`,
-/// `nat_suspected`, `synack_retransmits`, `listen_overflow`, `timewait_overflow`,
-/// `port_exhaustion`; its evidence fields follow (see `core::signals::Alert`), with
-/// `message` saying what it means and `knobs` the sysctls that matter.
+/// `"type":"alert"`: a named incident signal. `kind` is one of
+/// [`ALL_KINDS`](crate::core::alert_catalogue::ALL_KINDS); its evidence fields follow (listed
+/// per kind in the catalogue and docs/alerts.md), with `message` saying what it means and
+/// `knobs` the sysctls that matter.
 #[derive(Debug, Serialize)]
 pub struct AlertJson<'a> {
     pub ts: String,

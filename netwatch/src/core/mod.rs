@@ -2,6 +2,8 @@
 //! terminals or files, so `trace` and (later) `report` share it and it is tested without root.
 
 pub mod aggregate;
+pub mod alert_catalogue;
+pub mod alert_history;
 pub mod clock;
 pub mod conntrack;
 pub mod coverage;

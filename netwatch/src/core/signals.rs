@@ -18,6 +18,7 @@ use std::net::IpAddr;
 use netwatch_common::state;
 use serde::Serialize;
 
+use super::alert_catalogue::{self as catalogue, AlertKind};
 use super::conntrack::ConntrackEnv;
 use super::event::{Drop, DropReason, Event, Transition};
 use crate::features::{Feature, KernelFeatures};
@@ -53,53 +54,6 @@ impl Environment {
             .iter()
             .filter_map(|n| self.sysctls.get(n).map(|v| (*n, v.clone())))
             .collect()
-    }
-}
-
-/// The evidence fields of an alert kind that count events of its own interval (so they add
-/// up over a trace), each with what it counts; the first is the headline, by which the worst
-/// interval is chosen. Findings quote these totals, not one alert's numbers. Kinds that report
-/// once (nat_suspected) or name no count are absent.
-pub fn counted_evidence(kind: &str) -> &'static [(&'static str, &'static str)] {
-    match kind {
-        "listen_overflow" => &[
-            (
-                "listen_overflows",
-                "accept-queue overflows (ListenOverflows)",
-            ),
-            (
-                "listen_drops",
-                "SYNs and ACKs dropped by listeners (ListenDrops)",
-            ),
-            (
-                "dropped_final_acks",
-                "final ACKs dropped at a full accept queue",
-            ),
-            (
-                "req_queue_full_drops",
-                "SYNs dropped at a full SYN queue (TCPReqQFullDrop)",
-            ),
-        ],
-        "synack_retransmits" => &[("count", "SYN-ACKs resent")],
-        "timewait_overflow" => &[
-            (
-                "tcp_timewait_overflow",
-                "closes with no TIME_WAIT (TCPTimeWaitOverflow)",
-            ),
-            (
-                "closed_without_timewait",
-                "closes seen without a timewait socket",
-            ),
-        ],
-        "port_exhaustion" => &[("failures", "connect() failures (EADDRNOTAVAIL)")],
-        "conntrack_full" => &[
-            (
-                "table_full_drops",
-                "packets dropped at a full conntrack table",
-            ),
-            ("early_drops", "conntrack entries evicted early"),
-        ],
-        _ => &[],
     }
 }
 
@@ -192,6 +146,44 @@ pub enum Alert {
 }
 
 impl Alert {
+    /// This alert's entry in the catalogue: its name, severity, advice and the rest.
+    pub fn kind(&self) -> &'static AlertKind {
+        match self {
+            Alert::PawsReject { .. } => &catalogue::PAWS_REJECT,
+            Alert::NatSuspected { .. } => &catalogue::NAT_SUSPECTED,
+            Alert::SynackRetransmits { .. } => &catalogue::SYNACK_RETRANSMITS,
+            Alert::ListenOverflow { .. } => &catalogue::LISTEN_OVERFLOW,
+            Alert::TimewaitOverflow { .. } => &catalogue::TIMEWAIT_OVERFLOW,
+            Alert::ConntrackFull { .. } => &catalogue::CONNTRACK_FULL,
+            Alert::PortExhaustion { .. } => &catalogue::PORT_EXHAUSTION,
+        }
+    }
+
+    /// The alert's fields as its trace record has them (`Value::Null` for none): what the
+    /// catalogue's subject and counted fields are read from, live as in a report.
+    pub fn evidence(&self) -> serde_json::Map<String, serde_json::Value> {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        }
+    }
+
+    /// What `--plain` and `--events` print: `ALERT critical port_exhaustion: message`, then
+    /// (but for harmless kinds, which come in numbers) the catalogue's advice on its own line.
+    pub fn text(&self) -> String {
+        let kind = self.kind();
+        let mut out = format!(
+            "ALERT {} {}: {}\n",
+            kind.severity.as_str(),
+            kind.name,
+            self.message()
+        );
+        if kind.severity != catalogue::Severity::Info {
+            out.push_str(&format!("  what to change: {}\n", kind.advice));
+        }
+        out
+    }
+
     /// One line for people: what happened, with the endpoint and the knob to look at.
     pub fn message(&self) -> String {
         match self {
@@ -638,9 +630,87 @@ impl Signals {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::core::event::{Family, Owner};
+
+    /// An alert of every kind, as the engine raises them: what the catalogue and the views
+    /// are tested against.
+    pub(crate) fn one_of_each() -> Vec<Alert> {
+        let knobs = |pairs: &[(&'static str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (*k, (*v).to_owned()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        vec![
+            Alert::PawsReject {
+                netns: 9,
+                reason: "TW_PAWS",
+                saddr: "198.51.100.7".into(),
+                sport: 40000,
+                daddr: "10.0.0.2".into(),
+                dport: 80,
+                flags: "S".into(),
+                tsval: Some(600_000_000),
+                tsecr: Some(0),
+                ts_recent: Some(1_000_000_000),
+                ts_delta: Some(-400_000_000),
+                suppressed: 0,
+            },
+            Alert::NatSuspected {
+                netns: 9,
+                addr: "198.51.100.7".into(),
+                rejections: 3,
+                ports: vec![40000, 40001],
+                max_ts_delta: 400_000_000,
+                knobs: knobs(&[("net.ipv4.tcp_timestamps", "1")]),
+            },
+            Alert::SynackRetransmits {
+                netns: 9,
+                listener: "10.0.0.2:80".into(),
+                count: 4,
+                clients: vec!["10.0.0.1:40000".into()],
+                max_retransmits: 1,
+                knobs: knobs(&[("net.ipv4.tcp_synack_retries", "5")]),
+            },
+            Alert::ListenOverflow {
+                netns: 9,
+                ports: vec![8080],
+                dropped_final_acks: 2,
+                listen_overflows: 27,
+                listen_drops: 27,
+                req_queue_full_drops: 0,
+                knobs: knobs(&[("net.core.somaxconn", "4096")]),
+            },
+            Alert::TimewaitOverflow {
+                netns: 9,
+                closed_without_timewait: Some(5),
+                tcp_timewait_overflow: 3,
+                time_wait_now: Some(4),
+                knobs: knobs(&[("net.ipv4.tcp_max_tw_buckets", "4")]),
+            },
+            Alert::ConntrackFull {
+                netns: 9,
+                count: Some(64),
+                max: Some(64),
+                table_full_drops: 7,
+                early_drops: 0,
+                dropped_from: vec!["10.0.0.1:40000".into()],
+                knobs: knobs(&[("net.netfilter.nf_conntrack_max", "64")]),
+            },
+            Alert::PortExhaustion {
+                netns: 9,
+                daddr: "10.0.0.2".into(),
+                dport: 5774,
+                failures: 5,
+                processes: vec!["appA[42]".into()],
+                ports_in_use: 28000,
+                time_wait_to_destination: Some(27990),
+                knobs: knobs(&[("net.ipv4.ip_local_port_range", "32768\t61000")]),
+            },
+        ]
+    }
 
     struct View {
         tw: u64,
@@ -702,6 +772,25 @@ mod tests {
         e.sysctls
             .insert("net.ipv4.ip_local_port_range", "32768\t61000".into());
         HashMap::from([(9, e)])
+    }
+
+    #[test]
+    fn text_lines_name_severity_and_kind_and_give_advice_but_for_harmless_kinds() {
+        for a in one_of_each() {
+            let text = a.text();
+            let kind = a.kind();
+            assert!(
+                text.starts_with(&format!(
+                    "ALERT {} {}: {}",
+                    kind.severity.as_str(),
+                    kind.name,
+                    a.message()
+                )),
+                "{text}"
+            );
+            let advised = text.contains(&format!("\n  what to change: {}\n", kind.advice));
+            assert_eq!(advised, kind.name != "paws_reject", "{text}");
+        }
     }
 
     #[test]

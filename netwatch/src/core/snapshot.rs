@@ -86,8 +86,12 @@ pub struct Snapshot {
     pub interval_ns: u64,
     /// Indexed by kernel state number ([`state::COUNT`] entries).
     pub states: Vec<StateStats>,
-    /// Per state: local ports with the most sockets in it (listening port for accepted
-    /// sockets), top N.
+    /// Per state: service ports with the most sockets in it (the listener's port, whichever
+    /// side the socket is on: the local port of accepted sockets, the remote port of
+    /// connecting ones), top N.
+    pub top_service_ports: Vec<Vec<Talker<u16>>>,
+    /// Per state: this end's own ports with the most sockets in it (`ss`'s local port,
+    /// random for clients), top N.
     pub top_local_ports: Vec<Vec<Talker<u16>>>,
     /// Per state: remote addresses with the most sockets in it, top N.
     pub top_remotes: Vec<Vec<Talker<IpAddr>>>,
@@ -144,6 +148,7 @@ impl Snapshot {
     pub fn empty() -> Self {
         Self {
             states: vec![StateStats::default(); state::COUNT],
+            top_service_ports: vec![Vec::new(); state::COUNT],
             top_local_ports: vec![Vec::new(); state::COUNT],
             top_remotes: vec![Vec::new(); state::COUNT],
             top_processes: vec![Vec::new(); state::COUNT],

@@ -6,26 +6,9 @@ use serde::Serialize;
 
 use super::{text::offset, AlertItem, Report};
 use crate::core::early_ends::Cause;
-use crate::core::signals::counted_evidence;
+use crate::core::alert_catalogue as catalogue;
+pub use crate::core::alert_catalogue::Severity;
 use crate::core::text::duration;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Severity {
-    Critical,
-    Warning,
-    Info,
-}
-
-impl Severity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Critical => "critical",
-            Severity::Warning => "warning",
-            Severity::Info => "info",
-        }
-    }
-}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Finding {
@@ -34,6 +17,9 @@ pub struct Finding {
     pub id: String,
     pub title: String,
     pub detail: String,
+    /// What to change, where the catalogue says (alerts); other findings say it in `detail`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub advice: String,
 }
 
 fn finding(severity: Severity, id: &str, title: String, detail: String) -> Finding {
@@ -42,6 +28,7 @@ fn finding(severity: Severity, id: &str, title: String, detail: String) -> Findi
         id: id.to_owned(),
         title,
         detail,
+        advice: String::new(),
     }
 }
 
@@ -79,7 +66,12 @@ fn peak(r: &Report, st: &str) -> u64 {
 /// `held by python3[6345] (200 sockets); ` for the processes holding a state's sockets at
 /// the end, or nothing when none is known.
 fn held_by(r: &Report, st: &str) -> String {
-    let Some(rows) = r.processes.get(st).filter(|p| !p.is_empty()) else {
+    let Some(rows) = r
+        .breakdowns
+        .get(st)
+        .map(|b| &b.processes)
+        .filter(|p| !p.is_empty())
+    else {
         return String::new();
     };
     let list: Vec<String> = rows
@@ -151,7 +143,7 @@ fn evidence_number(a: &AlertItem, field: &str) -> Option<u64> {
 /// (each alert counts its own interval), the worst interval, then the worst alert's own words
 /// (its advice and evidence) for what to do.
 fn alert_totals(kind: &str, n: u64, alerts: &[&AlertItem]) -> (String, String) {
-    let fields = counted_evidence(kind);
+    let fields = catalogue::counted(kind);
     let plural = if n == 1 { "" } else { "s" };
     let Some(&(head, head_what)) = fields.first() else {
         let last = alerts.last().map(|a| a.message.clone()).unwrap_or_default();
@@ -199,14 +191,6 @@ fn alert_totals(kind: &str, n: u64, alerts: &[&AlertItem]) -> (String, String) {
     (title, detail)
 }
 
-fn alert_severity(kind: &str) -> Severity {
-    match kind {
-        "port_exhaustion" | "listen_overflow" | "conntrack_full" => Severity::Critical,
-        "paws_reject" => Severity::Info,
-        _ => Severity::Warning,
-    }
-}
-
 pub fn findings(r: &Report) -> Vec<Finding> {
     let mut out = Vec::new();
     if r.lost > 0 {
@@ -231,12 +215,17 @@ pub fn findings(r: &Report) -> Vec<Finding> {
     for (kind, n) in &r.alert_counts {
         let of_kind: Vec<&AlertItem> = r.alerts.iter().filter(|a| &a.kind == kind).collect();
         let (title, detail) = alert_totals(kind, *n, &of_kind);
-        out.push(finding(
-            alert_severity(kind),
-            &format!("alert:{kind}"),
-            title,
-            detail,
-        ));
+        let known = catalogue::lookup(kind);
+        out.push(Finding {
+            title: known.map_or(title.clone(), |k| format!("{}: {title}", k.title)),
+            advice: known.map_or_else(String::new, |k| k.advice.to_owned()),
+            ..finding(
+                catalogue::severity(kind),
+                &format!("alert:{kind}"),
+                String::new(),
+                detail,
+            )
+        });
     }
 
     let tw = peak(r, "TIME_WAIT");

@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use super::text::{bound, offset};
 use super::{GaugeJson, Report, TraceInfo};
 use crate::core::{
+    alert_catalogue as catalogue,
     coverage::{self, Coverage},
     text::duration,
 };
@@ -36,16 +37,58 @@ pub fn state_colour(st: &str) -> &'static str {
     }
 }
 
-pub fn alert_colour(kind: &str) -> &'static str {
-    match kind {
-        "port_exhaustion" => "#d62728",
-        "listen_overflow" => "#e6550d",
-        "timewait_overflow" => "#fd8d3c",
-        "synack_retransmits" => "#31a354",
-        "nat_suspected" => "#756bb1",
-        "paws_reject" => "#636363",
-        _ => "#000000",
+/// The alerts folded by kind and subject, as the dashboard's pane shows them, with the
+/// change to make.
+fn alerts_by_subject(o: &mut String, r: &Report) {
+    let entries = r.alerts_by_subject.by_severity();
+    if entries.is_empty() {
+        return;
     }
+    o.push_str(
+        "<table id=\"alerts-by-subject\"><tr><th>severity</th><th>alert</th><th>subject</th>\
+         <th>count</th><th>first</th><th>last</th><th>in all</th><th>what to change</th></tr>",
+    );
+    for e in entries {
+        let _ = write!(
+            o,
+            "<tr data-kind=\"{}\"><td class=\"{}\">{}</td><td><span class=\"swatch\" \
+             style=\"background:{}\"></span>{}</td><td>{}</td><td class=\"n\">{}</td>\
+             <td>{}</td><td>{}</td><td>{}</td><td class=\"advice\">{}</td></tr>",
+            esc(&e.kind),
+            e.severity.as_str(),
+            e.severity.as_str(),
+            catalogue::colour(&e.kind),
+            esc(e.title()),
+            esc(&e.subject),
+            e.count,
+            esc(&offset(e.first_ns)),
+            esc(&offset(e.last_ns)),
+            esc(&e.total_text().unwrap_or_default()),
+            esc(e.advice())
+        );
+    }
+    o.push_str("</table>\n");
+}
+
+/// The dashboard's breakdowns (`b`) of every state with sockets at the end of the window.
+fn breakdowns_table(o: &mut String, r: &Report) {
+    if r.breakdowns.is_empty() {
+        return;
+    }
+    o.push_str(
+        "<h2>Breakdowns at the end (top 5 per state)</h2>\n<table id=\"breakdowns\">\
+         <tr><th>state</th><th>by</th><th>key</th><th>sockets</th></tr>",
+    );
+    for (st, b) in &r.breakdowns {
+        for (by, key, n) in b.rows() {
+            let _ = write!(
+                o,
+                "<tr><td>{st}</td><td>{by}</td><td>{}</td><td class=\"n\">{n}</td></tr>",
+                esc(&key)
+            );
+        }
+    }
+    o.push_str("</table>\n");
 }
 
 pub fn esc(s: &str) -> String {
@@ -395,7 +438,7 @@ fn alerts_plot(o: &mut String, r: &Report) {
     let span = (to - from) as f64;
     for (i, kind) in kinds.iter().enumerate() {
         let y = f.top + row * i as f64 + row / 2.0;
-        let colour = alert_colour(kind);
+        let colour = catalogue::colour(kind);
         let _ = write!(
             o,
             r##"<text x="{:.1}" y="{:.1}" text-anchor="end" class="label">{} ({})</text><line x1="{:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#f0f0f0"/><g class="alerts" data-kind="{}">"##,
@@ -431,6 +474,7 @@ th{font-weight:600;border-bottom:1px solid #ccc}td.n{text-align:right;font-varia
 .grid{display:flex;flex-wrap:wrap;gap:8px 16px}figure{margin:0}figcaption{font-size:12px;color:#333}
 .critical{color:#b00020;font-weight:600}.warning{color:#a05a00;font-weight:600}.info{color:#555}
 ul.findings{padding-left:18px}ul.findings li{margin:4px 0}.detail{color:#444}.warn{color:#a05a00}
+.advice{color:#1a4d1a}.swatch{display:inline-block;width:10px;height:10px;margin-right:4px}
 ";
 
 /// Which features the trace had, above the findings: on a kernel that hid some, an empty
@@ -542,12 +586,20 @@ pub fn render(r: &Report) -> String {
     for f in &r.findings {
         let _ = write!(
             o,
-            "<li><span class=\"{}\">[{}]</span> {}<br><span class=\"detail\">{}</span></li>",
+            "<li><span class=\"{}\">[{}]</span> {}<br><span class=\"detail\">{}</span>",
             f.severity.as_str(),
             f.severity.as_str(),
             esc(&f.title),
             esc(&f.detail)
         );
+        if !f.advice.is_empty() {
+            let _ = write!(
+                o,
+                "<br><span class=\"advice\">what to change: {}</span>",
+                esc(&f.advice)
+            );
+        }
+        o.push_str("</li>");
     }
     o.push_str("</ul>\n");
 
@@ -558,6 +610,7 @@ pub fn render(r: &Report) -> String {
     dwell_plots(&mut o, r);
     o.push_str("<h2>Alerts</h2>\n");
     alerts_plot(&mut o, r);
+    alerts_by_subject(&mut o, r);
 
     if !r.alerts.is_empty() {
         o.push_str("<table><tr><th>time</th><th>kind</th><th>message</th></tr>");
@@ -607,20 +660,7 @@ pub fn render(r: &Report) -> String {
         }
         o.push_str("</table>\n");
     }
-    if !r.processes.is_empty() {
-        o.push_str("<h2>Processes holding sockets at the end</h2>\n<table id=\"processes\"><tr><th>state</th><th>process</th><th>sockets</th></tr>");
-        for (st, rows) in &r.processes {
-            for p in rows {
-                let _ = write!(
-                    o,
-                    "<tr><td>{st}</td><td>{}</td><td class=\"n\">{}</td></tr>",
-                    esc(&p.to_string()),
-                    p.sockets
-                );
-            }
-        }
-        o.push_str("</table>\n");
-    }
+    breakdowns_table(&mut o, r);
     o.push_str("<h2>Settings</h2>\n<table>");
     for (k, v) in &t.sysctls {
         let _ = write!(o, "<tr><td>{}</td><td>{}</td></tr>", esc(k), esc(v));

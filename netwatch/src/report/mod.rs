@@ -25,12 +25,13 @@ use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 use crate::cli::TimeSpec;
 use crate::config::ReportConfig;
 use crate::core::{
+    alert_history::AlertHistory,
     early_ends::EarlyEnds,
     json::{reported_states, BucketJson, PercentilesJson},
     replay::{
         HeaderIn, PercentilesIn, ReadError, RecordIn, Replay, ReplayFilter, SummaryIn, TraceReader,
     },
-    snapshot::{Peak, Percentiles},
+    snapshot::{Peak, Percentiles, Snapshot, Talker},
 };
 use crate::features::KernelFeatures;
 use crate::writer;
@@ -90,6 +91,86 @@ pub struct GaugeJson {
 pub struct PeakJson {
     pub max: u64,
     pub offset_ns: u64,
+}
+
+/// One row of a breakdown: a key (a port, an address) and the sockets it has in the state.
+#[derive(Debug, Clone, Serialize)]
+pub struct TalkerJson {
+    pub key: String,
+    pub sockets: u64,
+}
+
+/// What the dashboard's breakdown panel shows for one state (`b` cycles through them), at
+/// the end of the window, from the same aggregator: top 5 each, biggest first.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BreakdownJson {
+    /// By service port: the listener's port, whichever side the socket is on.
+    pub service_ports: Vec<TalkerJson>,
+    /// By this end's own port (random for clients).
+    pub local_ports: Vec<TalkerJson>,
+    /// By remote address.
+    pub remotes: Vec<TalkerJson>,
+    /// By owning process (sockets of no known process are left out).
+    pub processes: Vec<ProcessJson>,
+}
+
+impl BreakdownJson {
+    fn of(snap: &Snapshot, st: u8) -> Self {
+        fn rows<K: ToString>(list: Option<&Vec<Talker<K>>>) -> Vec<TalkerJson> {
+            list.map(|l| {
+                l.iter()
+                    .map(|t| TalkerJson {
+                        key: printable::owned(&t.key.to_string()),
+                        sockets: t.count,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+        }
+        let i = st as usize;
+        Self {
+            service_ports: rows(snap.top_service_ports.get(i)),
+            local_ports: rows(snap.top_local_ports.get(i)),
+            remotes: rows(snap.top_remotes.get(i)),
+            processes: snap
+                .top_processes
+                .get(i)
+                .map(|l| {
+                    l.iter()
+                        .map(|t| ProcessJson {
+                            pid: t.key.pid,
+                            comm: printable::owned(&t.key.comm),
+                            sockets: t.count,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.service_ports.is_empty()
+            && self.local_ports.is_empty()
+            && self.remotes.is_empty()
+            && self.processes.is_empty()
+    }
+
+    /// Every row as (what it is by, key, sockets), in the order of the dashboard's `b`.
+    pub fn rows(&self) -> Vec<(&'static str, String, u64)> {
+        let ports = self.service_ports.iter().map(|t| ("service port", t));
+        let local = self.local_ports.iter().map(|t| ("local port", t));
+        let remotes = self.remotes.iter().map(|t| ("remote address", t));
+        ports
+            .chain(local)
+            .chain(remotes)
+            .map(|(by, t)| (by, t.key.clone(), t.sockets))
+            .chain(
+                self.processes
+                    .iter()
+                    .map(|p| ("process", p.to_string(), p.sockets)),
+            )
+            .collect()
+    }
 }
 
 /// A process holding sockets in one state at the end of the window.
@@ -166,13 +247,16 @@ pub struct Report {
     pub histogram: BTreeMap<&'static str, Vec<BucketJson>>,
     /// Ages of the sockets still in each state at the end of the window.
     pub age: BTreeMap<&'static str, PercentilesJson>,
-    /// Per state, the processes holding the most of its sockets at the end of the window
-    /// (top 5; sockets of no known process are left out).
-    pub processes: BTreeMap<&'static str, Vec<ProcessJson>>,
+    /// Per state with sockets at the end of the window, the dashboard's breakdowns then (by
+    /// service port, local port, remote address, process).
+    pub breakdowns: BTreeMap<&'static str, BreakdownJson>,
     pub gauges: Vec<GaugeJson>,
     pub peaks: BTreeMap<&'static str, PeakJson>,
     pub alert_counts: BTreeMap<String, u64>,
     pub alerts: Vec<AlertItem>,
+    /// The alerts by kind and subject, as the dashboard's alerts pane folds them (times are
+    /// offsets from the start of the trace).
+    pub alerts_by_subject: AlertHistory,
     pub findings: Vec<Finding>,
     pub check: Check,
     pub warnings: Vec<String>,
@@ -480,19 +564,9 @@ pub fn build(cfg: &ReportConfig) -> Result<Report> {
         ever[st as usize] |= alive.state(st).now > 0;
     }
     let shown: Vec<u8> = reported_states().filter(|&s| ever[s as usize]).collect();
-    let processes = reported_states()
-        .filter_map(|st| {
-            let top = alive.top_processes.get(st as usize)?;
-            let rows: Vec<ProcessJson> = top
-                .iter()
-                .map(|t| ProcessJson {
-                    pid: t.key.pid,
-                    comm: printable::owned(&t.key.comm),
-                    sockets: t.count,
-                })
-                .collect();
-            (!rows.is_empty()).then_some((state::name(st), rows))
-        })
+    let breakdowns = reported_states()
+        .map(|st| (state::name(st), BreakdownJson::of(&alive, st)))
+        .filter(|(_, b)| !b.is_empty())
         .collect();
 
     let mut states = BTreeMap::new();
@@ -683,7 +757,7 @@ pub fn build(cfg: &ReportConfig) -> Result<Report> {
         dwell,
         histogram,
         age,
-        processes,
+        breakdowns,
         gauges,
         peaks: peaks
             .into_iter()
@@ -696,6 +770,7 @@ pub fn build(cfg: &ReportConfig) -> Result<Report> {
             })
             .collect(),
         alert_counts,
+        alerts_by_subject: alert_history(&alerts),
         alerts,
         findings: Vec::new(),
         check: Check {
@@ -718,6 +793,20 @@ pub fn build(cfg: &ReportConfig) -> Result<Report> {
     };
     report.findings = findings::findings(&report);
     Ok(report)
+}
+
+/// The trace's alerts folded as the dashboard folds them.
+fn alert_history(alerts: &[AlertItem]) -> AlertHistory {
+    let mut h = AlertHistory::default();
+    for a in alerts {
+        h.record(
+            &a.kind,
+            &|f| a.evidence.get(f).cloned(),
+            &a.message,
+            a.offset_ns,
+        );
+    }
+    h
 }
 
 /// Writes to stdout; a reader that went away (`| head`) is not an error.

@@ -82,6 +82,21 @@ fn the_report_has_the_tracers_numbers_plain_and_gzip() {
         for key in ["states", "dwell", "histogram", "age", "transitions", "lost"] {
             assert_eq!(j[key], summary[key], "{key} of {}", path.display());
         }
+        let tw = &j["breakdowns"]["TIME_WAIT"];
+        assert_eq!(tw["service_ports"][0]["key"], "80", "{tw}");
+        assert_eq!(tw["service_ports"][0]["sockets"], 61, "{tw}");
+        assert_eq!(tw["remotes"][0]["sockets"], 81, "{tw}");
+        let folded = &j["alerts_by_subject"]["entries"][0];
+        assert_eq!(folded["kind"], "port_exhaustion", "{folded}");
+        assert_eq!(folded["subject"], "10.0.0.2:80", "{folded}");
+        assert_eq!(
+            (folded["count"].as_u64(), folded["total"].as_u64()),
+            (Some(1), Some(3))
+        );
+        assert!(j["findings"][0]["advice"]
+            .as_str()
+            .unwrap()
+            .contains("ip_local_port_range"));
         assert_eq!(j["alert_counts"], summary["alerts"]);
         assert_eq!(r.states["TIME_WAIT"], 81);
         assert_eq!(r.peaks["TIME_WAIT"].max, 81);
@@ -120,15 +135,23 @@ fn text_report_shows_the_sections() {
         "stopped by sigint",
         "400 transitions, 2 sockets at start, 0 records lost",
         "replay check: all 10 snapshots and the summary reproduced exactly",
-        "[critical] 3 connect() failures (EADDRNOTAVAIL) in 1 alert",
+        "[critical] Ephemeral ports exhausted: 3 connect() failures (EADDRNOTAVAIL) in 1 alert",
         "      the alert: ephemeral ports exhausted towards 10.0.0.2:80: 3 connect()",
+        "      what to change: The client has no free local port towards this destination",
+        // The alerts folded as the dashboard's pane folds them.
+        "  CRIT Ephemeral ports exhausted  10.0.0.2:80                 1     +5.0s     +5.0s  \
+         3 connect() failures (EADDRNOTAVAIL)",
+        // The dashboard's breakdowns, kept for later.
+        "BREAKDOWNS AT THE END",
+        "  TIME_WAIT\n    by service port    80 61, 443 20\n    by local port      40000 1,",
+        "    by remote address  10.0.0.2 81",
         // Every state's peak and when, those back to 0 at the end included.
         "  SYN_SENT            0        1  +1.0s",
         "  TIME_WAIT          81       81  +12.0s",
         "[warning] TIME_WAIT peaked at 81 of net.ipv4.tcp_max_tw_buckets = 40",
         "ESTABLISHED        80",
         "GAUGES OVER TIME (10 snapshots, every 1.000s)",
-        "port_exhaustion 1",
+        "  one by one:\n  +5.0s      port_exhaustion      ephemeral ports exhausted",
         "net.ipv4.ip_local_port_range = 40000 40099",
     ] {
         assert!(t.contains(want), "missing {want:?} in:\n{t}");
@@ -162,6 +185,17 @@ fn html_is_one_self_contained_page_with_its_plots() {
         "one alert marker"
     );
     assert!(html::esc("<a&'\">") == "&lt;a&amp;&#39;&quot;&gt;");
+    // The dashboard's alerts pane and breakdowns, kept for later.
+    assert!(page.contains(r#"<table id="alerts-by-subject"><tr>"#));
+    assert!(page.contains(r#"<tr data-kind="port_exhaustion"><td class="critical">critical</td>"#));
+    assert!(page.contains(r#"<td class="advice">The client has no free local port"#));
+    assert!(page.contains(r#"<span class="advice">what to change: The client"#));
+    assert!(page.contains(
+        r#"<tr><td>TIME_WAIT</td><td>service port</td><td>80</td><td class="n">61</td></tr>"#
+    ));
+    assert!(page.contains(
+        r#"<tr><td>TIME_WAIT</td><td>remote address</td><td>10.0.0.2</td><td class="n">81</td></tr>"#
+    ));
 }
 
 #[test]

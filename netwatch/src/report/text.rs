@@ -72,6 +72,65 @@ fn sockets(o: &mut String, r: &Report) {
     }
 }
 
+/// The dashboard's breakdowns (its `b` key) for every state with sockets at the end.
+fn breakdowns(o: &mut String, r: &Report) {
+    if r.breakdowns.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "\nBREAKDOWNS AT THE END (top 5 per state; --until picks another moment)"
+    );
+    for (st, b) in &r.breakdowns {
+        let _ = writeln!(o, "  {st}");
+        let rows = b.rows();
+        for by in ["service port", "local port", "remote address", "process"] {
+            let list: Vec<String> = rows
+                .iter()
+                .filter(|(b, _, _)| *b == by)
+                .map(|(_, k, n)| format!("{k} {n}"))
+                .collect();
+            if !list.is_empty() {
+                let _ = writeln!(o, "    by {by:<15} {}", list.join(", "));
+            }
+        }
+    }
+}
+
+/// The alerts as the dashboard's pane folds them: one row per kind and subject, with how
+/// often, the total they counted, when first and last, and the change to make per kind.
+fn alerts_by_subject(o: &mut String, r: &Report) {
+    let entries = r.alerts_by_subject.by_severity();
+    if entries.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "  {:<4} {:<26} {:<22} {:>6} {:>9} {:>9}  IN ALL",
+        "SEV", "ALERT", "SUBJECT", "COUNT", "FIRST", "LAST"
+    );
+    for e in &entries {
+        let _ = writeln!(
+            o,
+            "  {:<4} {:<26} {:<22} {:>6} {:>9} {:>9}  {}",
+            e.severity.tag(),
+            e.title(),
+            e.subject,
+            e.count,
+            offset(e.first_ns),
+            offset(e.last_ns),
+            e.total_text().unwrap_or_default()
+        );
+    }
+    if r.alerts_by_subject.unlisted > 0 {
+        let _ = writeln!(
+            o,
+            "  ... and {} alerts of further subjects",
+            r.alerts_by_subject.unlisted
+        );
+    }
+}
+
 pub fn render(r: &Report) -> String {
     let mut o = String::new();
     let t = &r.trace;
@@ -186,6 +245,9 @@ pub fn render(r: &Report) -> String {
         if !f.detail.is_empty() {
             let _ = writeln!(o, "      {}", f.detail);
         }
+        if !f.advice.is_empty() {
+            let _ = writeln!(o, "      what to change: {}", f.advice);
+        }
     }
 
     sockets(&mut o, r);
@@ -242,16 +304,7 @@ pub fn render(r: &Report) -> String {
         }
     }
 
-    if !r.processes.is_empty() {
-        let _ = writeln!(
-            o,
-            "\nPROCESSES HOLDING SOCKETS AT THE END (top 5 per state)"
-        );
-        for (st, rows) in &r.processes {
-            let list: Vec<String> = rows.iter().map(|p| format!("{p} {}", p.sockets)).collect();
-            let _ = writeln!(o, "  {st:<12} {}", list.join(", "));
-        }
-    }
+    breakdowns(&mut o, r);
 
     let _ = writeln!(
         o,
@@ -292,13 +345,9 @@ pub fn render(r: &Report) -> String {
     }
 
     let _ = writeln!(o, "\nALERTS ({})", r.alerts.len());
-    if !r.alert_counts.is_empty() {
-        let counts: Vec<String> = r
-            .alert_counts
-            .iter()
-            .map(|(k, n)| format!("{k} {n}"))
-            .collect();
-        let _ = writeln!(o, "  {}", counts.join(", "));
+    alerts_by_subject(&mut o, r);
+    if !r.alerts.is_empty() {
+        let _ = writeln!(o, "  one by one:");
     }
     for a in r.alerts.iter().take(ALERT_ROWS) {
         let _ = writeln!(

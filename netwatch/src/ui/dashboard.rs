@@ -4,6 +4,8 @@
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use netwatch_common::state;
 
+use crate::core::alert_history::AlertHistory;
+
 /// The states worth a panel, in the order a connection lives through them (then the
 /// listener), which is also the order of the number keys `1`..`9`, `0`. CLOSE,
 /// NEW_SYN_RECV and BOUND_INACTIVE are left out: sockets do not sit in them in numbers that
@@ -24,7 +26,10 @@ pub const STATES: [u8; 10] = [
 /// Which key the top-talkers panel groups the selected state's sockets by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Breakdown {
-    /// Which of our services (or listeners) holds them: finds the leaking server.
+    /// Which service they belong to (the listener's port, whichever side the socket is
+    /// on): finds the leaking server, or the backend clients pile up towards.
+    ServicePort,
+    /// This end's own port, as `ss` shows it (random for clients).
     LocalPort,
     /// Which peer they are with: finds the backend or the NAT everything goes through.
     RemoteAddr,
@@ -35,6 +40,7 @@ pub enum Breakdown {
 impl Breakdown {
     pub fn label(self) -> &'static str {
         match self {
+            Breakdown::ServicePort => "service port",
             Breakdown::LocalPort => "local port",
             Breakdown::RemoteAddr => "remote address",
             Breakdown::Process => "process",
@@ -44,9 +50,10 @@ impl Breakdown {
     /// What `b` switches to, also named in the talkers panel so the key explains itself.
     pub fn toggled(self) -> Self {
         match self {
+            Breakdown::ServicePort => Breakdown::LocalPort,
             Breakdown::LocalPort => Breakdown::RemoteAddr,
             Breakdown::RemoteAddr => Breakdown::Process,
-            Breakdown::Process => Breakdown::LocalPort,
+            Breakdown::Process => Breakdown::ServicePort,
         }
     }
 }
@@ -63,8 +70,14 @@ pub struct Dashboard {
     /// Index into [`STATES`], so cycling can never land on a state without a panel.
     selected: usize,
     breakdown: Breakdown,
-    /// Lines shown above the panels, most important first; the caller owns their content.
-    pub alerts: Vec<String>,
+    /// Every alert of the trace so far, by kind and subject: the banner shows the latest,
+    /// the alerts pane all of them. The caller records into it; nothing here forgets.
+    pub alerts: AlertHistory,
+    /// Whether the alerts pane stands in for the state panels (`a`).
+    alerts_pane: bool,
+    /// The row selected in the alerts pane (its detail is shown), into
+    /// [`AlertHistory::by_severity`]; clamped when drawn.
+    alert_row: usize,
 }
 
 impl Default for Dashboard {
@@ -77,7 +90,9 @@ impl Default for Dashboard {
                 .position(|&s| s == state::TIME_WAIT)
                 .unwrap_or(0),
             breakdown: Breakdown::RemoteAddr,
-            alerts: Vec::new(),
+            alerts: AlertHistory::default(),
+            alerts_pane: false,
+            alert_row: 0,
         }
     }
 }
@@ -96,6 +111,15 @@ impl Dashboard {
         self.breakdown
     }
 
+    pub fn alerts_pane(&self) -> bool {
+        self.alerts_pane
+    }
+
+    /// The selected row of the alerts pane, within the rows there are.
+    pub fn alert_row(&self) -> usize {
+        self.alert_row.min(self.alerts.len().saturating_sub(1))
+    }
+
     pub fn handle_key(&mut self, key: KeyEvent) -> Action {
         // Terminals that report releases too (Windows, the kitty protocol) would otherwise
         // move the selection twice per press; a held key's repeats still move it.
@@ -109,6 +133,13 @@ impl Dashboard {
             KeyCode::Right | KeyCode::Tab => self.step(1),
             KeyCode::Left | KeyCode::BackTab => self.step(STATES.len() - 1),
             KeyCode::Char('b') => self.breakdown = self.breakdown.toggled(),
+            KeyCode::Char('a') => self.alerts_pane = !self.alerts_pane,
+            KeyCode::Up | KeyCode::Char('k') if self.alerts_pane => {
+                self.alert_row = self.alert_row().saturating_sub(1);
+            }
+            KeyCode::Down | KeyCode::Char('j') if self.alerts_pane => {
+                self.alert_row = (self.alert_row() + 1).min(self.alerts.len().saturating_sub(1));
+            }
             KeyCode::Char(c @ '0'..='9') => {
                 // `0` is the tenth, as on the keyboard row.
                 let digit = c as usize - '0' as usize;
@@ -203,12 +234,44 @@ mod tests {
     #[test]
     fn b_cycles_through_every_breakdown() {
         let mut dash = Dashboard::new();
-        dash.handle_key(press(KeyCode::Char('b')));
-        assert_eq!(dash.breakdown(), Breakdown::Process);
-        dash.handle_key(press(KeyCode::Char('b')));
-        assert_eq!(dash.breakdown(), Breakdown::LocalPort);
-        dash.handle_key(press(KeyCode::Char('b')));
-        assert_eq!(dash.breakdown(), Breakdown::RemoteAddr);
+        for want in [
+            Breakdown::Process,
+            Breakdown::ServicePort,
+            Breakdown::LocalPort,
+            Breakdown::RemoteAddr,
+        ] {
+            dash.handle_key(press(KeyCode::Char('b')));
+            assert_eq!(dash.breakdown(), want);
+        }
+    }
+
+    #[test]
+    fn a_toggles_the_alerts_pane_and_arrows_move_within_it() {
+        let mut dash = Dashboard::new();
+        let mut m = serde_json::Map::new();
+        for port in [80u16, 81, 82] {
+            m.insert("daddr".into(), "10.0.0.2".into());
+            m.insert("dport".into(), port.into());
+            dash.alerts
+                .record("port_exhaustion", &|f| m.get(f).cloned(), "x", 1);
+        }
+        dash.handle_key(press(KeyCode::Down));
+        assert_eq!(
+            dash.alert_row(),
+            0,
+            "arrows move nothing while the pane is closed"
+        );
+        dash.handle_key(press(KeyCode::Char('a')));
+        assert!(dash.alerts_pane());
+        for _ in 0..5 {
+            dash.handle_key(press(KeyCode::Down));
+        }
+        assert_eq!(dash.alert_row(), 2);
+        dash.handle_key(press(KeyCode::Char('k')));
+        assert_eq!(dash.alert_row(), 1);
+        dash.handle_key(press(KeyCode::Char('a')));
+        assert!(!dash.alerts_pane());
+        assert_eq!(dash.selected_state(), state::TIME_WAIT);
     }
 
     #[test]

@@ -41,7 +41,8 @@ pub fn footer_rows(height: u16) -> u16 {
     }
 }
 
-pub fn split(area: Rect, alerts: usize) -> Areas {
+/// The screen's three bands: the alert banner (None without alerts), the body, the footer.
+pub fn bands(area: Rect, alerts: usize) -> (Option<Rect>, Rect, Rect) {
     let footer_h = footer_rows(area.height).min(area.height);
     let alerts_h = alert_rows(area.height, alerts).min(area.height - footer_h);
     let body_h = area.height - footer_h - alerts_h;
@@ -60,6 +61,22 @@ pub fn split(area: Rect, alerts: usize) -> Areas {
         height: footer_h,
         ..area
     };
+    (alerts_rect, body, footer)
+}
+
+/// The alerts pane: the list of alerts on top (its rows, at most a third of the body once
+/// the detail has room), the selected one's evidence and advice below.
+pub fn alerts_pane(body: Rect, entries: usize) -> (Rect, Rect) {
+    // Borders and header around the rows; the detail keeps at least 8 rows.
+    let want = entries as u16 + 3;
+    let list_h = want
+        .min(body.height.saturating_sub(8))
+        .max(body.height.min(4));
+    cut_rows(body, list_h)
+}
+
+pub fn split(area: Rect, alerts: usize) -> Areas {
+    let (alerts_rect, body, footer) = bands(area, alerts);
 
     let mut areas = Areas {
         alerts: alerts_rect,
@@ -224,6 +241,18 @@ mod tests {
         assert_eq!(a.alerts.unwrap().height, 1);
         assert_eq!(a.states.unwrap().height, 6);
         assert!(a.dwell.is_none() && a.age.is_none() && a.talkers.is_none());
+    }
+
+    #[test]
+    fn the_alerts_pane_leaves_room_for_the_detail() {
+        let (list, detail) = alerts_pane(rect(80, 20), 3);
+        assert_eq!((list.height, detail.height), (6, 14));
+        let (list, detail) = alerts_pane(rect(80, 20), 40);
+        assert_eq!((list.height, detail.height), (12, 8));
+        let (list, detail) = alerts_pane(rect(80, 5), 40);
+        assert_eq!((list.height, detail.height), (4, 1));
+        let (list, detail) = alerts_pane(rect(80, 0), 1);
+        assert_eq!((list.height, detail.height), (0, 0));
     }
 
     #[test]

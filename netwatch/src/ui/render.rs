@@ -12,12 +12,14 @@ use ratatui::{
     style::{Color, Modifier, Style},
     symbols,
     text::{Line, Span},
-    widgets::{Block, Cell, HighlightSpacing, Paragraph, Row, Table, TableState},
+    widgets::{Block, Cell, HighlightSpacing, Paragraph, Row, Table, TableState, Wrap},
     Frame,
 };
 
 use super::dashboard::{digit_for, Breakdown, Dashboard, STATES};
 use super::layout;
+use crate::core::alert_catalogue::Severity;
+use crate::core::alert_history::AlertHistory;
 use crate::core::snapshot::{Bucket, Peak, Percentiles, Snapshot, StateStats, Talker};
 use crate::core::text::duration;
 
@@ -95,10 +97,17 @@ fn right(text: impl Into<String>) -> Cell<'static> {
 }
 
 pub fn render(frame: &mut Frame, dash: &Dashboard, snap: &Snapshot) {
+    if dash.alerts_pane() {
+        // The pane says everything the banner would, at length.
+        let (_, body, footer) = layout::bands(frame.area(), 0);
+        render_alerts_pane(frame, body, dash, snap.mono_ns);
+        render_footer(frame, footer, snap, dash);
+        return;
+    }
     let areas = layout::split(frame.area(), dash.alerts.len());
     let s = dash.selected_state();
     if let Some(area) = areas.alerts {
-        render_alerts(frame, area, &dash.alerts);
+        render_alerts(frame, area, &dash.alerts, snap.mono_ns);
     }
     if let Some(area) = areas.states {
         render_states(frame, area, dash, snap);
@@ -112,27 +121,167 @@ pub fn render(frame: &mut Frame, dash: &Dashboard, snap: &Snapshot) {
     if let Some(area) = areas.talkers {
         render_talkers(frame, area, dash.breakdown(), s, snap);
     }
-    render_footer(frame, areas.footer, snap);
+    render_footer(frame, areas.footer, snap, dash);
 }
 
-/// When there are more alerts than rows, the last row says how many are hidden rather than
-/// dropping them silently.
-fn render_alerts(frame: &mut Frame, area: Rect, alerts: &[String]) {
+fn severity_style(sev: Severity) -> Style {
+    match sev {
+        Severity::Critical => Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
+        Severity::Warning => Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD),
+        Severity::Info => Style::new(),
+    }
+}
+
+/// How long before `now` a stamp of the same clock was: `now`, `12.0s`.
+fn since(now: u64, at: u64) -> String {
+    match now.saturating_sub(at) {
+        0 => "now".to_owned(),
+        d => duration(Some(d)),
+    }
+}
+
+/// `now`, `12.0s ago`.
+fn ago(now: u64, at: u64) -> String {
+    match since(now, at).as_str() {
+        "now" => "now".to_owned(),
+        d => format!("{d} ago"),
+    }
+}
+
+/// Text from the kernel or a trace for one cell of the screen: control characters (the tab
+/// in `ip_local_port_range`) would move the cursor, so they become spaces.
+fn on_screen(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// The latest alerts, one line each, kept from one refresh to the next; when there are more
+/// than rows, the last row says how many are hidden and which key shows them all.
+fn render_alerts(frame: &mut Frame, area: Rect, alerts: &AlertHistory, now: u64) {
     let rows = area.height as usize;
-    let style = Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD);
-    let lines: Vec<Line> = alerts
+    let recent = alerts.by_recency();
+    let lines: Vec<Line> = recent
         .iter()
         .take(rows)
         .enumerate()
-        .map(|(i, a)| {
-            let mut text = format!("! {a}");
-            if i + 1 == rows && alerts.len() > rows {
-                text.push_str(&format!(" (+{} more)", alerts.len() - rows));
+        .map(|(i, e)| {
+            let mut text = format!(
+                " {} {} x{}, last {}",
+                e.title(),
+                on_screen(&e.subject),
+                e.count,
+                ago(now, e.last_ns)
+            );
+            // The footer names `a` for the details; this row says only what is hidden.
+            if i + 1 == rows && recent.len() > rows {
+                text.push_str(&format!(" (+{} more: a)", recent.len() - rows));
             }
-            Line::styled(text, style)
+            Line::from(vec![
+                Span::styled(
+                    format!("! {}", e.severity.tag()),
+                    severity_style(e.severity),
+                ),
+                Span::styled(text, Style::new().add_modifier(Modifier::BOLD)),
+            ])
         })
         .collect();
     frame.render_widget(Paragraph::new(lines), area);
+}
+
+/// Every alert of the trace by kind and subject (most urgent, then latest, first), and the
+/// selected one's evidence and the change to make.
+fn render_alerts_pane(frame: &mut Frame, area: Rect, dash: &Dashboard, now: u64) {
+    let entries = dash.alerts.by_severity();
+    let mut list_title = format!("Alerts ({})", entries.len());
+    if dash.alerts.unlisted > 0 {
+        list_title.push_str(&format!(", {} more not listed", dash.alerts.unlisted));
+    }
+    if dash.alerts.is_empty() {
+        let block = Block::bordered().title(title(list_title));
+        let text = Line::styled("no alerts so far (a: back)", dim());
+        frame.render_widget(Paragraph::new(text).block(block), area);
+        return;
+    }
+    let (list_area, detail_area) = layout::alerts_pane(area, entries.len());
+    let rows = entries.iter().map(|e| {
+        Row::new(vec![
+            Cell::from(e.severity.tag()).style(severity_style(e.severity)),
+            Cell::from(e.title().to_owned()),
+            Cell::from(on_screen(&e.subject)),
+            right(e.count.to_string()),
+            right(since(now, e.first_ns)),
+            right(since(now, e.last_ns)),
+        ])
+    });
+    let title_w = entries.iter().map(|e| e.title().len()).max().unwrap_or(0);
+    let widths = [
+        Constraint::Length(4),
+        Constraint::Length(title_w.max(5) as u16),
+        Constraint::Fill(1),
+        Constraint::Length(5),
+        Constraint::Length(9),
+        Constraint::Length(9),
+    ];
+    let header = Row::new(vec![
+        Cell::from("SEV"),
+        Cell::from("ALERT"),
+        Cell::from("SUBJECT"),
+        right("COUNT"),
+        right("FIRST AGO"),
+        right("LAST AGO"),
+    ])
+    .style(heading());
+    let hint = " ↑/↓ select  a: back ";
+    let mut block = Block::bordered().title(title(list_title));
+    if list_area.width as usize > 40 {
+        block = block.title_top(Line::styled(hint, dim()).right_aligned());
+    }
+    let table = Table::new(rows, widths)
+        .header(header)
+        .block(block)
+        .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
+        .highlight_symbol(">")
+        .highlight_spacing(HighlightSpacing::Always);
+    let selected = dash.alert_row();
+    let mut table_state = TableState::default().with_selected(Some(selected));
+    frame.render_stateful_widget(table, list_area, &mut table_state);
+
+    let Some(e) = entries.get(selected) else {
+        return;
+    };
+    let mut lines = vec![Line::from(vec![
+        Span::styled(e.severity.as_str(), severity_style(e.severity)),
+        Span::styled(
+            format!(
+                "  raised {} time{}, first {}, last {}",
+                e.count,
+                if e.count == 1 { "" } else { "s" },
+                ago(now, e.first_ns),
+                ago(now, e.last_ns)
+            ),
+            dim(),
+        ),
+    ])];
+    if let Some(total) = e.total_text() {
+        lines.push(Line::from(vec![
+            Span::styled("in all: ", heading()),
+            Span::raw(total),
+        ]));
+    }
+    lines.push(Line::from(vec![
+        Span::styled("latest: ", heading()),
+        Span::raw(on_screen(&e.message)),
+    ]));
+    if !e.advice().is_empty() {
+        lines.push(Line::from(vec![
+            Span::styled("what to change: ", heading()),
+            Span::raw(e.advice()),
+        ]));
+    }
+    let block = Block::bordered().title(title(format!("{} {}", e.title(), on_screen(&e.subject))));
+    let detail = Paragraph::new(lines).block(block).wrap(Wrap { trim: true });
+    frame.render_widget(detail, detail_area);
 }
 
 fn render_states(frame: &mut Frame, area: Rect, dash: &Dashboard, snap: &Snapshot) {
@@ -315,20 +464,24 @@ fn peak_line(peak: Peak, now_ns: u64) -> Line<'static> {
     ])
 }
 
-fn talker_rows<K: Display>(list: &[Talker<K>], now: u64, gauge_w: usize) -> Vec<Row<'static>> {
-    let max = list.first().map_or(0, |t| t.count);
+/// A breakdown's rows as text keys and counts, whatever it is keyed by.
+fn keyed<K: Display>(list: &[Talker<K>]) -> Vec<(String, u64)> {
+    list.iter().map(|t| (t.key.to_string(), t.count)).collect()
+}
+
+fn talker_rows(list: &[(String, u64)], now: u64, gauge_w: usize) -> Vec<Row<'static>> {
+    let max = list.first().map_or(0, |(_, n)| *n);
     list.iter()
-        .map(|t| {
-            let share = t
-                .count
+        .map(|(key, count)| {
+            let share = count
                 .saturating_mul(100)
                 .checked_div(now)
                 .map_or_else(|| "-".to_owned(), |pct| format!("{pct}%"));
             Row::new(vec![
-                Cell::from(t.key.to_string()),
-                right(t.count.to_string()),
+                Cell::from(key.clone()),
+                right(count.to_string()),
                 right(share),
-                Cell::from(bar(t.count, max, gauge_w)).style(Style::new().fg(Color::Cyan)),
+                Cell::from(bar(*count, max, gauge_w)).style(Style::new().fg(Color::Cyan)),
             ])
         })
         .collect()
@@ -347,30 +500,13 @@ fn render_talkers(frame: &mut Frame, area: Rect, breakdown: Breakdown, s: u8, sn
     let inner = block.inner(area);
     let now = stats(snap, s).now;
 
-    let (keys, key_header): (Vec<String>, &str) = match breakdown {
-        Breakdown::LocalPort => (
-            talkers(&snap.top_local_ports, s)
-                .iter()
-                .map(|t| t.key.to_string())
-                .collect(),
-            "PORT",
-        ),
-        Breakdown::RemoteAddr => (
-            talkers(&snap.top_remotes, s)
-                .iter()
-                .map(|t| t.key.to_string())
-                .collect(),
-            "REMOTE",
-        ),
-        Breakdown::Process => (
-            talkers(&snap.top_processes, s)
-                .iter()
-                .map(|t| t.key.to_string())
-                .collect(),
-            "PROCESS",
-        ),
+    let (list, key_header) = match breakdown {
+        Breakdown::ServicePort => (keyed(talkers(&snap.top_service_ports, s)), "SERVICE"),
+        Breakdown::LocalPort => (keyed(talkers(&snap.top_local_ports, s)), "PORT"),
+        Breakdown::RemoteAddr => (keyed(talkers(&snap.top_remotes, s)), "REMOTE"),
+        Breakdown::Process => (keyed(talkers(&snap.top_processes, s)), "PROCESS"),
     };
-    if keys.is_empty() {
+    if list.is_empty() {
         let text = if now == 0 {
             format!("no sockets in {}", state::name(s))
         } else if breakdown == Breakdown::Process {
@@ -386,19 +522,15 @@ fn render_talkers(frame: &mut Frame, area: Rect, breakdown: Breakdown, s: u8, sn
     // IPv6 addresses can take 39 columns; the counts matter more than the tail of one.
     let count_w = 8;
     let share_w = 5;
-    let key_w = keys
+    let key_w = list
         .iter()
-        .map(String::len)
+        .map(|(k, _)| k.len())
         .max()
         .unwrap_or(0)
         .max(key_header.len())
         .min((inner.width as usize).saturating_sub(count_w + share_w + 3));
     let gauge_w = (inner.width as usize).saturating_sub(key_w + count_w + share_w + 3);
-    let rows = match breakdown {
-        Breakdown::LocalPort => talker_rows(talkers(&snap.top_local_ports, s), now, gauge_w),
-        Breakdown::RemoteAddr => talker_rows(talkers(&snap.top_remotes, s), now, gauge_w),
-        Breakdown::Process => talker_rows(talkers(&snap.top_processes, s), now, gauge_w),
-    };
+    let rows = talker_rows(&list, now, gauge_w);
     let header = Row::new(vec![
         Cell::from(key_header),
         right("SOCKETS"),
@@ -418,7 +550,7 @@ fn render_talkers(frame: &mut Frame, area: Rect, breakdown: Breakdown, s: u8, sn
 
 /// Lost records mean every number on screen is an undercount, so they are shouted in
 /// reverse red rather than left for the engineer to notice.
-fn status_spans(snap: &Snapshot) -> Vec<Span<'static>> {
+fn status_spans(snap: &Snapshot, alerts: usize) -> Vec<Span<'static>> {
     let mut spans = vec![
         Span::styled(" transitions ", dim()),
         Span::styled(snap.transitions.to_string(), heading()),
@@ -436,31 +568,43 @@ fn status_spans(snap: &Snapshot) -> Vec<Span<'static>> {
                 .add_modifier(Modifier::BOLD),
         ));
     }
+    if alerts > 0 {
+        spans.push(Span::styled("  alerts ", dim()));
+        spans.push(Span::styled(alerts.to_string(), heading()));
+    }
     spans
 }
 
-fn help_spans() -> Vec<Span<'static>> {
+fn help_spans(pane: bool) -> Vec<Span<'static>> {
     let key = Style::new().add_modifier(Modifier::BOLD);
     let mut spans = vec![Span::raw(" ")];
-    for (k, what) in [
-        ("q", "quit"),
-        ("←/→ Tab", "state"),
-        ("1-9 0", "pick"),
-        ("b", "breakdown"),
-    ] {
-        spans.push(Span::styled(k, key));
+    let keys: &[(&str, &str)] = if pane {
+        &[("q", "quit"), ("↑/↓", "select"), ("a", "back to states")]
+    } else {
+        &[
+            ("q", "quit"),
+            ("←/→ Tab", "state"),
+            ("1-9 0", "pick"),
+            ("b", "breakdown"),
+            ("a", "alerts"),
+        ]
+    };
+    for (k, what) in keys {
+        spans.push(Span::styled(*k, key));
         spans.push(Span::styled(format!(" {what}  "), dim()));
     }
     spans
 }
 
-fn render_footer(frame: &mut Frame, area: Rect, snap: &Snapshot) {
+fn render_footer(frame: &mut Frame, area: Rect, snap: &Snapshot, dash: &Dashboard) {
+    let status = status_spans(snap, dash.alerts.len());
+    let help = help_spans(dash.alerts_pane());
     let lines = if area.height >= 2 {
-        vec![Line::from(status_spans(snap)), Line::from(help_spans())]
+        vec![Line::from(status), Line::from(help)]
     } else {
-        let mut spans = status_spans(snap);
+        let mut spans = status;
         spans.push(Span::raw(" "));
-        spans.extend(help_spans());
+        spans.extend(help);
         vec![Line::from(spans)]
     };
     frame.render_widget(Paragraph::new(lines), area);

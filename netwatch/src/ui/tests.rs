@@ -10,6 +10,7 @@ use ratatui::{backend::TestBackend, buffer::Buffer, style::Color, Terminal};
 use super::dashboard::{digit_for, STATES};
 use super::{render, Action, Dashboard};
 use crate::core::event::Owner;
+use crate::core::signals::tests::one_of_each;
 use crate::core::snapshot::{Bucket, Peak, Percentiles, Snapshot, Talker};
 
 const S: u64 = 1_000_000_000;
@@ -103,10 +104,17 @@ fn incident(lost: u64) -> Snapshot {
             count: 1_500,
         },
     ];
-    snap.top_local_ports[state::TIME_WAIT as usize] = vec![Talker {
+    snap.top_service_ports[state::TIME_WAIT as usize] = vec![Talker {
         key: 443,
         count: 27_000,
     }];
+    // Each client socket has a port of its own.
+    snap.top_local_ports[state::TIME_WAIT as usize] = (0..5)
+        .map(|i| Talker {
+            key: 40_000 + i,
+            count: 1,
+        })
+        .collect();
 
     let cw = &mut snap.states[state::CLOSE_WAIT as usize];
     cw.now = 310;
@@ -118,10 +126,12 @@ fn incident(lost: u64) -> Snapshot {
         p99: 3_550 * S,
         max: 3_590 * S,
     };
-    snap.top_local_ports[state::CLOSE_WAIT as usize] = vec![Talker {
+    let leak = vec![Talker {
         key: 8080,
         count: 305,
     }];
+    snap.top_service_ports[state::CLOSE_WAIT as usize] = leak.clone();
+    snap.top_local_ports[state::CLOSE_WAIT as usize] = leak;
 
     snap.states[state::LISTEN as usize].now = 6;
     snap
@@ -226,7 +236,7 @@ fn selected_state_is_highlighted_and_drives_the_detail_panels() {
     // An hour-old CLOSE_WAIT: the leak this panel is for.
     assert!(out.contains("3590.0s"), "{out}");
     assert!(out.contains("no completed dwells yet"), "{out}");
-    assert!(out.contains("CLOSE_WAIT by local port"), "{out}");
+    assert!(out.contains("CLOSE_WAIT by service port"), "{out}");
     assert!(out.contains("8080"), "{out}");
 }
 
@@ -239,23 +249,119 @@ fn keys_drive_what_is_drawn() {
     dash.handle_key(press(KeyCode::Left));
     dash.handle_key(press(KeyCode::Char('b')));
     dash.handle_key(press(KeyCode::Char('b')));
-    assert!(screen(80, 24, &dash, &snap).contains("TIME_WAIT by local port"));
+    let out = screen(80, 24, &dash, &snap);
+    assert!(out.contains("TIME_WAIT by service port"), "{out}");
+    assert!(out.contains("SERVICE") && out.contains("443"), "{out}");
+    // The clients' own ports are another view: one socket each.
+    dash.handle_key(press(KeyCode::Char('b')));
+    let out = screen(80, 24, &dash, &snap);
+    assert!(out.contains("TIME_WAIT by local port"), "{out}");
+    assert!(out.contains("40004"), "{out}");
     assert_eq!(dash.handle_key(press(KeyCode::Char('q'))), Action::Quit);
 }
 
+/// The incident's alerts as the engine raised them, recorded as the tracer does: a port
+/// exhaustion three intervals running (the last one 2 s before the snapshot), a listen
+/// overflow and a PAWS reject once.
+fn with_alerts(mut dash: Dashboard, snap: &Snapshot) -> Dashboard {
+    let now = snap.mono_ns;
+    let all = one_of_each();
+    let of = |kind: &str| all.iter().find(|a| a.kind().name == kind).unwrap();
+    for ago in [62, 30, 2] {
+        dash.alerts
+            .record_alert(of("port_exhaustion"), now - ago * S);
+    }
+    dash.alerts.record_alert(of("listen_overflow"), now - 5 * S);
+    dash.alerts.record_alert(of("paws_reject"), now - 40 * S);
+    dash
+}
+
 #[test]
-fn alerts_show_on_top_and_say_how_many_are_hidden() {
-    let mut dash = Dashboard::new();
-    dash.alerts = vec![
-        "TIME_WAIT 28000: ephemeral ports running out".to_owned(),
-        "CLOSE_WAIT ages growing on :8080".to_owned(),
-        "conntrack table 97% full".to_owned(),
-    ];
-    let out = screen(80, 24, &dash, &incident(0));
+fn the_banner_keeps_the_latest_alerts_and_says_how_many_are_hidden() {
+    let snap = incident(0);
+    let dash = with_alerts(Dashboard::new(), &snap);
+    let out = screen(80, 24, &dash, &snap);
     let lines: Vec<&str> = out.lines().collect();
-    assert!(lines[0].starts_with("! TIME_WAIT 28000"), "{out}");
-    assert!(lines[1].ends_with("(+1 more)"), "{out}");
-    assert!(!out.contains("conntrack"), "{out}");
+    assert!(
+        lines[0].starts_with("! CRIT Ephemeral ports exhausted 10.0.0.2:5774 x3, last 2.000s ago"),
+        "{out}"
+    );
+    assert!(
+        lines[1].contains("Listen queue overflow port 8080"),
+        "{out}"
+    );
+    assert!(lines[1].ends_with("(+1 more: a)"), "{out}");
+    assert!(
+        out.contains("alerts 3") && out.contains("a alerts"),
+        "{out}"
+    );
+    // A refresh with no new alert keeps them.
+    let later = Snapshot {
+        mono_ns: snap.mono_ns + 10 * S,
+        ..snap.clone()
+    };
+    assert!(screen(80, 24, &dash, &later).contains("x3, last 12.0s ago"));
+}
+
+#[test]
+fn the_alerts_pane_shows_history_evidence_and_advice_at_80x24() {
+    let snap = incident(0);
+    let mut dash = with_alerts(Dashboard::new(), &snap);
+    dash.handle_key(press(KeyCode::Char('a')));
+    let out = screen(80, 24, &dash, &snap);
+    assert!(out.contains("Alerts (3)"), "{out}");
+    let row = out.lines().find(|l| l.contains("10.0.0.2:5774")).unwrap();
+    assert!(row.contains("CRIT") && row.contains(" 3 "), "{row}");
+    assert!(row.contains("62.0s") && row.contains("2.000s"), "{row}");
+    assert!(
+        out.contains("Ephemeral ports exhausted"),
+        "titles are whole:\n{out}"
+    );
+    assert!(out.contains("in all: 15 connect() failures"), "{out}");
+    assert!(
+        out.contains("appA[42]"),
+        "the evidence names the process:\n{out}"
+    );
+    assert!(out.contains("what to change:"), "{out}");
+    assert!(out.contains("ip_local_port_range"), "{out}");
+    assert!(out.contains("a back to states"), "{out}");
+    // The arrows pick another alert; its advice replaces the first one's.
+    dash.handle_key(press(KeyCode::Down));
+    let out = screen(80, 24, &dash, &snap);
+    assert!(out.contains("somaxconn"), "{out}");
+    assert!(!out.contains("ip_local_port_range"), "{out}");
+}
+
+#[test]
+fn the_alerts_pane_scrolls_to_the_selected_row_and_says_when_empty() {
+    let snap = incident(0);
+    let mut dash = Dashboard::new();
+    dash.handle_key(press(KeyCode::Char('a')));
+    assert!(screen(80, 24, &dash, &snap).contains("no alerts so far"));
+    let mut m = serde_json::Map::new();
+    for port in 1..=30u16 {
+        m.insert("daddr".into(), "10.0.0.2".into());
+        m.insert("dport".into(), port.into());
+        m.insert("failures".into(), 1.into());
+        dash.alerts.record(
+            "port_exhaustion",
+            &|f| m.get(f).cloned(),
+            &format!("towards port {port}"),
+            port as u64,
+        );
+    }
+    for _ in 0..29 {
+        dash.handle_key(press(KeyCode::Down));
+    }
+    let out = screen(80, 24, &dash, &snap);
+    assert!(out.contains(">CRIT"), "{out}");
+    assert!(
+        out.contains("towards port 1"),
+        "the oldest is last, and selected:\n{out}"
+    );
+    for (w, h) in [(20, 5), (40, 12), (200, 50)] {
+        screen(w, h, &dash, &snap);
+    }
 }
 
 #[test]
@@ -299,9 +405,11 @@ fn breakdown_hint_is_dropped_rather_than_drawn_over_a_long_title() {
     let mut dash = showing(state::ESTABLISHED);
     let out = screen(80, 24, &dash, &incident(0));
     assert!(out.contains("ESTABLISHED by remote address ──"), "{out}");
-    assert!(!out.contains("b: local port"), "{out}");
+    assert!(!out.contains("b: process"), "{out}");
     dash.handle_key(press(KeyCode::Char('6')));
     assert!(screen(120, 24, &dash, &incident(0)).contains("b: process"));
+    dash.handle_key(press(KeyCode::Char('b')));
+    assert!(screen(120, 24, &dash, &incident(0)).contains("b: service port"));
 }
 
 #[test]
@@ -311,7 +419,32 @@ fn snapshot_80x24() {
 
 #[test]
 fn snapshot_120x40() {
-    let mut dash = Dashboard::new();
-    dash.alerts = vec!["TIME_WAIT 28000: ephemeral ports running out".to_owned()];
-    insta::assert_snapshot!(screen(120, 40, &dash, &incident(0)));
+    let snap = incident(0);
+    let dash = with_alerts(Dashboard::new(), &snap);
+    insta::assert_snapshot!(screen(120, 40, &dash, &snap));
+}
+
+/// The incident's alerts pane, opened as the engineer opens it, at a terminal size.
+fn alerts_pane(w: u16, h: u16) -> String {
+    let snap = incident(0);
+    let mut dash = with_alerts(Dashboard::new(), &snap);
+    dash.handle_key(press(KeyCode::Char('a')));
+    screen(w, h, &dash, &snap)
+}
+
+#[test]
+fn snapshot_alerts_pane_80x24() {
+    insta::assert_snapshot!(alerts_pane(80, 24));
+}
+
+#[test]
+fn snapshot_alerts_pane_200x50() {
+    insta::assert_snapshot!(alerts_pane(200, 50));
+}
+
+#[test]
+fn snapshot_banner_80x24() {
+    let snap = incident(0);
+    let dash = with_alerts(Dashboard::new(), &snap);
+    insta::assert_snapshot!(screen(80, 24, &dash, &snap));
 }
