@@ -159,14 +159,24 @@ fn control(version: &str, arch: &str, depends: &str, root: &Path) -> Result<Stri
         .replace("@ARCH@", arch)
         .replace("@DEPENDS@", depends)
         .replace("@INSTALLED_SIZE@", &bytes.div_ceil(1024).to_string());
-    if let Some(at) = text.find('@') {
+    if let Some(left) = placeholder(&text) {
         bail!(
-            "{} has a placeholder this build does not fill: {:?}",
-            path.display(),
-            &text[at..text.len().min(at + 20)]
+            "{} has a placeholder this build does not fill: @{left}@",
+            path.display()
         );
     }
     Ok(text)
+}
+
+/// The first `@NAME@` in `text` (an e-mail address is none).
+fn placeholder(text: &str) -> Option<&str> {
+    text.match_indices('@').find_map(|(at, _)| {
+        let rest = &text[at + 1..];
+        let len = rest
+            .find(|c: char| !(c.is_ascii_uppercase() || c == '_'))
+            .unwrap_or(rest.len());
+        (len > 0 && rest[len..].starts_with('@')).then(|| &rest[..len])
+    })
 }
 
 /// `md5sums` for `dpkg --verify`: every installed file, relative to /.
@@ -226,4 +236,19 @@ fn write(to: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     fs::write(to, bytes).with_context(|| format!("cannot write {}", to.display()))?;
     fs::set_permissions(to, fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot chmod {}", to.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_found_and_addresses_are_not() {
+        assert_eq!(placeholder("Version: @VERSION@\n"), Some("VERSION"));
+        assert_eq!(
+            placeholder("Maintainer: a <root@localhost>\nVersion: 1\n"),
+            None
+        );
+        assert_eq!(placeholder("M: <root@localhost>\nV: @ARCH@"), Some("ARCH"));
+    }
 }
