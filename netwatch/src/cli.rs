@@ -50,6 +50,18 @@ pub enum Command {
     Report(ReportArgs),
     /// Print the JSON Schema of the trace records (`trace --output`).
     Schema,
+    /// Print the completion script for SHELL (the .deb installs them; hidden from --help).
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write netwatch's man pages into DIR (the .deb installs them; hidden from --help).
+    #[command(hide = true)]
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 /// `--addr` as given, and parsed.

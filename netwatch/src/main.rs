@@ -7,6 +7,7 @@ mod console;
 mod btf;
 mod census;
 mod cli;
+mod cli_docs;
 mod config;
 mod core;
 mod environment;
@@ -65,6 +66,14 @@ fn main() -> ExitCode {
             // A closed pipe (`netwatch schema | head`) is not an error.
             let _ = std::io::stdout().write_all(core::json::SCHEMA.as_bytes());
             return ExitCode::SUCCESS;
+        }
+        Command::Completions { shell } => {
+            stop_signals::not_tracing();
+            return cli_docs::print_completions(shell);
+        }
+        Command::Man { dir } => {
+            stop_signals::not_tracing();
+            return cli_docs::write_man_pages(&dir);
         }
     };
     let result = config::TraceConfig::from_args(args).and_then(trace::run);

@@ -7,6 +7,7 @@
 
 mod bench;
 mod build;
+mod dist;
 mod run;
 mod setup;
 mod test;
@@ -61,14 +62,22 @@ enum Task {
         args: Vec<OsString>,
     },
     /// Set up, build and run every test (the namespace tests need root), then, as root or
-    /// under CI=true, the VM kernel matrix
+    /// under CI=true, the package test (`dist --check`) and the VM kernel matrix
     Test {
-        /// Skip the VM kernel matrix (`cargo xtask vm-test`)
+        /// Skip the package test and the VM kernel matrix (both build the release binary)
         #[arg(long)]
         no_vm: bool,
         /// Extra arguments for the test binaries, e.g. `-- --nocapture`
         #[arg(last = true, value_name = "TEST_ARGS")]
         args: Vec<OsString>,
+    },
+    /// Build the release binary and a Debian package that runs netwatch as a service
+    /// (target/dist/netwatch_VERSION_ARCH.deb)
+    Dist {
+        /// Then install it on this machine, check it and run it as its unit would, and purge
+        /// it (root; what `cargo xtask test` does)
+        #[arg(long)]
+        check: bool,
     },
     /// Boot Debian's kernels under QEMU and check what netwatch sees on each (see xtask/src/vm)
     VmTest(vm::Opts),
@@ -99,6 +108,14 @@ fn task(task: Task) -> Result<ExitCode> {
         Task::BuildEbpf { release } => build::build_ebpf(release).map(|_| ExitCode::SUCCESS),
         Task::Run { debug, args, .. } => run::run(!debug, &args),
         Task::Test { args, no_vm } => test::test(&args, !no_vm),
+        Task::Dist { check } => {
+            let deb = dist::dist()?;
+            if check {
+                dist::check::check_package(&deb)?;
+            }
+            println!("{}", deb.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Task::VmTest(opts) => vm::vm_test(&opts),
         Task::Ci { args } => test::ci(&args, true),
         Task::Bench(opts) => bench::bench(opts),

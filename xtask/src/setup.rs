@@ -54,6 +54,19 @@ const VM_PACKAGES: &[&str] = &[
     "xz-utils",
 ];
 
+/// What `cargo xtask dist` and its package test need: dpkg-shlibdeps (dpkg-dev) and strip
+/// (binutils) to build the .deb; adduser for its postinst; systemd-analyze (systemd: it
+/// verifies offline, without systemd as PID 1) and man-db (the unit's Documentation= pages)
+/// to verify the unit; promtool (prometheus) to check the alerting rules.
+const DIST_PACKAGES: &[&str] = &[
+    "dpkg-dev",
+    "binutils",
+    "adduser",
+    "systemd",
+    "man-db",
+    "prometheus",
+];
+
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 const DEBIAN_RUSTC_VERSION: &str = "1.96";
 const BPF_CORE_DIR: &str = "/usr/lib/rustlib/bpfel-unknown-none";
@@ -81,6 +94,7 @@ fn apt_packages(install: bool) -> Result<()> {
         .iter()
         .chain(TEST_PACKAGES)
         .chain(VM_PACKAGES)
+        .chain(DIST_PACKAGES)
     {
         if !wanted.contains(&pkg) {
             wanted.push(pkg);

@@ -10,8 +10,9 @@ use crate::{
     util::{cargo, describe, exit_code, is_root, run_checked, workspace_root},
 };
 
-/// Runs the workspace's tests, then the VM matrix when `vm` and either root (a developer's
-/// full run) or CI=true (where a missing QEMU or a failed boot must fail, never skip).
+/// Runs the workspace's tests, then the package test and the VM matrix when `vm` and either
+/// root (a developer's full run) or CI=true (where a missing QEMU or a failed boot must fail,
+/// never skip).
 pub fn test(args: &[OsString], vm: bool) -> Result<ExitCode> {
     setup::ensure(true)?;
     let bin = build::build_netwatch(false)?;
@@ -39,18 +40,29 @@ pub fn test(args: &[OsString], vm: bool) -> Result<ExitCode> {
     let ci = std::env::var("CI").is_ok_and(|v| v == "true");
     if !vm || !(is_root() || ci) {
         if vm {
-            say!("skipping the VM matrix (not root); run `cargo xtask vm-test` for it");
+            say!(
+                "skipping the package test and the VM matrix (not root); run `cargo xtask dist \
+                 --check` and `cargo xtask vm-test` for them"
+            );
         }
         return Ok(exit_code(status));
     }
+    // Before the matrix, which reuses its release build. A failure is said and counted, and
+    // the matrix still runs: its table is wanted either way.
+    let package_ok = crate::dist::dist()
+        .and_then(|deb| crate::dist::check::check_package(&deb))
+        .inspect_err(|e| say!("package test failed: {e:#}"))
+        .is_ok();
     // The matrix runs even after a failed test: its table is wanted either way.
     let vm_code = crate::vm::vm_test(&crate::vm::Opts::default())
         .inspect_err(|e| say!("vm-test failed: {e:#}"))
         .unwrap_or(ExitCode::FAILURE);
-    Ok(if status.success() {
-        vm_code
-    } else {
+    Ok(if !status.success() {
         exit_code(status)
+    } else if !package_ok {
+        ExitCode::FAILURE
+    } else {
+        vm_code
     })
 }
 

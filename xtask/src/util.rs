@@ -66,6 +66,27 @@ pub fn run_checked(cmd: &mut Command, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Runs `cmd`; its stdout, or an error saying `what` failed, with the command's own message.
+pub fn stdout_bytes(cmd: &mut Command, what: &str) -> Result<Vec<u8>> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("could not run {}", describe(cmd)))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}: {}",
+            out.status,
+            describe(cmd),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out.stdout)
+}
+
+/// [`stdout_bytes`] as text.
+pub fn stdout_of(cmd: &mut Command, what: &str) -> Result<String> {
+    stdout_bytes(cmd, what).map(|out| String::from_utf8_lossy(&out).into_owned())
+}
+
 /// The command line, for messages the user may want to re-run by hand.
 pub fn describe(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();

@@ -10,11 +10,11 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 
 use crate::{
     say,
-    util::{command, describe, is_root},
+    util::{command, is_root, stdout_of},
 };
 
 /// The system's deb822 sources and the one-line list, where the archive URI is read from.
@@ -302,22 +302,6 @@ impl Apt {
             )
         })
     }
-}
-
-/// Runs `cmd`; its stdout, or an error saying `what` failed, with apt's own message.
-fn stdout_of(cmd: &mut Command, what: &str) -> Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("could not run {}", describe(cmd)))?;
-    if !out.status.success() {
-        bail!(
-            "{what} failed ({}): {}: {}",
-            out.status,
-            describe(cmd),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn find_deb(dir: &Path, package: &str) -> Result<Option<PathBuf>> {
