@@ -463,9 +463,18 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = thread::spawn(move || {
             let (mut conn, _) = listener.accept().unwrap();
-            let mut request = [0u8; 1024];
-            let n = conn.read(&mut request).unwrap();
-            let request = String::from_utf8_lossy(&request[..n]).into_owned();
+            // The whole request before answering: closing on unread bytes sends a RST,
+            // which can reach the client before the answer does.
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.ends_with(b"\r\n\r\n") {
+                let n = conn.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buf[..n]);
+            }
+            let request = String::from_utf8_lossy(&request).into_owned();
             conn.write_all(
                 b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 8\r\n\r\nnot yet\n",
             )
