@@ -208,9 +208,7 @@ impl Tracer {
         // Events up to the moment the counters were read belong to this interval too, so
         // a drop and the counter it bumped land in the same alert.
         self.drain()?;
-        let ended = self.signals.end_interval(&env, &self.agg);
-        self.publish(ended);
-        let lost = self.lost();
+        // Listed before the interval's alerts, which name the listeners behind an overflow.
         if std::time::Instant::now() >= self.syn_recv_next {
             let started = std::time::Instant::now();
             if let Some(q) = self.queues() {
@@ -220,6 +218,9 @@ impl Tracer {
             // TIME_WAIT table here): keep it under 2 % of the time, however big that gets.
             self.syn_recv_next = std::time::Instant::now() + started.elapsed() * 50;
         }
+        let ended = self.signals.end_interval(&env, &self.agg);
+        self.publish(ended);
+        let lost = self.lost();
         let mut snap = self.agg.snapshot(mono_now_ns(), lost);
         // The table the entries came from; else, of the traced namespaces, the busiest
         // (alerts are per namespace anyway).

@@ -827,6 +827,29 @@ fn listen_overflow_attempt(port: u16) -> Result<()> {
         check_knob(a, &net.server, "net.core.somaxconn")?;
         check_knob(a, &net.server, "net.ipv4.tcp_max_syn_backlog")?;
     }
+    // The alert names the listener, its full queue and the limit that sized it: the
+    // application's backlog of 1, not somaxconn.
+    let named = format!("{server_addr}");
+    let listeners: Vec<String> = lov
+        .iter()
+        .map(|a| a.str_list("listeners"))
+        .collect::<Result<Vec<_>>>()?
+        .concat();
+    ensure!(
+        listeners.iter().all(|l| l.starts_with(&named)
+            && l.contains("accept queue")
+            && l.contains("the application's listen() backlog of 1 is the limit"))
+            && listeners
+                .iter()
+                .any(|l| l.contains("accept queue 2/1 (full)")),
+        "listen_overflow should name {named}, its full queue 2/1 and the backlog of 1: \
+         {listeners:?}"
+    );
+    ensure!(
+        lov.iter().all(|a| a.message.contains(&named)),
+        "messages should name the listener: {:?}",
+        lov.iter().map(|a| &a.message).collect::<Vec<_>>()
+    );
     f.show(&["listen_overflow"]);
     Ok(())
 }

@@ -27,7 +27,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use netwatch_common::state;
 
-use crate::core::requests::{self, Queues, Waiting};
+use crate::core::requests::{self, ListenerQueue, Queues, Waiting};
 
 pub use netlink::DiagError;
 pub use owners::{socket_owners, Owner};
@@ -99,7 +99,17 @@ pub fn queues<'a>(socks: impl IntoIterator<Item = &'a CensusSocket>) -> Queues {
                 port: s.sport,
                 remote: s.daddr,
             }),
-            state::LISTEN => q.accept_queued += u64::from(s.rqueue),
+            state::LISTEN => {
+                q.accept_queued += u64::from(s.rqueue);
+                q.listeners.push(ListenerQueue {
+                    netns: s.netns,
+                    addr: s.saddr,
+                    port: s.sport,
+                    cookie: s.cookie,
+                    queued: s.rqueue,
+                    backlog: s.wqueue,
+                });
+            }
             _ => {}
         }
     }
@@ -268,6 +278,8 @@ mod tests {
         };
         let q = queues([&listener, &request, &listener, &v6_time_wait()]);
         assert_eq!(q.accept_queued, 6);
+        assert_eq!(q.listeners.len(), 2);
+        assert_eq!((q.listeners[0].queued, q.listeners[0].backlog), (3, 2));
         assert_eq!(
             q.requests,
             [Waiting {

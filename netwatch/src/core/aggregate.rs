@@ -11,7 +11,7 @@ use netwatch_common::state;
 use super::early_ends::Classifier;
 use super::event::{Owner, TimewaitReset, Transition};
 use super::fasthash::IdMap;
-use super::requests::Queues;
+use super::requests::{ListenerQueue, Queues};
 use super::snapshot::{Bucket, Handshakes, Peak, Percentiles, Snapshot, StateStats, Talker};
 
 /// Longest dwell a histogram records exactly (ten days); longer ones are clamped, so a
@@ -155,6 +155,8 @@ pub struct Aggregator {
     accept_queued: u64,
     /// Server-side handshakes that ended, by outcome, since the start.
     handshakes: Handshakes,
+    /// Listeners' accept queues, as last listed.
+    listeners: Vec<ListenerQueue>,
     /// Per state, the highest count of any snapshot so far (what the gauges showed).
     peaks: [Peak; state::COUNT],
     processes: Processes,
@@ -209,6 +211,7 @@ impl Aggregator {
             requests: None,
             accept_queued: 0,
             handshakes: Handshakes::default(),
+            listeners: Vec::new(),
             peaks: [Peak::default(); state::COUNT],
             processes: Processes::default(),
             early_ends: Classifier::default(),
@@ -301,6 +304,24 @@ impl Aggregator {
             by_remote: top(by_remote),
         });
         self.accept_queued = q.accept_queued;
+        self.listeners = q.listeners.clone();
+    }
+
+    /// The listeners of `netns` as last listed, each with the process listening where
+    /// known (`python3[42]`).
+    pub fn listeners(&self, netns: u32) -> Vec<(ListenerQueue, Option<String>)> {
+        self.listeners
+            .iter()
+            .filter(|l| l.netns == netns)
+            .map(|l| {
+                let process = self
+                    .live
+                    .get(&l.cookie)
+                    .and_then(|live| self.processes.get(live.process))
+                    .map(ToString::to_string);
+                (*l, process)
+            })
+            .collect()
     }
 
     /// Seeds the live mirror with the sockets that existed at start (the census). Sockets
@@ -504,6 +525,9 @@ impl super::signals::SocketView for Aggregator {
     }
     fn count(&self, state: u8) -> u64 {
         Aggregator::count(self, state)
+    }
+    fn listeners(&self, netns: u32) -> Vec<(ListenerQueue, Option<String>)> {
+        Aggregator::listeners(self, netns)
     }
 }
 

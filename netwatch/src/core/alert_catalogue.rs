@@ -173,6 +173,10 @@ pub const LISTEN_OVERFLOW: AlertKind = AlertKind {
         ("netns", "namespace inode"),
         ("ports", "listener ports whose final ACKs were dropped"),
         (
+            "listeners",
+            "the listeners: address, process, accept queue/backlog and the limit that sized it",
+        ),
+        (
             "dropped_final_acks",
             "final ACKs dropped at a full accept queue",
         ),

@@ -41,12 +41,79 @@ pub struct Waiting {
     pub remote: IpAddr,
 }
 
+/// One listener's accept queue, as sock_diag reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerQueue {
+    pub netns: u32,
+    pub addr: IpAddr,
+    pub port: u16,
+    /// Its socket cookie (= `sock_id`), to find the process that listens.
+    pub cookie: u64,
+    /// Children waiting for accept() (`idiag_rqueue`).
+    pub queued: u32,
+    /// The queue's limit (`idiag_wqueue`): listen()'s backlog, capped by somaxconn.
+    pub backlog: u32,
+}
+
+/// Which limit a listener's accept queue has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// The application asked for less than net.core.somaxconn allows: raise it there.
+    AppBacklog,
+    /// net.core.somaxconn capped (or equals) what the application asked for.
+    Somaxconn,
+}
+
+impl ListenerQueue {
+    /// The kernel refuses more once the queue holds more than its backlog
+    /// (`sk_acceptq_is_full` is `>`): a backlog of 1 holds 2 children.
+    pub fn full(&self) -> bool {
+        self.queued > self.backlog
+    }
+
+    /// Which limit sized the queue: the kernel stores min(listen() backlog, somaxconn), so
+    /// a backlog below somaxconn is the application's own.
+    pub fn limit(&self, somaxconn: Option<u64>) -> Option<Limit> {
+        let max = somaxconn?;
+        Some(if u64::from(self.backlog) < max {
+            Limit::AppBacklog
+        } else {
+            Limit::Somaxconn
+        })
+    }
+
+    /// `10.0.0.2:8080 accept queue 3/2 (full), the application's listen() backlog of 2
+    /// (net.core.somaxconn 4096 would allow more)`, for alerts.
+    pub fn describe(&self, somaxconn: Option<u64>, process: Option<&str>) -> String {
+        let addr = std::net::SocketAddr::new(self.addr, self.port);
+        let by = process.map(|p| format!(" ({p})")).unwrap_or_default();
+        let fill = if self.full() { " (full)" } else { "" };
+        let limit = match (self.limit(somaxconn), somaxconn) {
+            (Some(Limit::AppBacklog), Some(max)) => format!(
+                "the application's listen() backlog of {} is the limit (net.core.somaxconn \
+                 {max} would allow more: raise the backlog in the application)",
+                self.backlog
+            ),
+            (Some(Limit::Somaxconn), Some(max)) => format!(
+                "net.core.somaxconn = {max} caps the backlog (raise it, and the \
+                 application's listen() backlog with it)"
+            ),
+            _ => format!("backlog {}", self.backlog),
+        };
+        format!(
+            "{addr}{by} accept queue {}/{}{fill}: {limit}",
+            self.queued, self.backlog
+        )
+    }
+}
+
 /// What one sock_diag dump of SYN_RECV and LISTEN sockets says.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Queues {
     pub requests: Vec<Waiting>,
     /// Children waiting in the listeners' accept queues, all listeners together.
     pub accept_queued: u64,
+    pub listeners: Vec<ListenerQueue>,
 }
 
 #[cfg(test)]
@@ -66,5 +133,39 @@ mod tests {
         );
         assert!(age_ms(255, u32::MAX) > 0);
         assert_eq!(age_ms(0, u32::MAX), 0);
+    }
+
+    fn listener(queued: u32, backlog: u32) -> ListenerQueue {
+        ListenerQueue {
+            netns: 1,
+            addr: "10.0.0.2".parse().unwrap(),
+            port: 8080,
+            cookie: 7,
+            queued,
+            backlog,
+        }
+    }
+
+    #[test]
+    fn the_limit_is_the_applications_backlog_unless_somaxconn_capped_it() {
+        let l = listener(3, 2);
+        assert!(l.full() && !listener(2, 2).full());
+        assert_eq!(l.limit(Some(4096)), Some(Limit::AppBacklog));
+        assert_eq!(listener(0, 4096).limit(Some(4096)), Some(Limit::Somaxconn));
+        assert_eq!(l.limit(None), None);
+        assert_eq!(
+            l.describe(Some(4096), Some("python3[42]")),
+            "10.0.0.2:8080 (python3[42]) accept queue 3/2 (full): the application's listen() \
+             backlog of 2 is the limit (net.core.somaxconn 4096 would allow more: raise the \
+             backlog in the application)"
+        );
+        assert!(listener(1, 128).describe(Some(128), None).ends_with(
+            "accept queue 1/128: net.core.somaxconn = 128 caps the backlog (raise \
+                        it, and the application's listen() backlog with it)"
+        ));
+        assert_eq!(
+            listener(1, 5).describe(None, None),
+            "10.0.0.2:8080 accept queue 1/5: backlog 5"
+        );
     }
 }

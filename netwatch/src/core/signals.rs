@@ -21,6 +21,7 @@ use serde::Serialize;
 use super::alert_catalogue::{self as catalogue, AlertKind};
 use super::conntrack::ConntrackEnv;
 use super::event::{Drop, DropReason, Event, Transition};
+use super::requests::ListenerQueue;
 use crate::features::{Feature, KernelFeatures};
 
 /// Fill level of the conntrack table that is worth an alert before it overflows.
@@ -98,6 +99,9 @@ pub enum Alert {
     ListenOverflow {
         netns: u32,
         ports: Vec<u16>,
+        /// The listeners behind it, each with its process, accept queue, backlog and the
+        /// limit that sized it (those on `ports`, else those found full).
+        listeners: Vec<String>,
         dropped_final_acks: u64,
         listen_overflows: u64,
         listen_drops: u64,
@@ -226,21 +230,32 @@ impl Alert {
             ),
             Alert::ListenOverflow {
                 ports,
+                listeners,
                 dropped_final_acks,
                 listen_overflows,
                 listen_drops,
                 ..
-            } => format!(
-                "listen queue overflow{}: {dropped_final_acks} final ACKs dropped, \
-                 ListenOverflows +{listen_overflows}, ListenDrops +{listen_drops} - the \
-                 application accepts too slowly or its backlog is small (net.core.somaxconn, \
-                 listen() backlog, net.ipv4.tcp_max_syn_backlog)",
-                if ports.is_empty() {
-                    String::new()
-                } else {
+            } => {
+                let place = if !listeners.is_empty() {
+                    format!(" on {}", listeners.join("; "))
+                } else if !ports.is_empty() {
                     format!(" on port {ports:?}")
-                }
-            ),
+                } else {
+                    String::new()
+                };
+                // Without dropped final ACKs the overflows were SYNs refused at a full
+                // queue: say that, not "0 final ACKs dropped".
+                let what = if *dropped_final_acks > 0 {
+                    format!("{dropped_final_acks} final ACKs dropped, ")
+                } else {
+                    "SYNs refused at the full queue, ".to_owned()
+                };
+                format!(
+                    "listen queue overflow{place}: {what}ListenOverflows +{listen_overflows}, \
+                     ListenDrops +{listen_drops} - the application accepts too slowly or its \
+                     queue is too small"
+                )
+            }
             Alert::TimewaitOverflow {
                 closed_without_timewait,
                 tcp_timewait_overflow,
@@ -377,10 +392,41 @@ fn endpoint(addr: IpAddr, port: u16) -> String {
 }
 
 /// What the engine needs to know of the live sockets when it reports.
+/// The listeners a listen overflow is about: those on the ports whose final ACKs were
+/// dropped; else those whose queue was full at the last listing; else (the queue drained
+/// between listings) the fullest one.
+pub fn overflowing_listeners(
+    all: &[(ListenerQueue, Option<String>)],
+    ports: &BTreeSet<u16>,
+) -> Vec<(ListenerQueue, Option<String>)> {
+    let on_ports: Vec<_> = all
+        .iter()
+        .filter(|(l, _)| ports.contains(&l.port))
+        .cloned()
+        .collect();
+    if !on_ports.is_empty() {
+        return on_ports;
+    }
+    let full: Vec<_> = all.iter().filter(|(l, _)| l.full()).cloned().collect();
+    if !full.is_empty() {
+        return full;
+    }
+    all.iter()
+        .filter(|(l, _)| l.queued > 0)
+        .max_by_key(|(l, _)| u64::from(l.queued) * 1000 / u64::from(l.backlog.max(1)))
+        .cloned()
+        .into_iter()
+        .collect()
+}
+
 pub trait SocketView {
     /// Sockets towards `daddr:dport` now, and how many of them are in TIME_WAIT.
     fn towards(&self, daddr: IpAddr, dport: u16) -> (u64, u64);
     fn count(&self, state: u8) -> u64;
+    /// Listeners of `netns` and their accept queues as last listed, with the process.
+    fn listeners(&self, _netns: u32) -> Vec<(ListenerQueue, Option<String>)> {
+        Vec::new()
+    }
 }
 
 impl Signals {
@@ -549,9 +595,19 @@ impl Signals {
         for netns in overflow_ns {
             let (acks, ports) = self.overflow_acks.remove(&netns).unwrap_or_default();
             let e = env_of(netns);
+            let somaxconn = e
+                .knobs(&["net.core.somaxconn"])
+                .values()
+                .next()
+                .and_then(|v| v.trim().parse().ok());
+            let listeners = overflowing_listeners(&sockets.listeners(netns), &ports)
+                .into_iter()
+                .map(|(l, p)| l.describe(somaxconn, p.as_deref()))
+                .collect();
             out.push(Alert::ListenOverflow {
                 netns,
                 ports: ports.into_iter().collect(),
+                listeners,
                 dropped_final_acks: acks,
                 listen_overflows: e.delta("ListenOverflows"),
                 listen_drops: e.delta("ListenDrops"),
@@ -677,6 +733,7 @@ pub(crate) mod tests {
             Alert::ListenOverflow {
                 netns: 9,
                 ports: vec![8080],
+                listeners: vec!["10.0.0.2:8080 (python3[42]) accept queue 3/2 (full)".into()],
                 dropped_final_acks: 2,
                 listen_overflows: 27,
                 listen_drops: 27,

@@ -5,9 +5,9 @@
 use serde::Serialize;
 
 use super::{text::offset, AlertItem, Report};
-use crate::core::early_ends::Cause;
 use crate::core::alert_catalogue as catalogue;
 pub use crate::core::alert_catalogue::Severity;
+use crate::core::early_ends::Cause;
 use crate::core::text::duration;
 
 #[derive(Debug, Clone, Serialize)]
