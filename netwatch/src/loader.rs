@@ -274,6 +274,17 @@ impl Probes {
             .sum()
     }
 
+    /// CPU time each program has run, as the kernel's run-time statistics count it (only
+    /// while they are enabled: see `serve::Exporter`).
+    pub fn run_times(&self) -> Vec<(String, std::time::Duration)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, p)| Some((name.to_owned(), p.info().ok()?.run_time())))
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into_iter()
+            .collect()
+    }
+
     pub fn counters(&self) -> Result<KernelCounters> {
         let m: PerCpuArray<_, u64> = PerCpuArray::try_from(
             self.ebpf

@@ -4,6 +4,7 @@
 //! snapshot and the summary (see [`crate::writer`] for what survives a full disk or a kill).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -33,6 +34,7 @@ use crate::features::KernelFeatures;
 use crate::loader::{Probes, VerifierLog};
 use crate::preflight;
 use crate::procfs;
+use crate::serve;
 use crate::sink::{SinkError, Sinks, TraceFiles};
 use crate::stop_signals;
 use crate::ui;
@@ -79,6 +81,10 @@ struct Tracer {
     start_mono: u64,
     /// `uname -r`, for the closing word on what this kernel let the trace see.
     kernel: String,
+    /// `serve` / `--metrics`: the Prometheus exporter.
+    exporter: Option<serve::Exporter>,
+    /// Request sockets per namespace at the last count (see `pending_requests`).
+    syn_recv: Vec<(u32, u64)>,
 }
 
 /// What ended the trace, as the summary's `stopped_by` says it.
@@ -152,6 +158,9 @@ impl Tracer {
                 Event::Drop(_) | Event::SynackRetransmit(_) => {}
             }
             self.signals.observe(&ev, &mut now);
+            if let Some(x) = self.exporter.as_mut() {
+                x.observe(&ev);
+            }
             self.sinks.push(&ev);
         }
         self.publish(now);
@@ -161,28 +170,24 @@ impl Tracer {
     fn publish(&mut self, alerts: Vec<Alert>) {
         let at = mono_now_ns();
         for a in alerts {
+            if let Some(x) = self.exporter.as_mut() {
+                x.alert(&a);
+            }
             self.sinks.alert(&a, at);
             self.alerts.push(a);
         }
     }
 
-    /// Request sockets waiting in SYN_RECV in the traced namespaces (None if a dump failed).
-    fn pending_requests(&self) -> Option<u64> {
-        let spaces: Vec<Option<&std::path::Path>> = if self.cfg.netns.is_empty() {
-            vec![None]
-        } else {
-            self.cfg
-                .netns_paths
-                .iter()
-                .map(|p| Some(p.as_path()))
-                .collect()
-        };
-        let mut n = 0;
-        for ns in spaces {
-            let socks = census::dump_syn_recv(ns).ok()?;
-            n += socks.iter().filter(|s| census_wanted(&self.cfg, s)).count() as u64;
+    /// Request sockets waiting in SYN_RECV in each traced namespace (None if a dump
+    /// failed).
+    fn pending_requests(&self) -> Option<Vec<(u32, u64)>> {
+        let mut out = Vec::new();
+        for (inode, path) in traced_spaces(&self.cfg) {
+            let socks = census::dump_syn_recv(path.as_deref()).ok()?;
+            let n = socks.iter().filter(|s| census_wanted(&self.cfg, s)).count() as u64;
+            out.push((inode, n));
         }
-        Some(n)
+        Some(out)
     }
 
     /// Counter deltas and settings of the traced namespaces.
@@ -204,8 +209,10 @@ impl Tracer {
         let lost = self.lost();
         if std::time::Instant::now() >= self.syn_recv_next {
             let started = std::time::Instant::now();
-            if let Some(n) = self.pending_requests() {
-                self.agg.set_syn_recv_now(n);
+            if let Some(by_ns) = self.pending_requests() {
+                self.agg
+                    .set_syn_recv_now(by_ns.iter().map(|(_, n)| n).sum());
+                self.syn_recv = by_ns;
             }
             // The kernel walks its whole socket table for the dump (30 ms at a full 131k
             // TIME_WAIT table here): keep it under 2 % of the time, however big that gets.
@@ -236,6 +243,19 @@ impl Tracer {
             }
         }
         self.sinks.snapshot(&snap);
+        if let Some(x) = self.exporter.as_mut() {
+            x.publish(serve::Interval {
+                agg: &self.agg,
+                now_ns: snap.mono_ns,
+                syn_recv: &self.syn_recv,
+                env: &env,
+                conntrack: &self.conntrack,
+                records: snap.transitions,
+                lost: snap.lost,
+                skipped_runs: self.probes.recursion_misses(),
+                bpf_run: self.probes.run_times(),
+            });
+        }
         let alerts = std::mem::take(&mut self.alerts);
         match self.cfg.view {
             View::Plain => self.sinks.print(&plain::summary(&snap, self.clock)),
@@ -614,7 +634,7 @@ fn report_files(files: &TraceFiles) {
 
 /// TIME_WAIT lasts TCP_TIMEWAIT_LEN, so the timer's remaining time tells a census socket's
 /// age; for other states the kernel keeps no entry time.
-const TIMEWAIT_LEN_MS: u64 = 60_000;
+pub(crate) const TIMEWAIT_LEN_MS: u64 = 60_000;
 const TIMER_TIMEWAIT: u8 = 3;
 
 fn existing(s: &census::CensusSocket, owner: Option<Owner>) -> Existing {
@@ -628,6 +648,8 @@ fn existing(s: &census::CensusSocket, owner: Option<Owner>) -> Existing {
         dport: s.dport,
         age_ns,
         owner,
+        netns: s.netns,
+        cgroup: 0,
     }
 }
 
@@ -655,6 +677,8 @@ fn census_wanted(cfg: &TraceConfig, s: &census::CensusSocket) -> bool {
 }
 
 pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
+    // Before the slow start: a port in use fails at once.
+    let listener = cfg.metrics.map(serve::bind).transpose()?;
     preflight::check_privileges()?;
     let btf = preflight::kernel_btf()?;
     let mut agg = Aggregator::new();
@@ -709,6 +733,10 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
     };
     let probes_reasons = probes.reasons.clone();
     let probes_features = probes.features.clone();
+    let shared = Arc::new(serve::Shared::new(cfg.interval));
+    let exporter = listener
+        .is_some()
+        .then(|| serve::Exporter::new(shared.clone(), kernel.clone(), &probes_features));
     let mut tracer = Tracer {
         probes,
         cfg,
@@ -727,13 +755,29 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         undecodable: 0,
         start_mono,
         kernel,
+        exporter,
+        syn_recv: Vec::new(),
     };
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let (stop, stopped) = rt.block_on(tracer.run(duration));
+    let (stop, stopped) = rt.block_on(async {
+        if let Some(l) = listener {
+            let addr = l.local_addr().ok();
+            match tokio::net::TcpListener::from_std(l) {
+                Ok(l) => {
+                    tokio::spawn(serve::http::serve(l, shared));
+                    if let Some(a) = addr {
+                        eprintln!("netwatch: serving metrics on http://{a}/metrics");
+                    }
+                }
+                Err(e) => eprintln!("netwatch: warning: cannot serve metrics: {e}"),
+            }
+        }
+        tracer.run(duration).await
+    });
     // Leave the alternate screen before anything is printed on the way out.
     tracer.dashboard = None;
     // The file's writer gets a short grace to catch up (what it has not taken then is

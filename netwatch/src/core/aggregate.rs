@@ -52,6 +52,10 @@ struct Live {
     remote: IpAddr,
     /// Index into [`Processes`]; [`NO_PROCESS`] while no process is known.
     process: u32,
+    /// Network namespace inode and cgroup id (0: unknown), for the per-namespace and
+    /// per-container gauges.
+    netns: u32,
+    cgroup: u64,
 }
 
 /// What `Live::process` holds for a socket whose owner is unknown.
@@ -95,6 +99,9 @@ pub struct Existing {
     pub age_ns: Option<u64>,
     /// The process holding it, as /proc said at the census.
     pub owner: Option<Owner>,
+    /// Its network namespace's inode, and its cgroup id where known (else 0).
+    pub netns: u32,
+    pub cgroup: u64,
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -150,7 +157,12 @@ pub struct Aggregator {
     /// Per state, the highest count of any snapshot so far (what the gauges showed).
     peaks: [Peak; state::COUNT],
     processes: Processes,
+    /// Transitions by (state left, state entered), since the start.
+    pairs: [[u64; state::COUNT]; state::COUNT],
 }
+
+/// Sockets in each state now, of one network namespace and cgroup.
+pub type GroupCounts = IdMap<(u32, u64), [u64; state::COUNT]>;
 
 impl Default for Aggregator {
     fn default() -> Self {
@@ -171,6 +183,7 @@ impl Aggregator {
             syn_recv_now: None,
             peaks: [Peak::default(); state::COUNT],
             processes: Processes::default(),
+            pairs: [[0; state::COUNT]; state::COUNT],
         }
     }
 
@@ -236,6 +249,8 @@ impl Aggregator {
                 service_port: self.service_port(s.state, s.sport, s.dport, false),
                 remote: s.daddr,
                 process: self.processes.id(s.owner.as_ref()),
+                netns: s.netns,
+                cgroup: s.cgroup,
             };
             if s.state == state::LISTEN {
                 // Already counted in `listening` above.
@@ -249,6 +264,13 @@ impl Aggregator {
 
     pub fn apply(&mut self, t: &Transition) {
         self.transitions += 1;
+        if let Some(n) = self
+            .pairs
+            .get_mut(t.old as usize)
+            .and_then(|row| row.get_mut(t.new as usize))
+        {
+            *n += 1;
+        }
         if let Some(d) = t.dwell_ns {
             if (t.old as usize) < state::COUNT && t.old != state::CLOSE {
                 self.dwell[t.old as usize].saturating_record(d.min(MAX_TRACKABLE_NS));
@@ -277,12 +299,19 @@ impl Aggregator {
             Some(o) => self.processes.id(Some(o)),
             None => cur.map_or(NO_PROCESS, |c| c.process),
         };
+        // Timewait sockets carry no cgroup: the socket keeps the one its full socket had.
+        let cgroup = match t.cgroup {
+            0 => cur.map_or(0, |c| c.cgroup),
+            c => c,
+        };
         let live = Live {
             state: t.new,
             since: Some(t.mono_ns),
             service_port: self.service_port(t.new, t.sport, t.dport, accepted),
             remote: t.daddr,
             process,
+            netns: t.netns,
+            cgroup,
         };
         if let Some(old) = &cur {
             self.count_out(old);
@@ -294,6 +323,42 @@ impl Aggregator {
     /// Sockets in `s` now.
     pub fn count(&self, s: u8) -> u64 {
         self.counts[s as usize]
+    }
+
+    /// Transitions so far from `old` to `new`, for each pair seen.
+    pub fn transition_pairs(&self) -> impl Iterator<Item = (u8, u8, u64)> + '_ {
+        self.pairs.iter().enumerate().flat_map(|(old, row)| {
+            row.iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .map(move |(new, n)| (old as u8, new as u8, *n))
+        })
+    }
+
+    /// The completed dwells recorded in `s`: (nanoseconds, how many), smallest first.
+    pub fn dwell_recorded(&self, s: u8) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.dwell
+            .get(s as usize)
+            .into_iter()
+            .flat_map(|h| h.iter_recorded())
+            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+    }
+
+    /// The age at `now_ns` of each live socket whose entry into its state was seen.
+    pub fn ages(&self, now_ns: u64) -> impl Iterator<Item = (u8, u64)> + '_ {
+        self.live
+            .values()
+            .filter_map(move |l| Some((l.state, now_ns.saturating_sub(l.since?))))
+    }
+
+    /// Sockets in each state now by (network namespace, cgroup id). Request sockets
+    /// (SYN_RECV) are not in the mirror: the caller counts them (see `set_syn_recv_now`).
+    pub fn groups(&self) -> GroupCounts {
+        let mut out = GroupCounts::default();
+        for l in self.live.values() {
+            out.entry((l.netns, l.cgroup)).or_insert([0; state::COUNT])[l.state as usize] += 1;
+        }
+        out
     }
 
     /// Client sockets towards `daddr:dport` now, and how many of those are in TIME_WAIT:
@@ -419,6 +484,7 @@ mod tests {
             synack_retransmits: None,
             accept_wait_ns: None,
             owner: None,
+            cgroup: 0,
         }
     }
 
@@ -442,6 +508,8 @@ mod tests {
                 dport: 5000,
                 age_ns: None,
                 owner: Some(owner(6345, "python3")),
+                netns: 1,
+                cgroup: 0,
             }],
         );
         for i in 0..3 {
@@ -575,6 +643,8 @@ mod tests {
                     dport: 0,
                     age_ns: None,
                     owner: None,
+                    netns: 1,
+                    cgroup: 0,
                 },
                 Existing {
                     sock_id: 2,
@@ -584,6 +654,8 @@ mod tests {
                     dport: 5555,
                     age_ns: None,
                     owner: None,
+                    netns: 1,
+                    cgroup: 0,
                 },
                 Existing {
                     sock_id: 3,
@@ -593,6 +665,8 @@ mod tests {
                     dport: 5556,
                     age_ns: Some(20 * S),
                     owner: None,
+                    netns: 1,
+                    cgroup: 0,
                 },
             ],
         );

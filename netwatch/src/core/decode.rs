@@ -212,6 +212,8 @@ fn request_end(raw: &RequestEnd) -> Transition {
         synack_retransmits: Some(raw.synack_retransmits),
         accept_wait_ns: (raw.child_ns != 0).then(|| freed.saturating_sub(raw.child_ns)),
         owner: Owner::from_raw(raw.pid, &raw.comm),
+        // A request socket has no cgroup; its child's records carry one.
+        cgroup: 0,
     }
 }
 
@@ -233,6 +235,7 @@ fn transition(raw: &RawTransition) -> Transition {
         synack_retransmits: None,
         accept_wait_ns: None,
         owner: Owner::from_raw(raw.pid, &raw.comm),
+        cgroup: 0,
     }
 }
 

@@ -212,6 +212,9 @@ pub struct Transition {
     pub accept_wait_ns: Option<u64>,
     /// The owning process, where known (see [`Owner`]).
     pub owner: Option<Owner>,
+    /// The socket's cgroup id (the inode of its cgroup v2 directory), 0 when unknown:
+    /// timewait and request sockets carry none, and old traces lack it.
+    pub cgroup: u64,
 }
 
 /// A process that owns a socket: learned where the kernel runs in its context (connect,

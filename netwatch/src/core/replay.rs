@@ -196,6 +196,7 @@ impl TransitionIn {
                 }),
                 _ => None,
             },
+            cgroup: 0,
         }
     }
 }
@@ -710,6 +711,8 @@ impl Replay {
                         pid,
                         comm: Arc::from(c.comm.as_deref().unwrap_or("")),
                     }),
+                    netns: c.netns,
+                    cgroup: 0,
                 });
             }
             RecordIn::Transition(t) => {

@@ -691,6 +691,7 @@ mod tests {
                 pid: 42,
                 comm: "appA".into(),
             }),
+            cgroup: 0,
         })
     }
 
