@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Which runtime named the scope.
@@ -121,6 +122,21 @@ pub fn parse(path: &str) -> Option<Owner> {
         .map(|u| Owner::Unit((*u).to_owned()))
 }
 
+/// Where cgroup v2 is mounted, from the text of /proc/self/mountinfo (the mount point is
+/// the fifth field; the file system type follows the ` - ` separator).
+pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|l| {
+        let (mount, fs) = l.split_once(" - ")?;
+        (fs.split_whitespace().next()? == "cgroup2")
+            .then(|| mount.split_whitespace().nth(4).map(PathBuf::from))?
+    })
+}
+
+/// The cgroup v2 path in the text of /proc/PID/cgroup (its `0::/path` line).
+pub fn v2_path(proc_cgroup: &str) -> Option<&str> {
+    proc_cgroup.lines().find_map(|l| l.strip_prefix("0::"))
+}
+
 /// A pod as kubelet names its log directory: `<namespace>_<pod name>_<pod uid>` (neither
 /// names may hold `_`, being DNS labels).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,6 +166,8 @@ pub struct Resolved {
     pub owner: Option<Owner>,
     /// Where the owner is a Kubernetes pod that kubelet lists.
     pub pod: Option<PodName>,
+    /// The owner's [`Owner::name`], shared by every record that shows it.
+    pub container: Option<Arc<str>>,
 }
 
 /// The most directories one scan visits, and how deep: bounds the cost on a node with a
@@ -172,9 +190,12 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    /// Over the system's cgroup v2 mount and kubelet's pod log directory.
+    /// Over the system's cgroup v2 mount (/sys/fs/cgroup, or /sys/fs/cgroup/unified on a
+    /// hybrid host: /proc/self/mountinfo says) and kubelet's pod log directory.
     pub fn system() -> Self {
-        Self::new("/sys/fs/cgroup", "/var/log/pods")
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let root = cgroup2_mount(&mountinfo).unwrap_or_else(|| "/sys/fs/cgroup".into());
+        Self::new(root, "/var/log/pods")
     }
 
     pub fn new(root: impl Into<PathBuf>, pods_dir: impl Into<PathBuf>) -> Self {
@@ -237,8 +258,7 @@ impl Resolver {
             return None;
         }
         let known = self.resolved.get(&id).is_some_and(Option::is_some);
-        let stale = self.last_scan.is_none_or(|t| t.elapsed() >= RESCAN_AFTER);
-        if !known && stale {
+        if !known && self.last_scan.is_none_or(|t| t.elapsed() >= RESCAN_AFTER) {
             self.scan();
         }
         if !self.resolved.contains_key(&id) {
@@ -250,6 +270,7 @@ impl Resolver {
                     .and_then(|uid| self.pods.get(uid).cloned());
                 Resolved {
                     path: path.clone(),
+                    container: owner.as_ref().map(|o| Arc::from(o.name())),
                     owner,
                     pod,
                 }
@@ -257,6 +278,27 @@ impl Resolver {
             self.resolved.insert(id, r);
         }
         self.resolved.get(&id)?.as_ref()
+    }
+
+    /// The cgroup id and container name of a process (for sockets that existed before
+    /// the trace, whose records have not told their cgroup): from /proc/PID/cgroup and the
+    /// inode of that directory.
+    pub fn of_process(&mut self, pid: u32) -> (u64, Option<Arc<str>>) {
+        use std::os::unix::fs::MetadataExt;
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        let Some(path) = v2_path(&text) else {
+            return (0, None);
+        };
+        let dir = self.root.join(path.trim_start_matches('/'));
+        match std::fs::metadata(dir) {
+            Ok(m) => (m.ino(), self.container(m.ino())),
+            Err(_) => (0, None),
+        }
+    }
+
+    /// The container (or unit) name of a cgroup id, where it has one.
+    pub fn container(&mut self, id: u64) -> Option<Arc<str>> {
+        self.resolve(id)?.container.clone()
     }
 }
 
@@ -336,6 +378,24 @@ mod tests {
     }
 
     #[test]
+    fn the_cgroup2_mount_on_unified_and_hybrid_hosts() {
+        let hybrid = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
+                      32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n\
+                      41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_mount(hybrid), Some("/sys/fs/cgroup/unified".into()));
+        let unified = "30 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_mount(unified), Some("/sys/fs/cgroup".into()));
+        assert_eq!(cgroup2_mount(""), None);
+    }
+
+    #[test]
+    fn the_v2_line_of_proc_cgroup() {
+        let text = "1:name=systemd:/init.scope\n0::/system.slice/nginx.service\n";
+        assert_eq!(v2_path(text), Some("/system.slice/nginx.service"));
+        assert_eq!(v2_path("3:cpu:/x\n"), None);
+    }
+
+    #[test]
     fn kubelet_log_directories_name_pods() {
         assert_eq!(
             parse_pod_log_dir(&format!("kube-system_coredns-5d78c9869d-abcde_{UID}")),
@@ -367,6 +427,7 @@ mod tests {
         assert!(got.path.ends_with(".scope") && got.path.starts_with("/kubepods.slice/"));
         assert_eq!(got.owner.unwrap().name(), "0123456789ab");
         assert_eq!(got.pod.unwrap().name, "web-0");
+        assert_eq!(r.container(id).as_deref(), Some("0123456789ab"));
         assert!(r.resolve(0).is_none());
         assert!(r.resolve(u64::MAX).is_none(), "unknown id");
         std::fs::remove_dir_all(&root).unwrap();

@@ -85,6 +85,10 @@ struct Tracer {
     exporter: Option<serve::Exporter>,
     /// Request sockets per namespace at the last count (see `pending_requests`).
     syn_recv: Vec<(u32, u64)>,
+    /// Socket -> its cgroup id, learned from the records that carry one, for those that do
+    /// not (timewait sockets); and the names of those cgroups.
+    cgroup_ids: IdMap<u64, u64>,
+    cgroups: crate::cgroup::Resolver,
 }
 
 /// What ended the trace, as the summary's `stopped_by` says it.
@@ -151,6 +155,8 @@ impl Tracer {
             }
             match &mut ev {
                 Event::Transition(t) => {
+                    remember(&mut self.cgroup_ids, t.sock_id, t.new, &mut t.cgroup);
+                    t.container = self.cgroups.container(t.cgroup);
                     attribute(&mut self.owners, t);
                     self.agg.apply(t);
                 }
@@ -254,6 +260,7 @@ impl Tracer {
                 lost: snap.lost,
                 skipped_runs: self.probes.recursion_misses(),
                 bpf_run: self.probes.run_times(),
+                cgroups: &mut self.cgroups,
             });
         }
         let alerts = std::mem::take(&mut self.alerts);
@@ -383,9 +390,26 @@ impl Tracer {
     }
 }
 
+/// Fills `value` (0: unknown) from what `sock` was known by, or learns it; forgets the
+/// socket at its close.
+fn remember(known: &mut IdMap<u64, u64>, sock: u64, new: u8, value: &mut u64) {
+    match *value {
+        0 => *value = known.get(&sock).copied().unwrap_or(0),
+        v => {
+            known.insert(sock, v);
+        }
+    }
+    if new == state::CLOSE {
+        known.remove(&sock);
+    }
+}
+
 fn attribute(owners: &mut IdMap<u64, Owner>, t: &mut Transition) {
-    match &t.owner {
+    match &mut t.owner {
         Some(o) => {
+            if o.container.is_none() {
+                o.container = t.container.clone();
+            }
             owners.insert(t.sock_id, o.clone());
         }
         None => t.owner = owners.get(&t.sock_id).cloned(),
@@ -405,7 +429,12 @@ struct Census {
 
 /// Seeds the engine with the sockets that exist now, in the traced namespaces (or this
 /// one), so gauges are right from the first second.
-fn take_census(cfg: &TraceConfig, agg: &mut Aggregator, owners: &mut IdMap<u64, Owner>) -> Census {
+fn take_census(
+    cfg: &TraceConfig,
+    agg: &mut Aggregator,
+    owners: &mut IdMap<u64, Owner>,
+    cgroups: &mut crate::cgroup::Resolver,
+) -> Census {
     let mut warnings = Vec::new();
     let mut found = Vec::new();
     let spaces: Vec<Option<&std::path::Path>> = if cfg.netns.is_empty() {
@@ -429,22 +458,27 @@ fn take_census(cfg: &TraceConfig, agg: &mut Aggregator, owners: &mut IdMap<u64, 
                     .into_iter()
                     .filter(|s| census_wanted(cfg, s))
                     .collect();
+                let mut ids = IdMap::default();
                 for s in socks.iter().filter(|s| s.inode != 0) {
                     if let Some(o) = by_inode.get(&s.inode) {
+                        let (cgroup, container) = cgroups.of_process(o.pid);
+                        ids.insert(s.cookie, cgroup);
                         owners.insert(
                             s.cookie,
                             Owner {
                                 pid: o.pid,
                                 comm: o.comm.as_str().into(),
+                                container,
                             },
                         );
                     }
                 }
                 agg.seed(
                     now,
-                    socks
-                        .iter()
-                        .map(|s| existing(s, owners.get(&s.cookie).cloned())),
+                    socks.iter().map(|s| {
+                        let cgroup = ids.get(&s.cookie).copied().unwrap_or(0);
+                        existing(s, owners.get(&s.cookie).cloned(), cgroup)
+                    }),
                 );
                 found.extend(socks.into_iter().map(|s| {
                     let owner = owners.get(&s.cookie).cloned();
@@ -483,7 +517,7 @@ fn census_json<'a>(
         daddr: s.daddr.to_string(),
         dport: s.dport,
         state: state::name(s.state),
-        age_ns: existing(s, None).age_ns,
+        age_ns: existing(s, None, 0).age_ns,
         netns: s.netns,
         pid: owner.map(|o| o.pid),
         comm: owner.map(|o| &*o.comm),
@@ -637,7 +671,7 @@ fn report_files(files: &TraceFiles) {
 pub(crate) const TIMEWAIT_LEN_MS: u64 = 60_000;
 const TIMER_TIMEWAIT: u8 = 3;
 
-fn existing(s: &census::CensusSocket, owner: Option<Owner>) -> Existing {
+fn existing(s: &census::CensusSocket, owner: Option<Owner>, cgroup: u64) -> Existing {
     let age_ns = (s.state == state::TIME_WAIT && s.timer == TIMER_TIMEWAIT)
         .then(|| TIMEWAIT_LEN_MS.saturating_sub(s.expires_ms as u64) * 1_000_000);
     Existing {
@@ -649,7 +683,7 @@ fn existing(s: &census::CensusSocket, owner: Option<Owner>) -> Existing {
         age_ns,
         owner,
         netns: s.netns,
-        cgroup: 0,
+        cgroup,
     }
 }
 
@@ -683,13 +717,14 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
     let btf = preflight::kernel_btf()?;
     let mut agg = Aggregator::new();
     let mut owners = IdMap::default();
+    let mut cgroups = crate::cgroup::Resolver::system();
     let mut found = Census::default();
     let mut env = None;
     // The census runs after the programs are verified and before they attach, so that the
     // ring buffer does not fill while it walks a large socket table; the counters'
     // baseline is taken then too, so nothing that happens after the attach is lost in it.
     let probes = Probes::attach(&cfg, &btf, || {
-        found = take_census(&cfg, &mut agg, &mut owners);
+        found = take_census(&cfg, &mut agg, &mut owners, &mut cgroups);
         env = Some(EnvSource::new(traced_spaces(&cfg)));
     })?;
     let env = env.context("the programs were never attached")?;
@@ -757,6 +792,8 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         kernel,
         exporter,
         syn_recv: Vec::new(),
+        cgroup_ids: IdMap::default(),
+        cgroups,
     };
 
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -485,6 +485,7 @@ mod tests {
             accept_wait_ns: None,
             owner: None,
             cgroup: 0,
+            container: None,
         }
     }
 
@@ -492,6 +493,7 @@ mod tests {
         Owner {
             pid,
             comm: comm.into(),
+            container: None,
         }
     }
 

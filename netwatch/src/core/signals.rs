@@ -690,8 +690,10 @@ mod tests {
             owner: Some(Owner {
                 pid: 42,
                 comm: "appA".into(),
+                container: None,
             }),
             cgroup: 0,
+            container: None,
         })
     }
 

@@ -19,13 +19,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use netwatch_common::state;
 
+use crate::cgroup::Resolver;
 use crate::core::aggregate::Aggregator;
 use crate::core::conntrack::ConntrackTracker;
 use crate::core::event::{Event, Transition};
 use crate::core::signals::{Alert, Environment};
 use crate::features::KernelFeatures;
 use exposition::{ConntrackSeries, Encoded, Hist, View};
-use places::Placer;
+use places::NetnsNames;
 
 /// Why a TIME_WAIT socket ended early. One cause for now: the classification of early ends
 /// (RST, reuse, overflow) is separate work, and its causes join this list.
@@ -123,12 +124,14 @@ pub struct Interval<'a> {
     pub lost: u64,
     pub skipped_runs: u64,
     pub bpf_run: Vec<(String, Duration)>,
+    /// The tracer's cgroup resolver, shared with the records' `container`.
+    pub cgroups: &'a mut Resolver,
 }
 
 /// The exporter's own state between intervals.
 pub struct Exporter {
     shared: Arc<Shared>,
-    placer: Placer,
+    netns: NetnsNames,
     alerts: BTreeMap<String, u64>,
     early_ends: [u64; EarlyEnd::ALL.len()],
     kernel: String,
@@ -152,7 +155,7 @@ impl Exporter {
         };
         Self {
             shared,
-            placer: Placer::system(),
+            netns: NetnsNames::system(),
             alerts: BTreeMap::new(),
             early_ends: [0; EarlyEnd::ALL.len()],
             kernel,
@@ -209,7 +212,7 @@ impl Exporter {
         }
         let placed: Vec<_> = groups
             .into_iter()
-            .map(|((ns, cg), c)| (self.placer.place(ns, cg), c))
+            .map(|((ns, cg), c)| (self.netns.place(ns, cg, i.cgroups), c))
             .collect();
         let mut conntrack: Vec<ConntrackSeries> = i
             .env
@@ -219,14 +222,14 @@ impl Exporter {
                 Some((*ns, ct.count, ct.max))
             })
             .map(|(ns, entries, max)| ConntrackSeries {
-                netns: self.placer.netns.label(ns),
+                netns: self.netns.label(ns),
                 entries,
                 max,
                 lifetime: None,
             })
             .collect();
         if let Some(ns) = i.conntrack.netns() {
-            let label = self.placer.netns.label(ns);
+            let label = self.netns.label(ns);
             let h = Hist::from_ns(i.conntrack.lifetimes_recorded());
             match conntrack.iter_mut().find(|c| c.netns == label) {
                 Some(c) => c.lifetime = Some(h),
@@ -302,6 +305,7 @@ mod tests {
             accept_wait_ns: None,
             owner: None,
             cgroup: 0,
+            container: None,
         }
     }
 
@@ -345,7 +349,7 @@ mod tests {
         let shared = Arc::new(Shared::new(Duration::from_secs(1)));
         let mut x = Exporter {
             shared: shared.clone(),
-            placer: Placer::system(),
+            netns: NetnsNames::system(),
             alerts: BTreeMap::new(),
             early_ends: [0; 1],
             kernel: "6.18".into(),
@@ -362,6 +366,7 @@ mod tests {
             lost: 0,
             skipped_runs: 0,
             bpf_run: Vec::new(),
+            cgroups: &mut Resolver::new("/nonexistent", "/nonexistent"),
         });
         let e = shared.encoded();
         assert!(e.series <= 2000, "{} series", e.series);

@@ -130,23 +130,15 @@ impl NetnsNames {
     }
 }
 
-/// Resolves (namespace, cgroup) pairs to places, with the resolvers the exporter keeps.
-pub struct Placer {
-    pub netns: NetnsNames,
-    pub cgroups: Resolver,
-}
-
-impl Placer {
+impl NetnsNames {
     pub fn system() -> Self {
-        Self {
-            netns: NetnsNames::new("/run/netns"),
-            cgroups: Resolver::system(),
-        }
+        Self::new("/run/netns")
     }
 
-    pub fn place(&mut self, netns: u32, cgroup: u64) -> Place {
-        let name = self.netns.label(netns);
-        place(name, self.cgroups.resolve(cgroup))
+    /// The place of sockets in namespace `netns` and cgroup `cgroup`.
+    pub fn place(&mut self, netns: u32, cgroup: u64, cgroups: &mut Resolver) -> Place {
+        let name = self.label(netns);
+        place(name, cgroups.resolve(cgroup))
     }
 }
 
@@ -200,6 +192,7 @@ mod tests {
             path: "/x".into(),
             owner: Some(Owner::Unit("nginx.service".into())),
             pod: None,
+            container: None,
         };
         assert_eq!(place("blue".into(), Some(&r)), p("blue", "nginx.service"));
         assert_eq!(place("7".into(), None), p("7", ""));

@@ -73,6 +73,7 @@ fn tr(sock: u64, at: u64, old: u8, new: u8, dwell: Option<u64>, dport: u16) -> T
         accept_wait_ns: None,
         owner: None,
         cgroup: 0,
+        container: None,
     }
 }
 
