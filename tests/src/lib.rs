@@ -16,12 +16,16 @@
 //! - [`router`]: clients behind a (masquerading) router namespace in front of a server.
 //! - [`sock`]: bind-before-connect, listen backlogs, TCP timestamps, thread comm (libc).
 //! - [`alerts`]: netwatch's alert records and their ground truth in /proc/net/netstat.
+//! - [`prom`]: a real Prometheus server per test, and a minimal HTTP GET.
+//! - [`cgroup`]: a cgroup v2 scope named like a container's, with a process in it.
 //! - [`expected`]: the kernel's `inet_sock_set_state` sequences the tests expect, in one place.
 
 pub mod alerts;
+pub mod cgroup;
 pub mod expected;
 pub mod netns;
 pub mod privilege;
+pub mod prom;
 pub mod records;
 pub mod router;
 pub mod sock;

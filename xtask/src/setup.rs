@@ -26,7 +26,9 @@ const TOOLCHAIN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
 ];
 /// What the namespace tests drive: ip/veth, iptables/nft NAT, conntrack, sysctl.
-/// chromium renders the HTML report in its test; gzip checks compressed traces.
+/// chromium renders the HTML report in its test; gzip checks compressed traces; prometheus
+/// is the real server that scrapes `netwatch serve` in tests/tests/prometheus.rs (its own
+/// process per test: the package's service is not used).
 const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "iptables",
@@ -35,6 +37,7 @@ const TEST_PACKAGES: &[&str] = &[
     "procps",
     "chromium",
     "gzip",
+    "prometheus",
 ];
 /// What `cargo xtask vm-test` needs: QEMU to boot Debian's kernels, busybox-static for the
 /// guest's shell and mounts, nftables for the guest's `nft` (copied in with its libraries),

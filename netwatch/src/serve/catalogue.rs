@@ -110,7 +110,7 @@ pub const BUILD_INFO: Metric = m(
 );
 
 /// Every metric, in the order they are exposed.
-#[allow(dead_code)] // read by the tests that hold the encoder and docs/metrics.md to it
+#[allow(dead_code)] // read by the tests that hold the encoder and the docs to it
 pub const METRICS: [Metric; 14] = [
     TCP_STATE_DWELL,
     TCP_SOCKETS,
@@ -175,6 +175,17 @@ mod tests {
         assert_eq!(METRIC_NAMES[0], "netwatch_tcp_state_dwell_seconds");
         assert_eq!(TCP_TRANSITIONS.stem(), "netwatch_tcp_transitions");
         assert_eq!(BUILD_INFO.stem(), "netwatch_build");
+    }
+
+    #[test]
+    fn the_docs_list_every_metric() {
+        let docs = include_str!("../../../docs/metrics.md");
+        for name in METRIC_NAMES {
+            assert!(
+                docs.contains(&format!("| `{name}` |")),
+                "docs/metrics.md does not list {name}"
+            );
+        }
     }
 
     #[test]

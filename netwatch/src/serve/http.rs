@@ -20,8 +20,10 @@ use tokio::sync::Semaphore;
 use super::exposition::{wants_openmetrics, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
 use super::Shared;
 
-pub const MAX_CONNECTIONS: usize = 64;
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Enough that a few hundred idle connections do not lock Prometheus out (each costs a few
+/// KiB of buffers: at most a few MiB in all).
+pub const MAX_CONNECTIONS: usize = 512;
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(3);
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
 /// What a request gets: status, content type and body (pure, tested without sockets).
