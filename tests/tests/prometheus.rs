@@ -335,28 +335,30 @@ fn the_exporter_survives_abuse_and_stays_bounded() -> Result<()> {
             }
         }));
     }
+    // One connecting thread per destination port, each up to half the sockets (a port
+    // gives ~64k local ports towards one destination; `connect` fails once they are used).
     let server_ip = net.server_v4();
-    let maker = spawn_in_netns(&net.client, move || {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut made = 0;
-        for port in ports {
+    let mut makers = Vec::new();
+    for port in ports {
+        makers.push(spawn_in_netns(&net.client, move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
             let addr = SocketAddr::new(server_ip.into(), port);
-            while made < WANT && Instant::now() < deadline {
+            let mut made = 0;
+            while made < WANT / ports.len() && Instant::now() < deadline {
                 match TcpStream::connect_timeout(&addr, IO_TIMEOUT) {
                     Ok(c) => {
                         drop(c);
                         made += 1;
                     }
-                    // Ports towards this destination used up: the next one.
                     Err(_) => break,
                 }
             }
-        }
-        made
-    })?;
-    let made = maker.join();
+            made
+        })?);
+    }
+    let made: Result<Vec<usize>> = makers.into_iter().map(|m| m.join()).collect();
     stop.store(true, Ordering::Relaxed);
-    let made = made?;
+    let made: usize = made?.into_iter().sum();
     thread::sleep(Duration::from_secs(3));
     let tw = net
         .client

@@ -82,6 +82,7 @@ const BEFORE_DROP_REASONS: &[Capability] = &[
     SynRecv,
     SynackRetransmits,
     NoFalseOverflow,
+    Containers,
 ];
 
 /// The capabilities `kernel` must show; everything for a kernel missing from the table, so
