@@ -759,6 +759,25 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         netwatch_common::names::hook::SET_STATE,
         duration.map(|d| format!(" for {d:?}")).unwrap_or_default()
     );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    // Said (and the exporter's own warnings) before the dashboard takes the terminal.
+    let listener = match listener {
+        Some(l) => {
+            let _in_runtime = rt.enter();
+            let addr = l.local_addr().context("the metrics socket's address")?;
+            let l = tokio::net::TcpListener::from_std(l).context("serving metrics")?;
+            eprintln!("netwatch: serving metrics on http://{addr}/metrics");
+            Some(l)
+        }
+        None => None,
+    };
+    let shared = Arc::new(serve::Shared::new(cfg.interval));
+    let exporter = listener
+        .is_some()
+        .then(|| serve::Exporter::new(shared.clone(), kernel.clone(), &probes.features));
     let dashboard = if cfg.view == View::Dashboard {
         ui::install_panic_hook();
         stop_signals::dashboard_owns_terminal();
@@ -768,10 +787,6 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
     };
     let probes_reasons = probes.reasons.clone();
     let probes_features = probes.features.clone();
-    let shared = Arc::new(serve::Shared::new(cfg.interval));
-    let exporter = listener
-        .is_some()
-        .then(|| serve::Exporter::new(shared.clone(), kernel.clone(), &probes_features));
     let mut tracer = Tracer {
         probes,
         cfg,
@@ -796,22 +811,9 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         cgroups,
     };
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     let (stop, stopped) = rt.block_on(async {
         if let Some(l) = listener {
-            let addr = l.local_addr().ok();
-            match tokio::net::TcpListener::from_std(l) {
-                Ok(l) => {
-                    tokio::spawn(serve::http::serve(l, shared));
-                    if let Some(a) = addr {
-                        eprintln!("netwatch: serving metrics on http://{a}/metrics");
-                    }
-                }
-                Err(e) => eprintln!("netwatch: warning: cannot serve metrics: {e}"),
-            }
+            tokio::spawn(serve::http::serve(l, shared));
         }
         tracer.run(duration).await
     });
