@@ -71,6 +71,10 @@ pub struct Transition {
     /// Nanoseconds in `old`, or [`DWELL_UNKNOWN`] when the socket entered it before
     /// netwatch was watching (or its entry was evicted from the bounded map).
     pub dwell_ns: u64,
+    /// The socket's cgroup v2 id (the inode of its cgroup directory), read from the socket
+    /// (`sk_cgrp_data`), or the current task's in process context where the socket cannot
+    /// tell; 0 when unknown (timewait sockets carry none). Userspace names the container.
+    pub cgroup: u64,
     /// Local address; IPv4 uses the first 4 bytes. Network byte order.
     pub saddr: [u8; 16],
     /// Remote address, as `saddr`.
@@ -81,21 +85,20 @@ pub struct Transition {
     pub sport: u16,
     /// Remote port, host byte order.
     pub dport: u16,
-    /// [`AF_INET`] or [`AF_INET6`].
-    pub family: u16,
+    /// [`AF_INET`] or [`AF_INET6`] (both fit a byte: the record stays 104 bytes with the
+    /// cgroup id in it).
+    pub family: u8,
     /// Kernel TCP state numbers, see [`state`].
     pub old: u8,
     pub new: u8,
     /// Bits of [`flag`].
     pub flags: u8,
-    pub _pad: [u8; 3],
     /// The process that caused the transition, where that is knowable: connect() and
     /// listen() (`CLOSE -> ...`, run in the caller's context); 0 elsewhere, since most
     /// transitions run in softirq context on behalf of whoever was on the CPU.
     pub pid: u32,
     /// That process's command name, NUL-padded.
     pub comm: [u8; 16],
-    pub _pad2: u32,
 }
 
 impl Transition {

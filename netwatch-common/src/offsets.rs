@@ -79,6 +79,14 @@ pub struct KernelOffsets {
     pub ct_dst_addr: u32,
     pub ct_dst_port: u32,
     pub ct_protonum: u32,
+    /// Where a socket keeps its cgroup pointer: `sock.sk_cgrp_data.cgroup` (5.15+) or
+    /// `sock.sk_cgrp_data.val` (before: a cgroup pointer when its low bit is 0).
+    pub sk_cgroup: u32,
+    /// `cgroup.kn`
+    pub cgroup_kn: u32,
+    /// `kernfs_node.id`: the cgroup id, the inode of the cgroup's directory.
+    pub kn_id: u32,
+    pub _pad: u32,
 }
 
 impl KernelOffsets {
@@ -126,6 +134,10 @@ impl KernelOffsets {
             ct_dst_addr: Self::MISSING,
             ct_dst_port: Self::MISSING,
             ct_protonum: Self::MISSING,
+            sk_cgroup: Self::MISSING,
+            cgroup_kn: Self::MISSING,
+            kn_id: Self::MISSING,
+            _pad: 0,
         }
     }
 }

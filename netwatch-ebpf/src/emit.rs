@@ -20,6 +20,8 @@ pub struct Change {
     pub flags: u8,
     /// (tgid, comm) when the caller runs in the owner's context.
     pub task: Option<(u32, [u8; 16])>,
+    /// The socket's cgroup id (0: unknown).
+    pub cgroup: u64,
 }
 
 /// Sends the transition of `sock` (a `sock`, timewait or request socket: all start with
@@ -36,19 +38,19 @@ pub fn transition(sock: *const u8, off: &KernelOffsets, c: Change) {
         },
         sock_id: c.sock_id,
         dwell_ns: c.dwell_ns,
+        cgroup: c.cgroup,
         saddr: [0; 16],
         daddr: [0; 16],
         netns: c.netns,
         sport: c.sport,
         dport: c.dport,
-        family: c.family,
+        // AF_INET and AF_INET6 fit a byte; the caller sends no other family.
+        family: c.family as u8,
         old: c.old,
         new: c.new,
         flags: c.flags,
-        _pad: [0; 3],
         pid,
         comm,
-        _pad2: 0,
     };
     if !read::addresses(sock, off, c.family, &mut rec.saddr, &mut rec.daddr) {
         bump(counter::READ_ERRORS);
@@ -111,6 +113,8 @@ pub fn timewait_transition(
             new,
             flags,
             task: None,
+            // A timewait socket has no cgroup; userspace keeps its full socket's.
+            cgroup: 0,
         },
     );
 }

@@ -105,6 +105,22 @@ pub fn mini_ports(obj: *const u8, off: &KernelOffsets) -> (u16, u16) {
     (sport, u16::from_be(dport))
 }
 
+/// The socket's cgroup id: `sk_cgrp_data`'s cgroup, then its kernfs node's id; 0 when
+/// unreadable, or (before 5.15) when the field holds a classid/prioidx pair instead of a
+/// pointer (low bit set).
+#[inline(always)]
+pub fn cgroup(sk: *const u8, off: &KernelOffsets) -> u64 {
+    let cgrp: u64 = at(sk, off.sk_cgroup);
+    if cgrp == 0 || cgrp & 1 != 0 {
+        return 0;
+    }
+    let kn: u64 = at(cgrp as *const u8, off.cgroup_kn);
+    if kn == 0 {
+        return 0;
+    }
+    at(kn as *const u8, off.kn_id)
+}
+
 /// (tgid, comm) of the task on this CPU: only meaningful where the caller knows it runs in
 /// process context on behalf of that task.
 #[inline(always)]

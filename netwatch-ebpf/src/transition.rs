@@ -206,6 +206,11 @@ pub fn try_set_state<K: SocketIds>(ctx: &BtfTracePointContext) {
     }
     // connect() and listen() run in the caller's context.
     let task = (old == state::CLOSE).then(read::current_task);
+    // The socket's cgroup; where it cannot tell, the caller's in that context.
+    let cgroup = match read::cgroup(sk, off) {
+        0 if task.is_some() => unsafe { aya_ebpf::helpers::bpf_get_current_cgroup_id() },
+        c => c,
+    };
     emit::transition(
         sk,
         off,
@@ -221,6 +226,7 @@ pub fn try_set_state<K: SocketIds>(ctx: &BtfTracePointContext) {
             new: shown_new,
             flags: 0,
             task,
+            cgroup,
         },
     );
 }

@@ -2,6 +2,7 @@
 //! system (namespaces, output paths) is checked when [`crate::config`] turns these into a
 //! validated configuration, before anything is attached.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -20,6 +21,13 @@ EXAMPLES:
     sudo netwatch trace --netns blue --output - | jq .
     sudo netwatch trace --output /var/tmp/incident.jsonl.gz --max-size 100M
     netwatch report /var/tmp/incident.jsonl.gz  (no root needed)
+";
+
+const SERVE_EXAMPLES: &str = "\
+EXAMPLES:
+    sudo netwatch serve --listen 127.0.0.1:9977
+    sudo netwatch serve --listen [::]:9977 --port 443
+    curl -s 127.0.0.1:9977/metrics | grep netwatch_tcp_sockets
 ";
 
 const REPORT_EXAMPLES: &str = "\
@@ -48,6 +56,10 @@ pub enum Command {
     /// findings, as text, JSON or an HTML page. Needs neither root nor eBPF.
     #[command(after_help = REPORT_EXAMPLES)]
     Report(ReportArgs),
+    /// Run as an agent: trace with no terminal until SIGINT/SIGTERM and serve Prometheus
+    /// metrics over HTTP (see docs/metrics.md). Needs what `trace` needs.
+    #[command(after_help = SERVE_EXAMPLES)]
+    Serve(ServeArgs),
     /// Print the JSON Schema of the trace records (`trace --output`).
     Schema,
     /// Print the completion script for SHELL (the .deb installs them; hidden from --help).
@@ -78,12 +90,9 @@ fn parse_cidr(s: &str) -> Result<CidrArg, CidrError> {
     })
 }
 
+/// What `trace` and `serve` follow: the same filters for both.
 #[derive(Debug, Args)]
-pub struct TraceArgs {
-    /// Stop after this long (e.g. 30, 30s, 500ms, 5m; at least 100ms); default: until Ctrl-C.
-    #[arg(long, value_name = "DURATION", value_parser = parse_trace_duration)]
-    pub duration: Option<Duration>,
-
+pub struct FilterArgs {
     /// Only connections with this port on either side (repeatable).
     #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
@@ -96,6 +105,16 @@ pub struct TraceArgs {
     /// /proc/PID/ns/net, or an inode number (repeatable).
     #[arg(long = "netns", value_name = "NAME|PATH|INODE")]
     pub netns: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// Stop after this long (e.g. 30, 30s, 500ms, 5m; at least 100ms); default: until Ctrl-C.
+    #[arg(long, value_name = "DURATION", value_parser = parse_trace_duration)]
+    pub duration: Option<Duration>,
+
+    #[command(flatten)]
+    pub filters: FilterArgs,
 
     /// Write the trace (JSON Lines, see `netwatch schema`) to FILE, or to stdout with `-`;
     /// gzip-compressed when FILE ends in `.gz`.
@@ -139,6 +158,51 @@ pub struct TraceArgs {
     /// log (the cause); the lost features themselves are always said, one line each.
     #[arg(short, long)]
     pub verbose: bool,
+
+    /// Also serve Prometheus metrics (`/metrics`, `/healthz`) on ADDR:PORT while tracing,
+    /// as `netwatch serve` does.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Serve `/metrics` (Prometheus text format, or OpenMetrics when the scraper asks for
+    /// it) and `/healthz` on ADDR:PORT, e.g. 127.0.0.1:9977 or [::]:9977.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub filters: FilterArgs,
+
+    /// How often the metrics are brought up to date (at least 100ms).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval)]
+    pub interval: Duration,
+
+    /// Also print, for each program this kernel refused, the last lines of the verifier's
+    /// log.
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+impl ServeArgs {
+    /// `serve` is a trace with no terminal, no file and no end but a signal.
+    pub fn into_trace(self) -> TraceArgs {
+        TraceArgs {
+            duration: None,
+            filters: self.filters,
+            output: None,
+            force: false,
+            max_size: None,
+            max_files: 10,
+            events: false,
+            plain: false,
+            interval: self.interval,
+            quiet: true,
+            verbose: self.verbose,
+            metrics: Some(self.listen),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -365,8 +429,8 @@ mod tests {
         let Command::Trace(t) = ok.command else {
             panic!("not trace")
         };
-        assert_eq!(t.ports, vec![80, 443]);
-        assert_eq!(t.addrs[0].text, "10.0.0.0/8");
+        assert_eq!(t.filters.ports, vec![80, 443]);
+        assert_eq!(t.filters.addrs[0].text, "10.0.0.0/8");
         // Rotation needs a file to rotate.
         assert!(Cli::try_parse_from(["netwatch", "trace", "--max-size", "1M"]).is_err());
         assert!(Cli::try_parse_from(["netwatch", "trace", "-o", "t", "--max-files", "3"]).is_err());
@@ -379,6 +443,38 @@ mod tests {
             Cli::try_parse_from(["netwatch", "report"]).is_err(),
             "needs a trace"
         );
+    }
+
+    #[test]
+    fn serve_takes_the_trace_filters_and_needs_an_address() {
+        assert!(Cli::try_parse_from(["netwatch", "serve"]).is_err());
+        assert!(Cli::try_parse_from(["netwatch", "serve", "--listen", "nowhere"]).is_err());
+        let ok = Cli::try_parse_from([
+            "netwatch",
+            "serve",
+            "--listen",
+            "127.0.0.1:9977",
+            "--netns",
+            "blue",
+            "--port",
+            "80",
+        ])
+        .unwrap();
+        let Command::Serve(s) = ok.command else {
+            panic!("not serve")
+        };
+        let t = s.into_trace();
+        assert_eq!(t.metrics, Some("127.0.0.1:9977".parse().unwrap()));
+        assert!(t.quiet && t.duration.is_none() && t.output.is_none());
+        assert_eq!(
+            (t.filters.netns, t.filters.ports),
+            (vec!["blue".into()], vec![80])
+        );
+        let ok = Cli::try_parse_from(["netwatch", "trace", "--metrics", "[::1]:9977"]).unwrap();
+        let Command::Trace(t) = ok.command else {
+            panic!("not trace")
+        };
+        assert!(t.metrics.is_some());
     }
 
     #[test]

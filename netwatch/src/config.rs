@@ -53,6 +53,8 @@ pub struct TraceConfig {
     pub view: View,
     /// `--verbose`: the verifier's own words for refused programs, on stderr at start.
     pub verbose: bool,
+    /// `serve --listen` / `trace --metrics`: where to serve Prometheus metrics.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// A network namespace named like `ip netns`, given as a path, or as its inode number, checked
@@ -168,13 +170,13 @@ impl TraceConfig {
     pub fn from_args(args: TraceArgs) -> Result<Self> {
         let mut netns = Vec::new();
         let mut netns_paths = Vec::new();
-        for spec in &args.netns {
+        for spec in &args.filters.netns {
             let ns = netns_spec::resolve(spec, &netns_spec::System)?;
             netns.push(ns.inode);
             netns_paths.extend(ns.path);
         }
         if netns.len() > netwatch_common::names::limits::FILTER_ENTRIES as usize
-            || args.ports.len() > netwatch_common::names::limits::FILTER_ENTRIES as usize
+            || args.filters.ports.len() > netwatch_common::names::limits::FILTER_ENTRIES as usize
         {
             bail!(
                 "at most {} --port and {} --netns filters",
@@ -230,14 +232,15 @@ impl TraceConfig {
         Ok(Self {
             duration: args.duration,
             interval: args.interval,
-            ports: args.ports,
+            ports: args.filters.ports,
             netns,
             netns_paths,
-            addrs: AddrFilter::new(args.addrs.iter().map(|a| a.cidr).collect()),
-            addr_specs: args.addrs.into_iter().map(|a| a.text).collect(),
+            addrs: AddrFilter::new(args.filters.addrs.iter().map(|a| a.cidr).collect()),
+            addr_specs: args.filters.addrs.into_iter().map(|a| a.text).collect(),
             output,
             view,
             verbose: args.verbose,
+            metrics: args.metrics,
         })
     }
 }

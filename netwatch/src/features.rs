@@ -30,10 +30,12 @@ pub enum Feature {
     ConntrackLifetimes,
     /// Events nested on one CPU, which the kernel skips for a running program.
     NestedEvents,
+    /// Each socket's cgroup, which names its container (or systemd unit).
+    Containers,
 }
 
 impl Feature {
-    pub const ALL: [Feature; 9] = [
+    pub const ALL: [Feature; 10] = [
         Feature::Transitions,
         Feature::TimeWait,
         Feature::OrphanFin,
@@ -43,6 +45,7 @@ impl Feature {
         Feature::PawsEvidence,
         Feature::ConntrackLifetimes,
         Feature::NestedEvents,
+        Feature::Containers,
     ];
 
     /// What the user loses without it, in their words.
@@ -57,6 +60,7 @@ impl Feature {
             Feature::PawsEvidence => "the timewait socket's timestamp in PAWS evidence",
             Feature::ConntrackLifetimes => "conntrack entry lifetimes",
             Feature::NestedEvents => "events nested on one CPU",
+            Feature::Containers => "the socket's container (cgroup) in records and metrics",
         }
     }
 }

@@ -103,6 +103,13 @@ impl Probes {
                 socket_fields.join(", ")
             ));
         }
+        let cgroup_fields = lacks(&["sk_cgrp_data", "cgroup.kn", "kernfs_node.id"]);
+        if !cgroup_fields.is_empty() {
+            facts.cgroup_blocked = Some(format!(
+                "this kernel's BTF lacks {}; sockets are attributed by the calling process                  where it is known",
+                cgroup_fields.join(", ")
+            ));
+        }
         let ct_range = kallsyms_range("__nf_conntrack_alloc");
         facts.conntrack_blocked = if !lacks(&["nf_conn"]).is_empty() {
             Some("this kernel's BTF lacks fields of nf_conn".to_owned())
@@ -272,6 +279,17 @@ impl Probes {
                     .ok()
             })
             .sum()
+    }
+
+    /// CPU time each program has run, as the kernel's run-time statistics count it (only
+    /// while they are enabled: see `serve::Exporter`).
+    pub fn run_times(&self) -> Vec<(String, std::time::Duration)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, p)| Some((name.to_owned(), p.info().ok()?.run_time())))
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into_iter()
+            .collect()
     }
 
     pub fn counters(&self) -> Result<KernelCounters> {

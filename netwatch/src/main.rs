@@ -6,6 +6,7 @@
 mod console;
 mod btf;
 mod census;
+mod cgroup;
 mod cli;
 mod cli_docs;
 mod config;
@@ -19,6 +20,7 @@ mod plan;
 mod preflight;
 mod procfs;
 mod report;
+mod serve;
 mod sink;
 mod stop_signals;
 #[cfg(test)]
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
         Command::Trace(args) => args,
+        Command::Serve(args) => args.into_trace(),
         Command::Report(args) => {
             stop_signals::not_tracing();
             return match config::ReportConfig::from_args(args).and_then(report::run) {

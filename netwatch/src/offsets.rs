@@ -57,6 +57,10 @@ pub fn resolve(btf: &Btf) -> (KernelOffsets, Vec<String>) {
         ct_dst_addr: MISSING_UNTIL_BELOW,
         ct_dst_port: MISSING_UNTIL_BELOW,
         ct_protonum: MISSING_UNTIL_BELOW,
+        sk_cgroup: MISSING_UNTIL_BELOW,
+        cgroup_kn: get("cgroup", "kn"),
+        kn_id: get("kernfs_node", "id"),
+        _pad: 0,
     };
     // The original-direction tuple: `tuplehash` is an array, element 0 at its start.
     let mut offsets = offsets;
@@ -75,6 +79,15 @@ pub fn resolve(btf: &Btf) -> (KernelOffsets, Vec<String>) {
     offsets.ct_dst_addr = in_tuple("tuple.dst.u3");
     offsets.ct_dst_port = in_tuple("tuple.dst.u.all");
     offsets.ct_protonum = in_tuple("tuple.dst.protonum");
+    // 5.15 made `sk_cgrp_data` a plain cgroup pointer; before, a union whose `val` is one
+    // when its low bit is clear. Either is read as one u64.
+    offsets.sk_cgroup = ["sk_cgrp_data.cgroup", "sk_cgrp_data.val"]
+        .iter()
+        .find_map(|path| btf.member_offset("sock", path).ok())
+        .unwrap_or_else(|| {
+            missing.push("sock.sk_cgrp_data".to_owned());
+            KernelOffsets::MISSING
+        });
     (offsets, missing)
 }
 

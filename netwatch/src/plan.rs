@@ -45,6 +45,8 @@ pub struct KernelFacts {
     pub conntrack_blocked: Option<String>,
     /// Why timewait and request sockets cannot be read, if their BTF fields are missing.
     pub sockets_blocked: Option<String>,
+    /// Why a socket's cgroup cannot be read, if its BTF fields are missing.
+    pub cgroup_blocked: Option<String>,
 }
 
 const HOOKS: [&str; 5] = [
@@ -87,6 +89,7 @@ impl KernelFacts {
             not_specified_reason: reason("NOT_SPECIFIED"),
             conntrack_blocked: None,
             sockets_blocked: None,
+            cgroup_blocked: None,
         }
     }
 
@@ -244,6 +247,9 @@ pub fn plan(facts: &KernelFacts) -> Result<AttachPlan, String> {
             program: program::SLAB_FREE_FENTRY,
             attach: Attach::FEntry(f),
         });
+    }
+    if let Some(why) = &facts.cgroup_blocked {
+        unavailable.push((Feature::Containers, why.clone()));
     }
     if let Some(why) = &facts.sockets_blocked {
         for f in [
@@ -440,6 +446,13 @@ pub fn features(plan: &AttachPlan, outcomes: &[StepOutcome]) -> KernelFeatures {
                 v.attach
             )),
             Some((v, _)) => Ok(v.attach.to_string()),
+            None => Err(why_not(Hook::SetState)),
+        },
+    );
+    put(
+        Feature::Containers,
+        match set_state {
+            Some(_) => Ok("the socket's cgroup (sk_cgrp_data), read at each state change".into()),
             None => Err(why_not(Hook::SetState)),
         },
     );

@@ -4,6 +4,7 @@
 //! snapshot and the summary (see [`crate::writer`] for what survives a full disk or a kill).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -35,6 +36,7 @@ use crate::features::KernelFeatures;
 use crate::loader::{Probes, VerifierLog};
 use crate::preflight;
 use crate::procfs;
+use crate::serve;
 use crate::sink::{SinkError, Sinks, TraceFiles};
 use crate::stop_signals;
 use crate::ui;
@@ -85,6 +87,14 @@ struct Tracer {
     /// terminal) the hint waits for the exit.
     size: SizeWatch,
     size_hint_at_exit: Option<String>,
+    /// `serve` / `--metrics`: the Prometheus exporter.
+    exporter: Option<serve::Exporter>,
+    /// Request sockets per namespace at the last count (see `pending_requests`).
+    syn_recv: Vec<(u32, u64)>,
+    /// Socket -> its cgroup id, learned from the records that carry one, for those that do
+    /// not (timewait sockets); and the names of those cgroups.
+    cgroup_ids: IdMap<u64, u64>,
+    cgroups: crate::cgroup::Resolver,
 }
 
 /// What ended the trace, as the summary's `stopped_by` says it.
@@ -152,6 +162,8 @@ impl Tracer {
             }
             match &mut ev {
                 Event::Transition(t) => {
+                    remember(&mut self.cgroup_ids, t.sock_id, t.new, &mut t.cgroup);
+                    t.container = self.cgroups.container(t.cgroup);
                     attribute(&mut self.owners, t);
                     self.agg.apply(t);
                 }
@@ -160,6 +172,9 @@ impl Tracer {
                 Event::Drop(_) | Event::SynackRetransmit(_) => {}
             }
             self.signals.observe(&ev, &mut now);
+            if let Some(x) = self.exporter.as_mut() {
+                x.observe(&ev);
+            }
             self.sinks.push(&ev);
         }
         self.publish(now);
@@ -169,29 +184,33 @@ impl Tracer {
     fn publish(&mut self, alerts: Vec<Alert>) {
         let at = mono_now_ns();
         for a in alerts {
+            if let Some(x) = self.exporter.as_mut() {
+                x.alert(&a);
+            }
             self.sinks.alert(&a, at);
             self.alerts.push(a);
         }
     }
 
     /// Request sockets waiting in SYN_RECV and children in accept queues, in the traced
-    /// namespaces (None if a dump failed).
-    fn queues(&self) -> Option<Queues> {
-        let spaces: Vec<Option<&std::path::Path>> = if self.cfg.netns.is_empty() {
-            vec![None]
-        } else {
-            self.cfg
-                .netns_paths
-                .iter()
-                .map(|p| Some(p.as_path()))
-                .collect()
-        };
+    /// namespaces, with the request sockets of each namespace (None if a dump failed).
+    fn queues(&self) -> Option<(Queues, Vec<(u32, u64)>)> {
         let mut all = Vec::new();
-        for ns in spaces {
-            let socks = census::dump_queues(ns).ok()?;
-            all.extend(socks.into_iter().filter(|s| census_wanted(&self.cfg, s)));
+        let mut by_ns = Vec::new();
+        for (inode, path) in traced_spaces(&self.cfg) {
+            let socks = census::dump_queues(path.as_deref()).ok()?;
+            let wanted: Vec<census::CensusSocket> = socks
+                .into_iter()
+                .filter(|s| census_wanted(&self.cfg, s))
+                .collect();
+            let requests = wanted
+                .iter()
+                .filter(|s| s.state == netwatch_common::state::SYN_RECV)
+                .count();
+            by_ns.push((inode, requests as u64));
+            all.extend(wanted);
         }
-        Some(census::queues(&all))
+        Some((census::queues(&all), by_ns))
     }
 
     /// Counter deltas and settings of the traced namespaces.
@@ -211,8 +230,9 @@ impl Tracer {
         // Listed before the interval's alerts, which name the listeners behind an overflow.
         if std::time::Instant::now() >= self.syn_recv_next {
             let started = std::time::Instant::now();
-            if let Some(q) = self.queues() {
+            if let Some((q, by_ns)) = self.queues() {
                 self.agg.set_queues(mono_now_ns(), &q);
+                self.syn_recv = by_ns;
             }
             // The kernel walks its whole socket table for the dump (30 ms at a full 131k
             // TIME_WAIT table here): keep it under 2 % of the time, however big that gets.
@@ -251,6 +271,20 @@ impl Tracer {
                 View::Dashboard => self.size_hint_at_exit = Some(hint),
                 _ => eprintln!("netwatch: {hint}"),
             }
+        }
+        if let Some(x) = self.exporter.as_mut() {
+            x.publish(serve::Interval {
+                agg: &self.agg,
+                now_ns: snap.mono_ns,
+                syn_recv: &self.syn_recv,
+                env: &env,
+                conntrack: &self.conntrack,
+                records: snap.transitions,
+                lost: snap.lost,
+                skipped_runs: self.probes.recursion_misses(),
+                bpf_run: self.probes.run_times(),
+                cgroups: &mut self.cgroups,
+            });
         }
         let alerts = std::mem::take(&mut self.alerts);
         match self.cfg.view {
@@ -379,9 +413,26 @@ impl Tracer {
     }
 }
 
+/// Fills `value` (0: unknown) from what `sock` was known by, or learns it; forgets the
+/// socket at its close.
+fn remember(known: &mut IdMap<u64, u64>, sock: u64, new: u8, value: &mut u64) {
+    match *value {
+        0 => *value = known.get(&sock).copied().unwrap_or(0),
+        v => {
+            known.insert(sock, v);
+        }
+    }
+    if new == state::CLOSE {
+        known.remove(&sock);
+    }
+}
+
 fn attribute(owners: &mut IdMap<u64, Owner>, t: &mut Transition) {
-    match &t.owner {
+    match &mut t.owner {
         Some(o) => {
+            if o.container.is_none() {
+                o.container = t.container.clone();
+            }
             owners.insert(t.sock_id, o.clone());
         }
         None => t.owner = owners.get(&t.sock_id).cloned(),
@@ -401,7 +452,12 @@ struct Census {
 
 /// Seeds the engine with the sockets that exist now, in the traced namespaces (or this
 /// one), so gauges are right from the first second.
-fn take_census(cfg: &TraceConfig, agg: &mut Aggregator, owners: &mut IdMap<u64, Owner>) -> Census {
+fn take_census(
+    cfg: &TraceConfig,
+    agg: &mut Aggregator,
+    owners: &mut IdMap<u64, Owner>,
+    cgroups: &mut crate::cgroup::Resolver,
+) -> Census {
     let mut warnings = Vec::new();
     let mut found = Vec::new();
     let spaces: Vec<Option<&std::path::Path>> = if cfg.netns.is_empty() {
@@ -425,22 +481,27 @@ fn take_census(cfg: &TraceConfig, agg: &mut Aggregator, owners: &mut IdMap<u64, 
                     .into_iter()
                     .filter(|s| census_wanted(cfg, s))
                     .collect();
+                let mut ids = IdMap::default();
                 for s in socks.iter().filter(|s| s.inode != 0) {
                     if let Some(o) = by_inode.get(&s.inode) {
+                        let (cgroup, container) = cgroups.of_process(o.pid);
+                        ids.insert(s.cookie, cgroup);
                         owners.insert(
                             s.cookie,
                             Owner {
                                 pid: o.pid,
                                 comm: o.comm.as_str().into(),
+                                container,
                             },
                         );
                     }
                 }
                 agg.seed(
                     now,
-                    socks
-                        .iter()
-                        .map(|s| existing(s, owners.get(&s.cookie).cloned())),
+                    socks.iter().map(|s| {
+                        let cgroup = ids.get(&s.cookie).copied().unwrap_or(0);
+                        existing(s, owners.get(&s.cookie).cloned(), cgroup)
+                    }),
                 );
                 found.extend(socks.into_iter().map(|s| {
                     let owner = owners.get(&s.cookie).cloned();
@@ -479,7 +540,7 @@ fn census_json<'a>(
         daddr: s.daddr.to_string(),
         dport: s.dport,
         state: state::name(s.state),
-        age_ns: existing(s, None).age_ns,
+        age_ns: existing(s, None, 0).age_ns,
         netns: s.netns,
         pid: owner.map(|o| o.pid),
         comm: owner.map(|o| &*o.comm),
@@ -637,10 +698,10 @@ fn report_files(files: &TraceFiles) {
 
 /// TIME_WAIT lasts TCP_TIMEWAIT_LEN, so the timer's remaining time tells a census socket's
 /// age; for other states the kernel keeps no entry time.
-const TIMEWAIT_LEN_MS: u64 = 60_000;
+pub(crate) const TIMEWAIT_LEN_MS: u64 = 60_000;
 const TIMER_TIMEWAIT: u8 = 3;
 
-fn existing(s: &census::CensusSocket, owner: Option<Owner>) -> Existing {
+fn existing(s: &census::CensusSocket, owner: Option<Owner>, cgroup: u64) -> Existing {
     let age_ns = (s.state == state::TIME_WAIT && s.timer == TIMER_TIMEWAIT)
         .then(|| TIMEWAIT_LEN_MS.saturating_sub(s.expires_ms as u64) * 1_000_000);
     Existing {
@@ -651,6 +712,8 @@ fn existing(s: &census::CensusSocket, owner: Option<Owner>) -> Existing {
         dport: s.dport,
         age_ns,
         owner,
+        netns: s.netns,
+        cgroup,
     }
 }
 
@@ -678,17 +741,20 @@ fn census_wanted(cfg: &TraceConfig, s: &census::CensusSocket) -> bool {
 }
 
 pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
+    // Before the slow start: a port in use fails at once.
+    let listener = cfg.metrics.map(serve::bind).transpose()?;
     preflight::check_privileges()?;
     let btf = preflight::kernel_btf()?;
     let mut agg = Aggregator::new();
     let mut owners = IdMap::default();
+    let mut cgroups = crate::cgroup::Resolver::system();
     let mut found = Census::default();
     let mut env = None;
     // The census runs after the programs are verified and before they attach, so that the
     // ring buffer does not fill while it walks a large socket table; the counters'
     // baseline is taken then too, so nothing that happens after the attach is lost in it.
     let probes = Probes::attach(&cfg, &btf, || {
-        found = take_census(&cfg, &mut agg, &mut owners);
+        found = take_census(&cfg, &mut agg, &mut owners, &mut cgroups);
         env = Some(EnvSource::new(traced_spaces(&cfg)));
     })?;
     let env = env.context("the programs were never attached")?;
@@ -724,6 +790,25 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         netwatch_common::names::hook::SET_STATE,
         duration.map(|d| format!(" for {d:?}")).unwrap_or_default()
     );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    // Said (and the exporter's own warnings) before the dashboard takes the terminal.
+    let listener = match listener {
+        Some(l) => {
+            let _in_runtime = rt.enter();
+            let addr = l.local_addr().context("the metrics socket's address")?;
+            let l = tokio::net::TcpListener::from_std(l).context("serving metrics")?;
+            eprintln!("netwatch: serving metrics on http://{addr}/metrics");
+            Some(l)
+        }
+        None => None,
+    };
+    let shared = Arc::new(serve::Shared::new(cfg.interval));
+    let exporter = listener
+        .is_some()
+        .then(|| serve::Exporter::new(shared.clone(), kernel.clone(), &probes.features));
     let dashboard = if cfg.view == View::Dashboard {
         ui::install_panic_hook();
         stop_signals::dashboard_owns_terminal();
@@ -753,13 +838,18 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         kernel,
         size,
         size_hint_at_exit: None,
+        exporter,
+        syn_recv: Vec::new(),
+        cgroup_ids: IdMap::default(),
+        cgroups,
     };
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let (stop, stopped) = rt.block_on(tracer.run(duration));
+    let (stop, stopped) = rt.block_on(async {
+        if let Some(l) = listener {
+            tokio::spawn(serve::http::serve(l, shared));
+        }
+        tracer.run(duration).await
+    });
     // Leave the alternate screen before anything is printed on the way out.
     tracer.dashboard = None;
     // The file's writer gets a short grace to catch up (what it has not taken then is

@@ -19,13 +19,17 @@
 //! - [`tmux`]: a program in a real terminal of a given size: keys in, screen text out.
 //! - [`tempdir`]: a directory of the test's own, removed on drop.
 //! - [`browser`]: headless Chromium for the HTML report: its DOM, its screenshots.
+//! - [`prom`]: a real Prometheus server per test, and a minimal HTTP GET.
+//! - [`cgroup`]: a cgroup v2 scope named like a container's, with a process in it.
 //! - [`expected`]: the kernel's `inet_sock_set_state` sequences the tests expect, in one place.
 
 pub mod alerts;
 pub mod browser;
+pub mod cgroup;
 pub mod expected;
 pub mod netns;
 pub mod privilege;
+pub mod prom;
 pub mod records;
 pub mod router;
 pub mod sock;

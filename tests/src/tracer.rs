@@ -200,13 +200,24 @@ impl Tracer {
     /// Like [`Tracer::start_with`] writing to `output` (e.g. a `.gz` name, or a directory the
     /// test controls). The file is removed when the tracer is dropped, as with the others.
     pub fn start_to(bin: &Path, output: &Path, args: &[&str]) -> Result<Tracer> {
-        let output = output.to_owned();
         let mut cmd = Command::new(bin);
-        cmd.arg("trace")
-            .arg("--output")
-            .arg(&output)
-            .args(args)
-            .stdin(Stdio::null())
+        cmd.arg("trace").arg("--output").arg(output).args(args);
+        Tracer::launch(cmd, output.to_owned())
+    }
+
+    /// `netwatch serve ARGS` (the agent: no trace file), returned once attached. Stop it
+    /// with [`Tracer::exit_with`]; dropping it kills it.
+    pub fn serve(args: &[&str]) -> Result<Tracer> {
+        let mut cmd = Command::new(netwatch_bin()?);
+        cmd.arg("serve").args(args);
+        let n = OUTPUT_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let none = std::env::temp_dir().join(format!("netwatch-serve-{}-{n}", std::process::id()));
+        Tracer::launch(cmd, none)
+    }
+
+    /// Starts `cmd` (whose records, if any, go to `output`) and waits for the attach.
+    fn launch(mut cmd: Command, output: PathBuf) -> Result<Tracer> {
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         // The stop signals this harness sends must reach the child even when the test run

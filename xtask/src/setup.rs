@@ -27,7 +27,9 @@ const TOOLCHAIN_PACKAGES: &[&str] = &[
 ];
 /// What the namespace tests drive: ip/veth, iptables/nft NAT, conntrack, sysctl.
 /// chromium renders the HTML report in its test; gzip checks compressed traces; tmux runs
-/// the dashboard in a real terminal for the alerts-pane test.
+/// the dashboard in a real terminal for the alerts-pane test; prometheus is the real server
+/// that scrapes `netwatch serve` in tests/tests/prometheus.rs (its own process per test: the
+/// package's service is not used).
 const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "iptables",
@@ -37,6 +39,7 @@ const TEST_PACKAGES: &[&str] = &[
     "chromium",
     "gzip",
     "tmux",
+    "prometheus",
 ];
 /// What `cargo xtask vm-test` needs: QEMU to boot Debian's kernels, busybox-static for the
 /// guest's shell and mounts, nftables for the guest's `nft` (copied in with its libraries),

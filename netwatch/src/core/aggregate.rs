@@ -56,6 +56,10 @@ struct Live {
     remote: IpAddr,
     /// Index into [`Processes`]; [`NO_PROCESS`] while no process is known.
     process: u32,
+    /// Network namespace inode and cgroup id (0: unknown), for the per-namespace and
+    /// per-container gauges.
+    netns: u32,
+    cgroup: u64,
 }
 
 /// What `Live::process` holds for a socket whose owner is unknown.
@@ -99,6 +103,9 @@ pub struct Existing {
     pub age_ns: Option<u64>,
     /// The process holding it, as /proc said at the census.
     pub owner: Option<Owner>,
+    /// Its network namespace's inode, and its cgroup id where known (else 0).
+    pub netns: u32,
+    pub cgroup: u64,
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -162,6 +169,8 @@ pub struct Aggregator {
     processes: Processes,
     /// Why TIME_WAITs ended early.
     early_ends: Classifier,
+    /// Transitions by (state left, state entered), since the start.
+    pairs: [[u64; state::COUNT]; state::COUNT],
 }
 
 /// The request sockets waiting now, as last listed (see [`Aggregator::set_queues`]).
@@ -192,6 +201,9 @@ impl Requests {
     }
 }
 
+/// Sockets in each state now, of one network namespace and cgroup.
+pub type GroupCounts = IdMap<(u32, u64), [u64; state::COUNT]>;
+
 impl Default for Aggregator {
     fn default() -> Self {
         Self::new()
@@ -215,6 +227,7 @@ impl Aggregator {
             peaks: [Peak::default(); state::COUNT],
             processes: Processes::default(),
             early_ends: Classifier::default(),
+            pairs: [[0; state::COUNT]; state::COUNT],
         }
     }
 
@@ -343,6 +356,8 @@ impl Aggregator {
                 local_port: s.sport,
                 remote: s.daddr,
                 process: self.processes.id(s.owner.as_ref()),
+                netns: s.netns,
+                cgroup: s.cgroup,
             };
             if s.state == state::LISTEN {
                 // Already counted in `listening` above.
@@ -357,6 +372,13 @@ impl Aggregator {
     pub fn apply(&mut self, t: &Transition) {
         self.transitions += 1;
         self.early_ends.transition(t);
+        if let Some(n) = self
+            .pairs
+            .get_mut(t.old as usize)
+            .and_then(|row| row.get_mut(t.new as usize))
+        {
+            *n += 1;
+        }
         if let Some(d) = t.dwell_ns {
             if (t.old as usize) < state::COUNT && t.old != state::CLOSE {
                 self.dwell[t.old as usize].saturating_record(d.min(MAX_TRACKABLE_NS));
@@ -395,6 +417,11 @@ impl Aggregator {
             Some(o) => self.processes.id(Some(o)),
             None => cur.map_or(NO_PROCESS, |c| c.process),
         };
+        // Timewait sockets carry no cgroup: the socket keeps the one its full socket had.
+        let cgroup = match t.cgroup {
+            0 => cur.map_or(0, |c| c.cgroup),
+            c => c,
+        };
         let live = Live {
             state: t.new,
             since: Some(t.mono_ns),
@@ -407,6 +434,8 @@ impl Aggregator {
             },
             remote: t.daddr,
             process,
+            netns: t.netns,
+            cgroup,
         };
         if let Some(old) = &cur {
             self.count_out(old);
@@ -418,6 +447,42 @@ impl Aggregator {
     /// Sockets in `s` now.
     pub fn count(&self, s: u8) -> u64 {
         self.counts[s as usize]
+    }
+
+    /// Transitions so far from `old` to `new`, for each pair seen.
+    pub fn transition_pairs(&self) -> impl Iterator<Item = (u8, u8, u64)> + '_ {
+        self.pairs.iter().enumerate().flat_map(|(old, row)| {
+            row.iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .map(move |(new, n)| (old as u8, new as u8, *n))
+        })
+    }
+
+    /// The completed dwells recorded in `s`: (nanoseconds, how many), smallest first.
+    pub fn dwell_recorded(&self, s: u8) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.dwell
+            .get(s as usize)
+            .into_iter()
+            .flat_map(|h| h.iter_recorded())
+            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+    }
+
+    /// The age at `now_ns` of each live socket whose entry into its state was seen.
+    pub fn ages(&self, now_ns: u64) -> impl Iterator<Item = (u8, u64)> + '_ {
+        self.live
+            .values()
+            .filter_map(move |l| Some((l.state, now_ns.saturating_sub(l.since?))))
+    }
+
+    /// Sockets in each state now by (network namespace, cgroup id). Request sockets
+    /// (SYN_RECV) are not in the mirror: the caller counts them (see `set_syn_recv_now`).
+    pub fn groups(&self) -> GroupCounts {
+        let mut out = GroupCounts::default();
+        for l in self.live.values() {
+            out.entry((l.netns, l.cgroup)).or_insert([0; state::COUNT])[l.state as usize] += 1;
+        }
+        out
     }
 
     /// Client sockets towards `daddr:dport` now, and how many of those are in TIME_WAIT:
@@ -566,6 +631,8 @@ mod tests {
             synack_retransmits: None,
             accept_wait_ns: None,
             owner: None,
+            cgroup: 0,
+            container: None,
         }
     }
 
@@ -573,6 +640,7 @@ mod tests {
         Owner {
             pid,
             comm: comm.into(),
+            container: None,
         }
     }
 
@@ -617,6 +685,8 @@ mod tests {
                 dport: 5000,
                 age_ns: None,
                 owner: Some(owner(6345, "python3")),
+                netns: 1,
+                cgroup: 0,
             }],
         );
         for i in 0..3 {
@@ -750,6 +820,8 @@ mod tests {
                     dport: 0,
                     age_ns: None,
                     owner: None,
+                    netns: 1,
+                    cgroup: 0,
                 },
                 Existing {
                     sock_id: 2,
@@ -759,6 +831,8 @@ mod tests {
                     dport: 5555,
                     age_ns: None,
                     owner: None,
+                    netns: 1,
+                    cgroup: 0,
                 },
                 Existing {
                     sock_id: 3,
@@ -768,6 +842,8 @@ mod tests {
                     dport: 5556,
                     age_ns: Some(20 * S),
                     owner: None,
+                    netns: 1,
+                    cgroup: 0,
                 },
             ],
         );

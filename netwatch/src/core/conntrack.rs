@@ -54,6 +54,14 @@ impl ConntrackTracker {
         }
     }
 
+    /// Every lifetime recorded, whatever state the entry ended in: (nanoseconds, how many).
+    pub fn lifetimes_recorded(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.lifetimes
+            .values()
+            .flat_map(|h| h.iter_recorded())
+            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+    }
+
     /// The namespace whose table the entries came from.
     pub fn netns(&self) -> Option<u32> {
         self.netns

@@ -233,11 +233,14 @@ fn request_end(raw: &RequestEnd) -> Transition {
         synack_retransmits: Some(raw.synack_retransmits),
         accept_wait_ns: (raw.child_ns != 0).then(|| freed.saturating_sub(raw.child_ns)),
         owner: Owner::from_raw(raw.pid, &raw.comm),
+        // A request socket has no cgroup; its child's records carry one.
+        cgroup: 0,
+        container: None,
     }
 }
 
 fn transition(raw: &RawTransition) -> Transition {
-    let family = family(raw.family);
+    let family = family(u16::from(raw.family));
     Transition {
         mono_ns: raw.header.mono_ns,
         sock_id: raw.sock_id,
@@ -254,6 +257,8 @@ fn transition(raw: &RawTransition) -> Transition {
         synack_retransmits: None,
         accept_wait_ns: None,
         owner: Owner::from_raw(raw.pid, &raw.comm),
+        cgroup: raw.cgroup,
+        container: None,
     }
 }
 
@@ -272,19 +277,18 @@ pub(crate) mod tests {
             },
             sock_id: 7,
             dwell_ns: 42,
+            cgroup: 9001,
             saddr: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             daddr: [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             netns: 4026531840,
             sport: 40000,
             dport: 80,
-            family: AF_INET,
+            family: AF_INET as u8,
             old: state::SYN_SENT,
             new: state::ESTABLISHED,
             flags: 0,
-            _pad: [0; 3],
             pid: 4242,
             comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
-            _pad2: 0,
         }
     }
 
@@ -310,11 +314,13 @@ pub(crate) mod tests {
         assert_eq!((t.old_name(), t.new_name()), ("SYN_SENT", "ESTABLISHED"));
         assert_eq!(t.dwell_ns, Some(42));
         assert_eq!(t.family, Family::Ipv4);
+        assert_eq!(t.cgroup, 9001);
         assert_eq!(
             t.owner,
             Some(Owner {
                 pid: 4242,
-                comm: "curl".into()
+                comm: "curl".into(),
+                container: None,
             })
         );
     }
@@ -322,7 +328,7 @@ pub(crate) mod tests {
     #[test]
     fn decodes_ipv6_and_unknown_dwell() {
         let mut raw = raw_v4();
-        raw.family = AF_INET6;
+        raw.family = AF_INET6 as u8;
         raw.saddr = "fd00::1".parse::<Ipv6Addr>().unwrap().octets();
         raw.daddr = "::ffff:10.0.0.2".parse::<Ipv6Addr>().unwrap().octets();
         raw.dwell_ns = DWELL_UNKNOWN;

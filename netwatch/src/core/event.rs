@@ -222,6 +222,12 @@ pub struct Transition {
     pub accept_wait_ns: Option<u64>,
     /// The owning process, where known (see [`Owner`]).
     pub owner: Option<Owner>,
+    /// The socket's cgroup id (the inode of its cgroup v2 directory), 0 when unknown:
+    /// timewait and request sockets carry none, and old traces lack it.
+    pub cgroup: u64,
+    /// What the cgroup names: a container's short id or a systemd unit (see
+    /// `crate::cgroup`); set by the tracer, read back from traces by `report`.
+    pub container: Option<Arc<str>>,
 }
 
 /// A process that owns a socket: learned where the kernel runs in its context (connect,
@@ -231,12 +237,20 @@ pub struct Owner {
     pub pid: u32,
     /// Shared: a socket's owner is copied onto each of its records.
     pub comm: Arc<str>,
+    /// The container (or systemd unit) it runs in, where its sockets' cgroup names one
+    /// (see `crate::cgroup`).
+    pub container: Option<Arc<str>>,
 }
 
-/// `python3[6345]`, as `ss -p` and the kernel log name a process.
+/// `python3[6345]`, as `ss -p` and the kernel log name a process, then its container
+/// where known: `python3[6345] (0123456789ab)`.
 impl std::fmt::Display for Owner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}[{}]", self.comm, self.pid)
+        write!(f, "{}[{}]", self.comm, self.pid)?;
+        match &self.container {
+            Some(c) => write!(f, " ({c})"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -250,6 +264,7 @@ impl Owner {
         Some(Self {
             pid,
             comm: String::from_utf8_lossy(&comm[..end]).into(),
+            container: None,
         })
     }
 }

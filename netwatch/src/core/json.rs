@@ -490,6 +490,12 @@ pub struct TransitionJson<'a> {
     pub new: &'a str,
     pub dwell_ns: Option<u64>,
     pub netns: u32,
+    /// The socket's cgroup id (inode of its cgroup v2 directory), when the kernel told.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<u64>,
+    /// The container's short id, or the systemd unit, that cgroup names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<&'a str>,
     /// Only on the end of a server-side SYN_RECV (request socket).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub synack_retransmits: Option<u8>,
@@ -522,6 +528,8 @@ impl<'a> TransitionJson<'a> {
             new: t.new_name(),
             dwell_ns: t.dwell_ns,
             netns: t.netns,
+            cgroup: (t.cgroup != 0).then_some(t.cgroup),
+            container: t.container.as_deref(),
             synack_retransmits: t.synack_retransmits,
             accept_wait_ns: t.accept_wait_ns,
             pid: t.owner.as_ref().map(|o| o.pid),
@@ -616,6 +624,15 @@ pub fn write_transition(out: &mut Vec<u8>, t: &Transition, clock: WallClock, ts:
     }
     out.extend_from_slice(br#","netns":"#);
     push_num(out, t.netns);
+    if t.cgroup != 0 {
+        out.extend_from_slice(br#","cgroup":"#);
+        push_num(out, t.cgroup);
+    }
+    if let Some(c) = &t.container {
+        out.extend_from_slice(br#","container":"#);
+        // Unit names come from the file system: escape them properly.
+        serde_json::to_writer(&mut *out, &**c).expect("serializing a string");
+    }
     if let Some(n) = t.synack_retransmits {
         out.extend_from_slice(br#","synack_retransmits":"#);
         push_num(out, n);
@@ -665,9 +682,12 @@ mod tests {
         let mut req = base.clone();
         req.synack_retransmits = Some(2);
         req.accept_wait_ns = Some(980_000_000);
+        req.container = Some("we\"ird.service".into());
+        req.cgroup = 0;
         req.owner = Some(Owner {
             pid: 42,
             comm: "we\"ird\\cmd\u{1}".into(),
+            container: None,
         });
         let mut cache = TsCache::default();
         for (i, t) in [base, v6, req].iter().enumerate() {
@@ -767,6 +787,7 @@ mod tests {
         t.owner = Some(crate::core::event::Owner {
             pid: 42,
             comm: "nginx".into(),
+            container: None,
         });
         t.saddr = "::ffff:10.0.0.1".parse().unwrap();
         let mut others = vec![

@@ -105,24 +105,26 @@ pub fn summary(s: &Snapshot, clock: WallClock) -> String {
                 pct(&stats.age)
             );
         }
-        // Who holds them, as `ss -p` would say: a CLOSE_WAIT leak is a process's bug.
-        let holders = &s.top_processes[st as usize];
-        if stats.now > 0 && !holders.is_empty() {
-            let names: Vec<String> = holders
-                .iter()
-                .take(3)
-                .map(|t| format!("{} {}", t.key, t.count))
-                .collect();
+        // Who holds them: the process, and its container (or unit) where known.
+        let holders: Vec<String> = s.top_processes[st as usize]
+            .iter()
+            .take(PLAIN_HOLDERS)
+            .map(|t| format!("{} {}", t.key, t.count))
+            .collect();
+        if !holders.is_empty() {
             let _ = writeln!(
                 out,
-                "  held  {:<11} by {}",
+                "  held  {:<11} {}",
                 state::name(st),
-                names.join(", ")
+                holders.join(", ")
             );
         }
     }
     out
 }
+
+/// Processes named per state in a summary (the dashboard and the report show more).
+const PLAIN_HOLDERS: usize = 3;
 
 /// Printed after the last summary: which features this trace had, so that an empty
 /// TIME_WAIT line on a kernel that hides it is not read as calm.
@@ -184,6 +186,7 @@ mod tests {
             key: Owner {
                 pid: 6345,
                 comm: "python3".into(),
+                container: None,
             },
             count: 2,
         }];
@@ -193,7 +196,7 @@ mod tests {
             "[00:00:10] TIME_WAIT 28000 (+710/s) CLOSE_WAIT 2 | transitions 99 lost 0\n  \
              dwell TIME_WAIT   n=5 p50=60.5s p90=61.0s p99=62.0s max=62.5s\n  \
              age   CLOSE_WAIT  n=2 p50=3.000s p90=40.0s p99=40.0s max=40.0s (still in state)\n  \
-             held  CLOSE_WAIT  by python3[6345] 2\n"
+             held  CLOSE_WAIT  python3[6345] 2\n"
         );
         s.lost = 3;
         assert!(summary(&s, WallClock::with_offset(0)).contains("lost 3 (RECORDS LOST)"));
@@ -209,6 +212,27 @@ mod tests {
         let text = summary(&s, WallClock::with_offset(0));
         assert!(
             text.contains("\n  peak  FIN_WAIT2 200 at 00:00:04, TIME_WAIT 28000 at 00:00:10\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn summary_names_who_holds_the_sockets_and_their_container() {
+        use crate::core::event::Owner;
+        use crate::core::snapshot::Talker;
+        let mut s = Snapshot::empty();
+        s.states[state::CLOSE_WAIT as usize].now = 7;
+        s.top_processes[state::CLOSE_WAIT as usize] = vec![Talker {
+            key: Owner {
+                pid: 6345,
+                comm: "python3".into(),
+                container: Some("0123456789ab".into()),
+            },
+            count: 7,
+        }];
+        let text = summary(&s, WallClock::with_offset(0));
+        assert!(
+            text.contains("\n  held  CLOSE_WAIT  python3[6345] (0123456789ab) 7\n"),
             "{text}"
         );
     }

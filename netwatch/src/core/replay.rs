@@ -179,6 +179,10 @@ pub struct TransitionIn {
     pub comm: Option<String>,
     #[serde(default)]
     pub timewait: bool,
+    #[serde(default)]
+    pub cgroup: Option<u64>,
+    #[serde(default)]
+    pub container: Option<String>,
 }
 
 impl TransitionIn {
@@ -207,9 +211,12 @@ impl TransitionIn {
                 (Some(pid), Some(comm)) => Some(Owner {
                     pid,
                     comm: Arc::from(comm.as_str()),
+                    container: self.container.as_deref().map(Arc::from),
                 }),
                 _ => None,
             },
+            cgroup: self.cgroup.unwrap_or(0),
+            container: self.container.as_deref().map(Arc::from),
         }
     }
 }
@@ -733,7 +740,10 @@ impl Replay {
                     owner: c.pid.map(|pid| Owner {
                         pid,
                         comm: Arc::from(c.comm.as_deref().unwrap_or("")),
+                        container: None,
                     }),
+                    netns: c.netns,
+                    cgroup: 0,
                 });
             }
             RecordIn::Transition(t) => {

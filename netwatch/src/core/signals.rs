@@ -817,7 +817,10 @@ pub(crate) mod tests {
             owner: Some(Owner {
                 pid: 42,
                 comm: "appA".into(),
+                container: None,
             }),
+            cgroup: 0,
+            container: None,
         })
     }
 

@@ -8,6 +8,6 @@ mod terminal;
 #[cfg(test)]
 mod tests;
 
-pub use dashboard::{Action, Dashboard};
+pub use dashboard::{Action, Dashboard, STATES};
 pub use render::render;
 pub use terminal::{install_panic_hook, Tui};

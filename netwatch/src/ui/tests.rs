@@ -87,6 +87,7 @@ fn incident(lost: u64) -> Snapshot {
         key: Owner {
             pid: 6345,
             comm: "python3".into(),
+            container: None,
         },
         count: 310,
     }];

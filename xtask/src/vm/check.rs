@@ -39,6 +39,8 @@ pub enum Capability {
     EarlyEnds,
     /// No `timewait_overflow` alert: these scenarios never overflow, so one is false.
     NoFalseOverflow,
+    /// Transitions carrying the socket's cgroup id (read from `sk_cgrp_data`).
+    Containers,
 }
 
 use Capability::*;
@@ -54,6 +56,7 @@ impl Capability {
         ConntrackLifetimes,
         EarlyEnds,
         NoFalseOverflow,
+        Containers,
     ];
 
     /// Column heading.
@@ -68,6 +71,7 @@ impl Capability {
             ConntrackLifetimes => "ct_lifetimes",
             EarlyEnds => "tw_early_end",
             NoFalseOverflow => "no_false_tw_overflow",
+            Containers => "cgroup",
         }
     }
 
@@ -82,6 +86,7 @@ impl Capability {
             "synack_retransmits" => SynackRetransmits,
             "drop_reasons" => Drops,
             "conntrack_lifetimes" => ConntrackLifetimes,
+            "containers" => Containers,
             _ => return None,
         })
     }
@@ -106,6 +111,7 @@ pub struct Observed {
     /// TIME_WAITs the summary counts as ended by a reconnect's SYN.
     pub syn_reuse_ends: u64,
     pub timewait_overflow_alerts: u64,
+    pub cgroup: bool,
     /// `kernel_features` of the header: (feature, available, detail); empty when absent.
     pub claimed: Vec<(String, bool, String)>,
     /// Whether the trace ended with its summary (netwatch stopped cleanly).
@@ -126,6 +132,7 @@ impl Observed {
             ConntrackLifetimes => self.conntrack_lifetimes,
             EarlyEnds => self.syn_reuse_ends >= 1,
             NoFalseOverflow => self.timewait_overflow_alerts == 0,
+            Containers => self.cgroup,
         }
     }
 }
@@ -179,6 +186,7 @@ fn transition(t: &Value, o: &mut Observed) {
     let dwell = t["dwell_ns"].is_u64();
     let timewait = t["timewait"].as_bool() == Some(true);
     o.transitions |= dwell && old != new;
+    o.cgroup |= t["cgroup"].as_u64().is_some_and(|id| id != 0);
     o.into_time_wait |= new == "TIME_WAIT";
     o.time_wait_death |= old == "TIME_WAIT" && new == "CLOSE" && timewait && dwell;
     let dport = t["dport"].as_u64();
@@ -325,7 +333,7 @@ mod tests {
     use super::*;
 
     const HEADER: &str = r#"{"type":"header","format":"netwatch-trace","schema_version":1,"kernel":"6.18.15","kernel_features":[{"feature":"transitions","available":true,"detail":"tp_btf inet_sock_set_state"},{"feature":"time_wait","available":true,"detail":"tp_btf kmem_cache_free"},{"feature":"drop_reasons","available":false,"detail":"kfree_skb has no drop reason before 5.17"},{"feature":"nested_events","available":true,"detail":"twins"}]}"#;
-    const CONNECT: &str = r#"{"type":"transition","sock_id":1,"old":"SYN_SENT","new":"ESTABLISHED","dwell_ns":55668,"dport":7101}"#;
+    const CONNECT: &str = r#"{"type":"transition","sock_id":1,"old":"SYN_SENT","new":"ESTABLISHED","dwell_ns":55668,"dport":7101,"cgroup":1}"#;
     const FIRST: &str =
         r#"{"type":"transition","sock_id":1,"old":"CLOSE","new":"SYN_SENT","dwell_ns":null}"#;
     const INTO_TW: &str = r#"{"type":"transition","sock_id":2,"old":"FIN_WAIT2","new":"TIME_WAIT","dwell_ns":100,"sport":7103,"dport":40000,"timewait":true}"#;

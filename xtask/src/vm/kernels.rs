@@ -83,6 +83,7 @@ const BEFORE_DROP_REASONS: &[Capability] = &[
     SynackRetransmits,
     EarlyEnds,
     NoFalseOverflow,
+    Containers,
 ];
 
 /// The capabilities `kernel` must show; everything for a kernel missing from the table, so

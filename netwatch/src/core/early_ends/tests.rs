@@ -29,6 +29,8 @@ fn tr(at: u64, old: u8, new: u8, dwell: Option<u64>) -> Transition {
         synack_retransmits: None,
         accept_wait_ns: None,
         owner: None,
+        cgroup: 0,
+        container: None,
     }
 }
 

@@ -72,6 +72,8 @@ fn tr(sock: u64, at: u64, old: u8, new: u8, dwell: Option<u64>, dport: u16) -> T
         synack_retransmits: None,
         accept_wait_ns: None,
         owner: None,
+        cgroup: 0,
+        container: None,
     }
 }
 
@@ -130,6 +132,8 @@ pub fn sample_with(n: u64) -> Sample {
             dport,
             age_ns,
             owner: None,
+            netns: 7,
+            cgroup: 0,
         });
     }
     agg.seed(START, existing);
