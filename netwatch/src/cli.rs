@@ -86,7 +86,8 @@ pub struct TraceArgs {
     pub netns: Vec<String>,
 
     /// Write the trace (JSON Lines, see `netwatch schema`) to FILE, or to stdout with `-`;
-    /// gzip-compressed when FILE ends in `.gz`.
+    /// gzip-compressed when FILE ends in `.gz`. No symlink on FILE's path is followed, in its
+    /// directories or at FILE itself: give the path without links.
     #[arg(short, long, value_name = "FILE|-")]
     pub output: Option<PathBuf>,
 

@@ -282,3 +282,24 @@ fn report_shows_a_hostile_traces_strings_escaped() {
         }
     }
 }
+
+/// `report --html` under a directory symlink: refused with the link named, nothing written
+/// where it points (the same no-follow open as `trace --output`).
+#[test]
+fn report_html_is_not_written_through_a_directory_symlink() {
+    let dir = TempDir::new("htmllink");
+    let path = write_trace(&dir, &[plain_header()]);
+    std::fs::create_dir(dir.join("elsewhere")).unwrap();
+    std::os::unix::fs::symlink(dir.join("elsewhere"), dir.join("link")).unwrap();
+    let out = netwatch()
+        .arg("report")
+        .arg(&path)
+        .arg("--html")
+        .arg(dir.join("link/r.html"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("link is a symlink"), "{stderr}");
+    assert!(!dir.join("elsewhere/r.html").exists());
+}

@@ -35,12 +35,14 @@ fn closed_pipe() -> Result<Stdio> {
     Ok(Stdio::from(write))
 }
 
-/// The test's own file in the temp directory, removed on drop.
+/// The test's own file (or directory tree) in the temp directory, removed on drop.
 struct TempFile(PathBuf);
 
 impl Drop for TempFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        if std::fs::remove_file(&self.0).is_err() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 
@@ -357,4 +359,56 @@ fn a_slow_reader_of_stdout_neither_stretches_the_duration_nor_loses_records_sile
         }
     });
     slow_reader_case(child, slow)
+}
+
+/// The scenario: in a sticky, world-writable directory (as /tmp is) another user
+/// (nobody, uid 65534) plants a symlink to a directory of theirs, and root names a trace file
+/// under that link. netwatch refuses before tracing, naming the link and its target, and
+/// writes nothing into the other user's directory.
+#[test]
+fn a_symlink_in_the_directory_part_of_the_output_is_not_followed() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if !require_root() {
+        return Ok(());
+    }
+    let tree =
+        TempFile(std::env::temp_dir().join(format!("nwt-hostile-{}-sticky", std::process::id())));
+    let _ = std::fs::remove_dir_all(&tree.0);
+    let sticky = tree.0.join("tmp");
+    let theirs = tree.0.join("theirs");
+    std::fs::create_dir_all(&sticky)?;
+    std::fs::create_dir_all(&theirs)?;
+    std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1777))?;
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534))?;
+    let link = sticky.join("share");
+    std::os::unix::fs::symlink(&theirs, &link)?;
+    std::os::unix::fs::lchown(&link, Some(65534), Some(65534))?;
+
+    let mut child = Command::new(netwatch_bin()?)
+        .args(["trace", "--quiet", "--duration", "1s", "--output"])
+        .arg(link.join("trace.jsonl"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting netwatch")?;
+    let reader = stderr_with_attach_time(&mut child)?;
+    let status = wait_bounded(&mut child, Duration::from_secs(30))?;
+    let (stderr, attached) = reader.join().expect("stderr reader");
+    let written: Vec<_> = std::fs::read_dir(&theirs)?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    ensure!(
+        written.is_empty(),
+        "netwatch wrote {written:?} through the link: {stderr}"
+    );
+    ensure!(status.code() == Some(1), "{status}: {stderr}");
+    ensure!(attached.is_none(), "refused only after attaching: {stderr}");
+    ensure!(
+        stderr.contains(&format!("{} is a symlink", link.display()))
+            && stderr.contains(&theirs.display().to_string()),
+        "the error should name the link and its target: {stderr}"
+    );
+    Ok(())
 }

@@ -24,10 +24,9 @@
 
 use std::borrow::Cow;
 use std::ffi::OsStr;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -81,18 +80,16 @@ pub trait Storage {
     fn path(&self, part: u32) -> PathBuf;
 }
 
-/// Opens a trace file for writing: never through a symlink at the last component (a link
-/// planted in a shared directory must not redirect a root-owned write), and never over an
-/// existing file unless `force`.
+/// Opens a trace file for writing: never through a symlink, at the file or anywhere in its
+/// directory part (a link planted in a shared directory must not redirect a root-owned write;
+/// see [`no_follow`]), and never over an existing file unless `force`.
 pub fn open_part(path: &Path, force: bool) -> io::Result<File> {
-    let mut opts = OpenOptions::new();
-    opts.write(true).custom_flags(libc::O_NOFOLLOW);
-    if force {
-        opts.create(true).truncate(true);
+    let flags = if force {
+        libc::O_CREAT | libc::O_TRUNC
     } else {
-        opts.create_new(true);
-    }
-    opts.open(path)
+        libc::O_CREAT | libc::O_EXCL
+    };
+    no_follow::open_file(path, flags, no_follow::Resolver::Openat2)
 }
 
 /// True for names that get gzip output.
@@ -181,7 +178,7 @@ impl Storage for Files {
     }
 
     fn remove(&mut self, part: u32) -> io::Result<()> {
-        std::fs::remove_file(part_path(&self.base, part))
+        no_follow::remove_file(&part_path(&self.base, part), no_follow::Resolver::Openat2)
     }
 
     fn path(&self, part: u32) -> PathBuf {
@@ -269,6 +266,7 @@ fn create_hint(e: &io::Error) -> &'static str {
     match e.kind() {
         io::ErrorKind::AlreadyExists => " (it exists; pass --force to overwrite it)",
         _ if e.raw_os_error() == Some(libc::ELOOP) => " (it is a symlink, which is not followed)",
+        _ if no_follow::LinkInPath::of(e).is_some() => " (its directory changed since the start)",
         _ => "",
     }
 }
@@ -581,6 +579,7 @@ fn block_end(data: &[u8], limit: usize) -> usize {
 }
 
 pub mod background;
+pub mod no_follow;
 pub mod queue;
 pub mod stdout;
 
