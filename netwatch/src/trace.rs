@@ -579,6 +579,14 @@ fn report_files(files: &TraceFiles) {
     let Some(first) = files.first() else {
         return;
     };
+    if let Some(gone) = &files.finished.unlinked {
+        eprintln!(
+            "netwatch: the trace file {} was deleted while tracing: its records went with it, \
+             nothing of them was saved",
+            gone.display()
+        );
+        return;
+    }
     let parts = files.finished.files.len();
     let more = if parts > 1 {
         format!(

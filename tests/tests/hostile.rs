@@ -412,3 +412,34 @@ fn a_symlink_in_the_directory_part_of_the_output_is_not_followed() -> Result<()>
     );
     Ok(())
 }
+
+/// The trace file deleted while tracing (`rm` by a cleanup job): netwatch does not say
+/// "trace saved" of a file that is gone; it says the file was deleted, and exits 3 (the
+/// records are lost).
+#[test]
+fn a_trace_file_deleted_mid_run_is_not_called_saved() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let file = TempFile(
+        std::env::temp_dir().join(format!("nwt-hostile-{}-deleted.jsonl", std::process::id())),
+    );
+    let _ = std::fs::remove_file(&file.0);
+    let mut child = trace_into(&file.0, "3s")?;
+    let reader = stderr_with_attach_time(&mut child)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !file.0.exists() {
+        ensure!(Instant::now() < deadline, "the trace file never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::remove_file(&file.0)?;
+    let status = wait_bounded(&mut child, Duration::from_secs(30))?;
+    let (stderr, _) = reader.join().expect("stderr reader");
+    ensure!(!stderr.contains("trace saved"), "{stderr}");
+    ensure!(
+        stderr.contains(&format!("{} was deleted while tracing", file.0.display())),
+        "{stderr}"
+    );
+    ensure!(status.code() == Some(3), "{status}: {stderr}");
+    Ok(())
+}

@@ -55,6 +55,9 @@ pub trait PartFile: Write {
     fn truncate(&mut self, len: u64) -> io::Result<()>;
     /// Makes what was written durable.
     fn sync(&mut self) -> io::Result<()>;
+    /// True when the file's name is gone (deleted while it was written: no link left), so
+    /// what was written to it is lost once it is closed.
+    fn unlinked(&self) -> bool;
 }
 
 impl PartFile for File {
@@ -68,6 +71,11 @@ impl PartFile for File {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
             r => r,
         }
+    }
+
+    fn unlinked(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        self.metadata().is_ok_and(|m| m.nlink() == 0)
     }
 }
 
@@ -272,7 +280,7 @@ fn create_hint(e: &io::Error) -> &'static str {
 }
 
 /// What a finished trace left on disk.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Finished {
     /// The files that exist now, first to last.
     pub files: Vec<PathBuf>,
@@ -280,6 +288,9 @@ pub struct Finished {
     pub last_size: u64,
     /// Files deleted by rotation.
     pub deleted: u32,
+    /// The last file, had someone deleted it while it was written (its records are gone
+    /// with it): said instead of "saved".
+    pub unlinked: Option<PathBuf>,
 }
 
 pub struct TraceWriter<S: Storage> {
@@ -536,7 +547,11 @@ impl<S: Storage> TraceWriter<S> {
             self.write_block(&encoded)?;
             self.sync()?;
         }
-        self.file = None;
+        let unlinked = self
+            .file
+            .take()
+            .is_some_and(|f| f.unlinked())
+            .then(|| self.storage.path(self.part));
         let first_kept = match self.opts.rotation {
             Some(r) => self.part.saturating_sub(r.max_files - 2).max(1),
             None => 1,
@@ -549,6 +564,7 @@ impl<S: Storage> TraceWriter<S> {
             files,
             last_size: self.committed,
             deleted: self.deleted,
+            unlinked,
         })
     }
 }
