@@ -38,6 +38,16 @@ fn closed_pipe() -> Result<Stdio> {
 /// The test's own file (or directory tree) in the temp directory, removed on drop.
 struct TempFile(PathBuf);
 
+impl TempFile {
+    /// `nwt-hostile-PID-TAG` in the temp directory, whatever an earlier run left there gone.
+    fn named(tag: &str) -> Self {
+        let f =
+            Self(std::env::temp_dir().join(format!("nwt-hostile-{}-{tag}", std::process::id())));
+        drop(Self(f.0.clone()));
+        f
+    }
+}
+
 impl Drop for TempFile {
     fn drop(&mut self) {
         if std::fs::remove_file(&self.0).is_err() {
@@ -51,10 +61,7 @@ fn closed_stdout_and_stderr_do_not_end_a_trace_to_a_file() -> Result<()> {
     if !require_root() {
         return Ok(());
     }
-    let file = TempFile(
-        std::env::temp_dir().join(format!("nwt-hostile-{}-pipes.jsonl", std::process::id())),
-    );
-    let _ = std::fs::remove_file(&file.0);
+    let file = TempFile::named("pipes.jsonl");
     let mut child = Command::new(netwatch_bin()?)
         .args([
             "trace",
@@ -110,10 +117,7 @@ fn a_file_size_limit_stops_the_trace_like_a_full_disk() -> Result<()> {
         return Ok(());
     }
     for name in ["fsize.jsonl", "fsize.jsonl.gz"] {
-        let file = TempFile(
-            std::env::temp_dir().join(format!("nwt-hostile-{}-{name}", std::process::id())),
-        );
-        let _ = std::fs::remove_file(&file.0);
+        let file = TempFile::named(name);
         const LIMIT: u64 = 64 << 10;
         let limit = libc::rlimit {
             rlim_cur: LIMIT,
@@ -167,14 +171,14 @@ fn a_file_size_limit_stops_the_trace_like_a_full_disk() -> Result<()> {
 
 /// A FIFO of the test's own, removed on drop.
 fn make_fifo(name: &str) -> Result<TempFile> {
-    let path = std::env::temp_dir().join(format!("nwt-hostile-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_file(&path);
+    let fifo = TempFile::named(name);
+    let path = fifo.0.clone();
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
     // SAFETY: a valid NUL-terminated path.
     if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
         return Err(std::io::Error::last_os_error()).context("mkfifo");
     }
-    Ok(TempFile(path))
+    Ok(fifo)
 }
 
 /// Reads `child`'s stderr in a thread: all of it, and when netwatch said it was tracing.
@@ -371,9 +375,7 @@ fn a_symlink_in_the_directory_part_of_the_output_is_not_followed() -> Result<()>
     if !require_root() {
         return Ok(());
     }
-    let tree =
-        TempFile(std::env::temp_dir().join(format!("nwt-hostile-{}-sticky", std::process::id())));
-    let _ = std::fs::remove_dir_all(&tree.0);
+    let tree = TempFile::named("sticky");
     let sticky = tree.0.join("tmp");
     let theirs = tree.0.join("theirs");
     std::fs::create_dir_all(&sticky)?;
@@ -421,10 +423,7 @@ fn a_trace_file_deleted_mid_run_is_not_called_saved() -> Result<()> {
     if !require_root() {
         return Ok(());
     }
-    let file = TempFile(
-        std::env::temp_dir().join(format!("nwt-hostile-{}-deleted.jsonl", std::process::id())),
-    );
-    let _ = std::fs::remove_file(&file.0);
+    let file = TempFile::named("deleted.jsonl");
     let mut child = trace_into(&file.0, "3s")?;
     let reader = stderr_with_attach_time(&mut child)?;
     let deadline = Instant::now() + Duration::from_secs(30);
