@@ -222,6 +222,13 @@ impl TraceConfig {
             || stop_signals::in_background(libc::STDIN_FILENO)
         {
             background_view(output.is_some())
+        } else if let Some(why) =
+            crate::ui::no_dashboard_because(std::env::var_os("TERM").as_deref())
+        {
+            eprintln!(
+                "netwatch: {why}: no full-screen dashboard; plain summaries instead (--plain)"
+            );
+            View::Plain
         } else {
             View::Dashboard
         };

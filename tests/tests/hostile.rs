@@ -442,3 +442,59 @@ fn a_trace_file_deleted_mid_run_is_not_called_saved() -> Result<()> {
     ensure!(status.code() == Some(3), "{status}: {stderr}");
     Ok(())
 }
+
+/// The dashboard's terminal closed under it (a terminal window shut, an ssh session
+/// dropped): the trace ends as a hang-up, `stopped_by: "sighup"`, with its summary, not as
+/// an error. Both ways a closed terminal reaches netwatch: as the session leader owning the
+/// terminal it gets SIGHUP (and EIO); as a process that merely writes to it, EIO alone.
+#[test]
+fn closing_the_dashboards_terminal_is_a_hang_up() -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    if !require_root() {
+        return Ok(());
+    }
+    for owns_terminal in [false, true] {
+        let file = TempFile::named(&format!("hangup-{owns_terminal}.jsonl"));
+        let mut pty = netwatch_tests::pty::Pty::open(40, 120)?;
+        let mut cmd = Command::new(netwatch_bin()?);
+        cmd.args(["trace", "--interval", "200ms", "--output"])
+            .arg(&file.0)
+            .env("TERM", "xterm-256color")
+            .stdin(pty.stdio()?)
+            .stdout(pty.stdio()?)
+            .stderr(Stdio::piped());
+        if owns_terminal {
+            // SAFETY: async-signal-safe calls between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().context("starting netwatch")?;
+        let reader = stderr_with_attach_time(&mut child)?;
+        // The dashboard on screen, redrawn a few times; then the terminal goes.
+        let shown = pty.read_for(Duration::from_secs(30), |out| {
+            out.windows(8).any(|w| w == b"\x1b[?1049h")
+        });
+        ensure!(
+            !shown.is_empty(),
+            "owns {owns_terminal}: the dashboard never showed"
+        );
+        pty.read_for(Duration::from_millis(800), |_| false);
+        pty.hang_up();
+        let status = wait_bounded(&mut child, Duration::from_secs(30))?;
+        let (stderr, _) = reader.join().expect("stderr reader");
+        let records = read_records(&file.0)?;
+        let last = records.last().context("an empty trace")?;
+        ensure!(
+            last["type"] == "summary" && last["stopped_by"] == "sighup",
+            "owns {owns_terminal}: should end as a hang-up: {last}; {stderr}"
+        );
+        ensure!(status.success(), "owns {owns_terminal}: {status}: {stderr}");
+    }
+    Ok(())
+}
