@@ -498,3 +498,69 @@ fn closing_the_dashboards_terminal_is_a_hang_up() -> Result<()> {
     }
     Ok(())
 }
+
+/// `netwatch trace --events ... | head -n 3`: with a trace file, head's going away ends
+/// nothing: the file still gets its last snapshot and its summary at --duration; without
+/// one, the closed pipe ends the trace cleanly (exit 0, before --duration, no error).
+#[test]
+fn events_into_head_keep_the_files_last_snapshot_and_summary() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    for with_file in [true, false] {
+        let file = TempFile::named("events-head.jsonl");
+        let mut cmd = Command::new(netwatch_bin()?);
+        // Without a file only the closed pipe may end it: a --duration far beyond.
+        let duration = if with_file { "4s" } else { "60s" };
+        cmd.args(["trace", "--events", "--duration", duration]);
+        if with_file {
+            cmd.arg("--output").arg(&file.0);
+        }
+        let mut netwatch = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting netwatch")?;
+        let head = Command::new("head")
+            .arg("-n3")
+            .stdin(Stdio::from(netwatch.stdout.take().context("stdout")?))
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting head")?;
+        let reader = stderr_with_attach_time(&mut netwatch)?;
+        let mut head = head;
+        // Churn until head has its lines and has gone, then on, so netwatch writes into a
+        // closed pipe.
+        churn_until(|| Ok(head.try_wait()?.is_some()))?;
+        let head_gone = Instant::now();
+        churn_until(|| {
+            Ok(head_gone.elapsed() > Duration::from_millis(500) || netwatch.try_wait()?.is_some())
+        })?;
+        let status = wait_bounded(&mut netwatch, Duration::from_secs(30))?;
+        let took = head_gone.elapsed();
+        let (stderr, _) = reader.join().expect("stderr reader");
+        ensure!(status.success(), "file {with_file}: {status}: {stderr}");
+        ensure!(!stderr.contains("error"), "file {with_file}: {stderr}");
+        if !with_file {
+            ensure!(
+                took < Duration::from_secs(10),
+                "the closed pipe should end the trace at once, not at --duration: {took:?}"
+            );
+            continue;
+        }
+        ensure!(stderr.contains("stdout was closed"), "{stderr}");
+        let records = read_records(&file.0)?;
+        let n = records.len();
+        ensure!(n >= 3, "{n} records");
+        ensure!(
+            records[n - 2]["type"] == "snapshot"
+                && records[n - 1]["type"] == "summary"
+                && records[n - 1]["stopped_by"] == "duration",
+            "the file should end with a last snapshot and the summary: {} / {}",
+            records[n - 2],
+            records[n - 1]
+        );
+    }
+    Ok(())
+}
