@@ -76,7 +76,8 @@ pub struct TraceArgs {
     #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
 
-    /// Only connections with an address in this block on either side (repeatable).
+    /// Only connections with an address in this block on either side (repeatable, up to
+    /// 64; matched in userspace, unlike --port and --netns, which the kernel filters).
     #[arg(long = "addr", value_name = "CIDR", value_parser = parse_cidr)]
     pub addrs: Vec<CidrArg>,
 

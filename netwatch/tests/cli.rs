@@ -303,3 +303,34 @@ fn report_html_is_not_written_through_a_directory_symlink() {
     assert!(stderr.contains("link is a symlink"), "{stderr}");
     assert!(!dir.join("elsewhere/r.html").exists());
 }
+
+/// `--addr` is matched in userspace against every record: the list is bounded, and the
+/// error says by how much and what to do, for `trace` (before anything loads) and `report`.
+#[test]
+fn too_many_addr_blocks_are_refused() {
+    let dir = TempDir::new("addrs");
+    let path = write_trace(&dir, &[plain_header()]);
+    let many: Vec<String> = (0..65)
+        .flat_map(|i| ["--addr".to_owned(), format!("10.0.{i}.0/24")])
+        .collect();
+    for mut cmd in [
+        {
+            let mut c = netwatch();
+            c.args(["trace", "--duration", "1s"]);
+            c
+        },
+        {
+            let mut c = netwatch();
+            c.arg("report").arg(&path);
+            c
+        },
+    ] {
+        let out = cmd.args(&many).stdin(Stdio::null()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("65 --addr blocks given, at most 64"),
+            "{stderr}"
+        );
+    }
+}

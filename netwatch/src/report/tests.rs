@@ -190,7 +190,7 @@ fn filters_and_windows() {
     assert_eq!(r.gauges.len(), 3);
 
     let mut c = cfg(vec![p]);
-    c.addrs = AddrFilter::new(vec!["192.0.2.0/24".parse().unwrap()]);
+    c.addrs = AddrFilter::new(vec!["192.0.2.0/24".parse().unwrap()]).unwrap();
     c.addr_specs = vec!["192.0.2.0/24".into()];
     let r = build(&c).unwrap();
     assert_eq!(r.transitions, 0);

@@ -521,7 +521,7 @@ fn alert_filter_by_endpoint() {
         "no endpoint: kept"
     );
     let f = ReplayFilter {
-        addrs: crate::core::filter::AddrFilter::new(vec!["192.0.2.0/24".parse().unwrap()]),
+        addrs: crate::core::filter::AddrFilter::new(vec!["192.0.2.0/24".parse().unwrap()]).unwrap(),
         has_addrs: true,
         ..Default::default()
     };
