@@ -564,3 +564,38 @@ fn events_into_head_keep_the_files_last_snapshot_and_summary() -> Result<()> {
     }
     Ok(())
 }
+
+/// Outputs with nothing to sync: /dev/null and a FIFO whose reader takes everything. The
+/// trace ends with exit 0 and no sync error (fsync answers EINVAL there), and the FIFO's
+/// reader gets the whole trace, summary last.
+#[test]
+fn dev_null_and_a_read_fifo_end_without_a_sync_error() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let fifo = make_fifo("read.fifo")?;
+    let copy = TempFile::named("read.jsonl");
+    // The reader is there first, copying everything, as `cat fifo > copy` would.
+    let mut cat = Command::new("cat")
+        .arg(&fifo.0)
+        .stdout(Stdio::from(std::fs::File::create(&copy.0)?))
+        .spawn()
+        .context("starting cat")?;
+    for out in [PathBuf::from("/dev/null"), fifo.0.clone()] {
+        let mut child = trace_into(&out, "1s")?;
+        let reader = stderr_with_attach_time(&mut child)?;
+        let status = wait_bounded(&mut child, Duration::from_secs(30))?;
+        let (stderr, _) = reader.join().expect("stderr reader");
+        ensure!(status.success(), "{}: {status}: {stderr}", out.display());
+        ensure!(!stderr.contains("cannot sync"), "{}: {stderr}", out.display());
+    }
+    wait_bounded(&mut cat, Duration::from_secs(10))?;
+    let records = read_records(&copy.0)?;
+    ensure!(
+        records.first().is_some_and(|r| r["type"] == "header")
+            && records.last().is_some_and(|r| r["type"] == "summary"),
+        "the FIFO's reader should get the whole trace: {} records",
+        records.len()
+    );
+    Ok(())
+}
