@@ -312,6 +312,22 @@ pub struct ReportConfig {
 }
 
 impl ReportConfig {
+    /// A plain text report of `traces`, nothing filtered: for tests.
+    #[cfg(test)]
+    pub fn of(traces: Vec<PathBuf>) -> Self {
+        Self {
+            traces,
+            json: false,
+            html: None,
+            force: false,
+            ports: Vec::new(),
+            addrs: AddrFilter::default(),
+            addr_specs: Vec::new(),
+            since: None,
+            until: None,
+        }
+    }
+
     pub fn from_args(args: ReportArgs) -> Result<Self> {
         for t in &args.traces {
             if t.is_dir() {

@@ -587,7 +587,11 @@ fn dev_null_and_a_read_fifo_end_without_a_sync_error() -> Result<()> {
         let status = wait_bounded(&mut child, Duration::from_secs(30))?;
         let (stderr, _) = reader.join().expect("stderr reader");
         ensure!(status.success(), "{}: {status}: {stderr}", out.display());
-        ensure!(!stderr.contains("cannot sync"), "{}: {stderr}", out.display());
+        ensure!(
+            !stderr.contains("cannot sync"),
+            "{}: {stderr}",
+            out.display()
+        );
     }
     wait_bounded(&mut cat, Duration::from_secs(10))?;
     let records = read_records(&copy.0)?;

@@ -985,4 +985,6 @@ fn snapshot_differences(rec: &SnapshotIn, got: &Snapshot) -> Vec<String> {
 }
 
 #[cfg(test)]
+mod damage;
+#[cfg(test)]
 pub mod tests;

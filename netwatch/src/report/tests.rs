@@ -32,17 +32,7 @@ impl Drop for TempDir {
 }
 
 fn cfg(traces: Vec<PathBuf>) -> ReportConfig {
-    ReportConfig {
-        traces,
-        json: false,
-        html: None,
-        force: false,
-        ports: Vec::new(),
-        addrs: AddrFilter::default(),
-        addr_specs: Vec::new(),
-        since: None,
-        until: None,
-    }
+    ReportConfig::of(traces)
 }
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
