@@ -486,7 +486,8 @@ fn closing_the_dashboards_terminal_is_a_hang_up() -> Result<()> {
         );
         pty.read_for(Duration::from_millis(800), |_| false);
         pty.hang_up();
-        let status = wait_bounded(&mut child, Duration::from_secs(30))?;
+        let status = wait_bounded(&mut child, Duration::from_secs(30))
+            .with_context(|| format!("owns {owns_terminal}"))?;
         let (stderr, _) = reader.join().expect("stderr reader");
         let records = read_records(&file.0)?;
         let last = records.last().context("an empty trace")?;

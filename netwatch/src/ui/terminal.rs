@@ -66,6 +66,39 @@ fn terminal_error(e: io::Error, what: &'static str) -> anyhow::Error {
     }
 }
 
+/// Whether poll(2)'s `revents` for the terminal say it is gone: a hung-up terminal polls as
+/// POLLHUP (with POLLERR), a closed descriptor as POLLNVAL.
+fn hung_up(revents: libc::c_short) -> bool {
+    revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+}
+
+/// stdin and stdout where they are terminals, as the dashboard starts: once hung up, a
+/// terminal no longer says it is one.
+fn terminal_fds() -> Vec<libc::c_int> {
+    [libc::STDIN_FILENO, libc::STDOUT_FILENO]
+        .into_iter()
+        // SAFETY: isatty only queries a descriptor number.
+        .filter(|&fd| unsafe { libc::isatty(fd) } == 1)
+        .collect()
+}
+
+/// Whether the terminal on `ttys` has been hung up. Asked before every read: crossterm's
+/// reader loops forever on a hung-up terminal (its reads return 0 or EIO, which it takes
+/// for "no key yet"), so netwatch would spin instead of ending the trace.
+fn terminal_hung_up(ttys: &[libc::c_int]) -> bool {
+    let mut fds: Vec<libc::pollfd> = ttys
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: 0,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: an array of pollfd of the length passed; a zero timeout never blocks.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
+    n > 0 && fds.iter().any(|p| hung_up(p.revents))
+}
+
 /// True when `e` says the dashboard's terminal is gone.
 pub fn terminal_gone(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.is::<TerminalGone>())
@@ -74,6 +107,8 @@ pub fn terminal_gone(e: &anyhow::Error) -> bool {
 /// The dashboard's hold on the terminal; dropping it gives the terminal back.
 pub struct Tui {
     terminal: Terminal<CrosstermBackend<Stdout>>,
+    /// The terminal's descriptors, watched for a hang-up.
+    ttys: Vec<libc::c_int>,
 }
 
 impl Tui {
@@ -87,7 +122,10 @@ impl Tui {
             Ok(terminal)
         };
         match setup() {
-            Ok(terminal) => Ok(Tui { terminal }),
+            Ok(terminal) => Ok(Tui {
+                terminal,
+                ttys: terminal_fds(),
+            }),
             Err(e) => {
                 restore();
                 Err(e).context("cannot switch the terminal to the dashboard screen")
@@ -107,6 +145,9 @@ impl Tui {
     /// `None` on timeout and for non-key events (a resize shows on the next `draw`).
     pub fn poll_key(&mut self, timeout: Duration) -> anyhow::Result<Option<KeyEvent>> {
         let read = |e| terminal_error(e, "cannot read the terminal");
+        if terminal_hung_up(&self.ttys) {
+            return Err(read(io::Error::from_raw_os_error(libc::EIO)));
+        }
         if !event::poll(timeout).map_err(read)? {
             return Ok(None);
         }
@@ -167,6 +208,15 @@ mod tests {
         let other = terminal_error(io::Error::from_raw_os_error(libc::EINVAL), "draw");
         assert!(!terminal_gone(&other));
         assert!(format!("{other:#}").starts_with("draw: "));
+    }
+
+    #[test]
+    fn a_terminal_polling_as_hung_up_is_gone() {
+        assert!(hung_up(libc::POLLHUP));
+        assert!(hung_up(libc::POLLIN | libc::POLLERR | libc::POLLHUP));
+        assert!(hung_up(libc::POLLNVAL));
+        assert!(!hung_up(libc::POLLIN | libc::POLLOUT));
+        assert!(!hung_up(0));
     }
 
     #[test]
