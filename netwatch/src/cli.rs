@@ -97,7 +97,8 @@ pub struct FilterArgs {
     #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
 
-    /// Only connections with an address in this block on either side (repeatable).
+    /// Only connections with an address in this block on either side (repeatable, up to
+    /// 64; matched in userspace, unlike --port and --netns, which the kernel filters).
     #[arg(long = "addr", value_name = "CIDR", value_parser = parse_cidr)]
     pub addrs: Vec<CidrArg>,
 
@@ -117,7 +118,8 @@ pub struct TraceArgs {
     pub filters: FilterArgs,
 
     /// Write the trace (JSON Lines, see `netwatch schema`) to FILE, or to stdout with `-`;
-    /// gzip-compressed when FILE ends in `.gz`.
+    /// gzip-compressed when FILE ends in `.gz`. No symlink on FILE's path is followed, in its
+    /// directories or at FILE itself: give the path without links.
     #[arg(short, long, value_name = "FILE|-")]
     pub output: Option<PathBuf>,
 

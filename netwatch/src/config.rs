@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::IsTerminal;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -68,6 +68,11 @@ pub fn resolve_netns(spec: &str) -> Result<u32> {
 /// slow start-up, and a start that fails later (no capability, no BTF) leaves no file behind.
 pub fn check_output(path: &Path, force: bool) -> Result<()> {
     let refuse = |hint: &str| bail!("cannot create trace file {}: {hint}", path.display());
+    if let Err(e) = writer::no_follow::open_dir_of(path, writer::no_follow::Resolver::Openat2) {
+        if let Some(link) = writer::no_follow::LinkInPath::of(&e) {
+            return refuse(&link.to_string());
+        }
+    }
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() => refuse("it is a symlink, which is not followed"),
         Ok(m) if m.is_dir() => refuse("it is a directory"),
@@ -104,10 +109,7 @@ pub enum Opened {
 
 /// Opens a FIFO for writing, waiting for its reader: for the writer thread only.
 pub fn open_fifo_waiting(path: &Path) -> std::io::Result<File> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
+    writer::no_follow::open_file(path, 0, writer::no_follow::Resolver::Openat2)
 }
 
 /// Opens a FIFO without waiting for a reader (the kernel says ENXIO when there is none);
@@ -119,10 +121,8 @@ fn open_fifo_now(path: &Path) -> Option<std::io::Result<Opened>> {
     if !meta.file_type().is_fifo() {
         return None;
     }
-    let opened = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path);
+    let opened =
+        writer::no_follow::open_file(path, libc::O_NONBLOCK, writer::no_follow::Resolver::Openat2);
     Some(match opened {
         Ok(f) => {
             // SAFETY: F_GETFL/F_SETFL on a descriptor this function owns.
@@ -157,6 +157,7 @@ pub fn open_output(path: &Path, force: bool) -> Result<Opened> {
             std::io::ErrorKind::NotFound => "its directory does not exist",
             std::io::ErrorKind::PermissionDenied => "permission denied",
             _ if e.raw_os_error() == Some(libc::ELOOP) => "it is a symlink, which is not followed",
+            _ if writer::no_follow::LinkInPath::of(&e).is_some() => "a symlink on its path",
             _ => "check the path",
         };
         anyhow::Error::new(e).context(format!(
@@ -223,6 +224,13 @@ impl TraceConfig {
             || stop_signals::in_background(libc::STDIN_FILENO)
         {
             background_view(output.is_some())
+        } else if let Some(why) =
+            crate::ui::no_dashboard_because(std::env::var_os("TERM").as_deref())
+        {
+            eprintln!(
+                "netwatch: {why}: no full-screen dashboard; plain summaries instead (--plain)"
+            );
+            View::Plain
         } else {
             View::Dashboard
         };
@@ -235,7 +243,7 @@ impl TraceConfig {
             ports: args.filters.ports,
             netns,
             netns_paths,
-            addrs: AddrFilter::new(args.filters.addrs.iter().map(|a| a.cidr).collect()),
+            addrs: AddrFilter::new(args.filters.addrs.iter().map(|a| a.cidr).collect())?,
             addr_specs: args.filters.addrs.into_iter().map(|a| a.text).collect(),
             output,
             view,
@@ -282,7 +290,7 @@ fn remove_old_parts(path: &Path) -> Result<()> {
         return Ok(());
     }
     for (_, p) in &old {
-        std::fs::remove_file(p)
+        writer::no_follow::remove_file(p, writer::no_follow::Resolver::Openat2)
             .with_context(|| format!("cannot remove {}, part of an earlier trace", p.display()))?;
     }
     eprintln!(
@@ -307,6 +315,22 @@ pub struct ReportConfig {
 }
 
 impl ReportConfig {
+    /// A plain text report of `traces`, nothing filtered: for tests.
+    #[cfg(test)]
+    pub fn of(traces: Vec<PathBuf>) -> Self {
+        Self {
+            traces,
+            json: false,
+            html: None,
+            force: false,
+            ports: Vec::new(),
+            addrs: AddrFilter::default(),
+            addr_specs: Vec::new(),
+            since: None,
+            until: None,
+        }
+    }
+
     pub fn from_args(args: ReportArgs) -> Result<Self> {
         for t in &args.traces {
             if t.is_dir() {
@@ -342,7 +366,7 @@ impl ReportConfig {
             html: args.html,
             force: args.force,
             ports: args.ports,
-            addrs: AddrFilter::new(args.addrs.iter().map(|a| a.cidr).collect()),
+            addrs: AddrFilter::new(args.addrs.iter().map(|a| a.cidr).collect())?,
             addr_specs: args.addrs.into_iter().map(|a| a.text).collect(),
             since: args.since,
             until: args.until,
@@ -353,6 +377,7 @@ impl ReportConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::OpenOptionsExt;
 
     #[test]
     fn netns_by_inode_path_and_missing_name() {

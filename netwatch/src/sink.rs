@@ -430,7 +430,9 @@ impl Sinks {
                         Ok(None)
                     }
                     Ok(Done { finished, warnings }) => Ok(Some(TraceFiles {
-                        complete: !failed && !finished.files.is_empty(),
+                        complete: !failed
+                            && !finished.files.is_empty()
+                            && finished.unlinked.is_none(),
                         finished,
                         warnings,
                     })),
@@ -438,8 +440,7 @@ impl Sinks {
                     Err(e @ FinishError::Stuck(_)) => Ok(Some(TraceFiles {
                         finished: Finished {
                             files: if stdout { Vec::new() } else { vec![path] },
-                            last_size: 0,
-                            deleted: 0,
+                            ..Finished::default()
                         },
                         complete: false,
                         warnings: vec![e.to_string()],

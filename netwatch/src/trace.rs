@@ -118,6 +118,17 @@ impl Stop {
         }
     }
 
+    /// What an error that broke the trace loop means: the stop signal that came with it (a
+    /// closed terminal fails a draw before its SIGHUP is seen), or a hang-up when the
+    /// dashboard's terminal is gone; None for a real failure.
+    fn after_error(e: &SinkError, signal: Option<libc::c_int>) -> Option<Stop> {
+        match (signal, e) {
+            (Some(sig), _) => Some(Stop::by_signal(sig)),
+            (None, SinkError::Io(e)) if ui::terminal_gone(e) => Some(Stop::Hangup),
+            _ => None,
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             Stop::Interrupt => "sigint",
@@ -360,7 +371,13 @@ impl Tracer {
                 Ok(None) => {}
                 Ok(Some(stop)) => break (stop, Ok(())),
                 Err(SinkError::ClosedPipe) => break (Stop::ClosedPipe, Ok(())),
-                Err(e) => break (Stop::Error, Err(e)),
+                Err(e) => match Stop::after_error(&e, stop_signals::received()) {
+                    Some(stop) => {
+                        self.dashboard = None;
+                        break (stop, Ok(()));
+                    }
+                    None => break (Stop::Error, Err(e)),
+                },
             }
         };
         if r.is_err() {
@@ -374,7 +391,10 @@ impl Tracer {
             .and_then(|_| self.closing_words())
         {
             Ok(()) | Err(SinkError::ClosedPipe) => (stop, Ok(())),
-            Err(e) => (Stop::Error, Err(e)),
+            Err(e) => match Stop::after_error(&e, None) {
+                Some(_) => (stop, Ok(())),
+                None => (Stop::Error, Err(e)),
+            },
         }
     }
 
@@ -656,6 +676,14 @@ fn report_files(files: &TraceFiles) {
     let Some(first) = files.first() else {
         return;
     };
+    if let Some(gone) = &files.finished.unlinked {
+        eprintln!(
+            "netwatch: the trace file {} was deleted while tracing: its records went with it, \
+             nothing of them was saved",
+            gone.display()
+        );
+        return;
+    }
     let parts = files.finished.files.len();
     let more = if parts > 1 {
         format!(
@@ -910,6 +938,34 @@ mod tests {
                 "invalid bpf_context access off=8 size=8".into(),
             ],
         }]
+    }
+
+    #[test]
+    fn a_closed_terminal_is_a_hang_up_not_an_error() {
+        let gone = || {
+            SinkError::Io(anyhow::Error::new(std::io::Error::from_raw_os_error(
+                libc::EIO,
+            )))
+        };
+        // A plain EIO (the trace file's disk) is a failure...
+        assert_eq!(Stop::after_error(&gone(), None), None);
+        // ...the dashboard's terminal answering EIO is a hang-up...
+        let tty = SinkError::Io(
+            anyhow::Error::new(ui::TerminalGone(std::io::Error::from_raw_os_error(
+                libc::EIO,
+            )))
+            .context("snapshot"),
+        );
+        assert_eq!(Stop::after_error(&tty, None), Some(Stop::Hangup));
+        // ...and a signal that came with any error is what stopped the trace.
+        assert_eq!(
+            Stop::after_error(&gone(), Some(libc::SIGHUP)),
+            Some(Stop::Hangup)
+        );
+        assert_eq!(
+            Stop::after_error(&gone(), Some(libc::SIGTERM)),
+            Some(Stop::Terminate)
+        );
     }
 
     #[test]

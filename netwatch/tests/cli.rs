@@ -282,3 +282,97 @@ fn report_shows_a_hostile_traces_strings_escaped() {
         }
     }
 }
+
+/// `report --html` under a directory symlink: refused with the link named, nothing written
+/// where it points (the same no-follow open as `trace --output`).
+#[test]
+fn report_html_is_not_written_through_a_directory_symlink() {
+    let dir = TempDir::new("htmllink");
+    let path = write_trace(&dir, &[plain_header()]);
+    std::fs::create_dir(dir.join("elsewhere")).unwrap();
+    std::os::unix::fs::symlink(dir.join("elsewhere"), dir.join("link")).unwrap();
+    let out = netwatch()
+        .arg("report")
+        .arg(&path)
+        .arg("--html")
+        .arg(dir.join("link/r.html"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("link is a symlink"), "{stderr}");
+    assert!(!dir.join("elsewhere/r.html").exists());
+}
+
+/// `--addr` is matched in userspace against every record: the list is bounded, and the
+/// error says by how much and what to do, for `trace` (before anything loads) and `report`.
+#[test]
+fn too_many_addr_blocks_are_refused() {
+    let dir = TempDir::new("addrs");
+    let path = write_trace(&dir, &[plain_header()]);
+    let many: Vec<String> = (0..65)
+        .flat_map(|i| ["--addr".to_owned(), format!("10.0.{i}.0/24")])
+        .collect();
+    for mut cmd in [
+        {
+            let mut c = netwatch();
+            c.args(["trace", "--duration", "1s"]);
+            c
+        },
+        {
+            let mut c = netwatch();
+            c.arg("report").arg(&path);
+            c
+        },
+    ] {
+        let out = cmd.args(&many).stdin(Stdio::null()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("65 --addr blocks given, at most 64"),
+            "{stderr}"
+        );
+    }
+}
+
+/// The binary's exit codes on damage the library's property test also feeds it: invalid
+/// UTF-8, a number out of range and a truncated last line are skipped and counted (exit 3);
+/// a second header is an error naming its line (exit 1); the undamaged lines alone exit 0.
+#[test]
+fn report_exit_codes_say_what_was_skipped() {
+    let dir = TempDir::new("exits");
+    let good = alert(2_000_000_000, "kept");
+    let mut bad_utf8 = alert(2_100_000_000, "x").into_bytes();
+    bad_utf8.splice(20..20, [0xff, 0xfe]);
+    let out_of_range = alert(2_200_000_000, "y").replace("2200000000", "99999999999999999999999");
+    let mut bytes = [plain_header(), good.clone()].join("\n").into_bytes();
+    bytes.push(b'\n');
+    bytes.extend_from_slice(&bad_utf8);
+    bytes.push(b'\n');
+    bytes.extend_from_slice(out_of_range.as_bytes());
+    bytes.extend_from_slice(b"\n{\"type\":\"alert\",\"ts\":\"2026");
+    let damaged = dir.join("damaged.jsonl");
+    std::fs::write(&damaged, &bytes).unwrap();
+    let whole = write_trace(&dir, &[plain_header(), good.clone()]);
+    let second = dir.join("second.jsonl");
+    std::fs::write(
+        &second,
+        [plain_header(), good, plain_header()].join("\n") + "\n",
+    )
+    .unwrap();
+    for (path, code, says) in [
+        (&damaged, 3, "3 line(s) skipped"),
+        (&second, 1, "second.jsonl:3: a second trace header"),
+        (&whole, 0, ""),
+    ] {
+        let out = report(path, Stdio::piped());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{}: {stderr}",
+            path.display()
+        );
+        assert!(stderr.contains(says), "{stderr}");
+    }
+}

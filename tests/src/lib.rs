@@ -15,6 +15,7 @@
 //! - [`records`]: typed, validated view of the JSON Lines records and selection helpers.
 //! - [`router`]: clients behind a (masquerading) router namespace in front of a server.
 //! - [`sock`]: bind-before-connect, listen backlogs, TCP timestamps, thread comm (libc).
+//! - [`pty`]: a pseudo-terminal, for the dashboard as an engineer's terminal shows it.
 //! - [`alerts`]: netwatch's alert records and their ground truth in /proc/net/netstat.
 //! - [`tmux`]: a program in a real terminal of a given size: keys in, screen text out.
 //! - [`tempdir`]: a directory of the test's own, removed on drop.
@@ -30,6 +31,7 @@ pub mod expected;
 pub mod netns;
 pub mod privilege;
 pub mod prom;
+pub mod pty;
 pub mod records;
 pub mod router;
 pub mod sock;

@@ -35,12 +35,24 @@ fn closed_pipe() -> Result<Stdio> {
     Ok(Stdio::from(write))
 }
 
-/// The test's own file in the temp directory, removed on drop.
+/// The test's own file (or directory tree) in the temp directory, removed on drop.
 struct TempFile(PathBuf);
+
+impl TempFile {
+    /// `nwt-hostile-PID-TAG` in the temp directory, whatever an earlier run left there gone.
+    fn named(tag: &str) -> Self {
+        let f =
+            Self(std::env::temp_dir().join(format!("nwt-hostile-{}-{tag}", std::process::id())));
+        drop(Self(f.0.clone()));
+        f
+    }
+}
 
 impl Drop for TempFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        if std::fs::remove_file(&self.0).is_err() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 
@@ -49,10 +61,7 @@ fn closed_stdout_and_stderr_do_not_end_a_trace_to_a_file() -> Result<()> {
     if !require_root() {
         return Ok(());
     }
-    let file = TempFile(
-        std::env::temp_dir().join(format!("nwt-hostile-{}-pipes.jsonl", std::process::id())),
-    );
-    let _ = std::fs::remove_file(&file.0);
+    let file = TempFile::named("pipes.jsonl");
     let mut child = Command::new(netwatch_bin()?)
         .args([
             "trace",
@@ -108,10 +117,7 @@ fn a_file_size_limit_stops_the_trace_like_a_full_disk() -> Result<()> {
         return Ok(());
     }
     for name in ["fsize.jsonl", "fsize.jsonl.gz"] {
-        let file = TempFile(
-            std::env::temp_dir().join(format!("nwt-hostile-{}-{name}", std::process::id())),
-        );
-        let _ = std::fs::remove_file(&file.0);
+        let file = TempFile::named(name);
         const LIMIT: u64 = 64 << 10;
         let limit = libc::rlimit {
             rlim_cur: LIMIT,
@@ -165,14 +171,14 @@ fn a_file_size_limit_stops_the_trace_like_a_full_disk() -> Result<()> {
 
 /// A FIFO of the test's own, removed on drop.
 fn make_fifo(name: &str) -> Result<TempFile> {
-    let path = std::env::temp_dir().join(format!("nwt-hostile-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_file(&path);
+    let fifo = TempFile::named(name);
+    let path = fifo.0.clone();
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
     // SAFETY: a valid NUL-terminated path.
     if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
         return Err(std::io::Error::last_os_error()).context("mkfifo");
     }
-    Ok(TempFile(path))
+    Ok(fifo)
 }
 
 /// Reads `child`'s stderr in a thread: all of it, and when netwatch said it was tracing.
@@ -357,4 +363,244 @@ fn a_slow_reader_of_stdout_neither_stretches_the_duration_nor_loses_records_sile
         }
     });
     slow_reader_case(child, slow)
+}
+
+/// The scenario: in a sticky, world-writable directory (as /tmp is) another user
+/// (nobody, uid 65534) plants a symlink to a directory of theirs, and root names a trace file
+/// under that link. netwatch refuses before tracing, naming the link and its target, and
+/// writes nothing into the other user's directory.
+#[test]
+fn a_symlink_in_the_directory_part_of_the_output_is_not_followed() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if !require_root() {
+        return Ok(());
+    }
+    let tree = TempFile::named("sticky");
+    let sticky = tree.0.join("tmp");
+    let theirs = tree.0.join("theirs");
+    std::fs::create_dir_all(&sticky)?;
+    std::fs::create_dir_all(&theirs)?;
+    std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1777))?;
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534))?;
+    let link = sticky.join("share");
+    std::os::unix::fs::symlink(&theirs, &link)?;
+    std::os::unix::fs::lchown(&link, Some(65534), Some(65534))?;
+
+    let mut child = Command::new(netwatch_bin()?)
+        .args(["trace", "--quiet", "--duration", "1s", "--output"])
+        .arg(link.join("trace.jsonl"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting netwatch")?;
+    let reader = stderr_with_attach_time(&mut child)?;
+    let status = wait_bounded(&mut child, Duration::from_secs(30))?;
+    let (stderr, attached) = reader.join().expect("stderr reader");
+    let written: Vec<_> = std::fs::read_dir(&theirs)?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    ensure!(
+        written.is_empty(),
+        "netwatch wrote {written:?} through the link: {stderr}"
+    );
+    ensure!(status.code() == Some(1), "{status}: {stderr}");
+    ensure!(attached.is_none(), "refused only after attaching: {stderr}");
+    ensure!(
+        stderr.contains(&format!("{} is a symlink", link.display()))
+            && stderr.contains(&theirs.display().to_string()),
+        "the error should name the link and its target: {stderr}"
+    );
+    Ok(())
+}
+
+/// The trace file deleted while tracing (`rm` by a cleanup job): netwatch does not say
+/// "trace saved" of a file that is gone; it says the file was deleted, and exits 3 (the
+/// records are lost).
+#[test]
+fn a_trace_file_deleted_mid_run_is_not_called_saved() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let file = TempFile::named("deleted.jsonl");
+    let mut child = trace_into(&file.0, "3s")?;
+    let reader = stderr_with_attach_time(&mut child)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !file.0.exists() {
+        ensure!(Instant::now() < deadline, "the trace file never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::remove_file(&file.0)?;
+    let status = wait_bounded(&mut child, Duration::from_secs(30))?;
+    let (stderr, _) = reader.join().expect("stderr reader");
+    ensure!(!stderr.contains("trace saved"), "{stderr}");
+    ensure!(
+        stderr.contains(&format!("{} was deleted while tracing", file.0.display())),
+        "{stderr}"
+    );
+    ensure!(status.code() == Some(3), "{status}: {stderr}");
+    Ok(())
+}
+
+/// The dashboard's terminal closed under it (a terminal window shut, an ssh session
+/// dropped): the trace ends as a hang-up, `stopped_by: "sighup"`, with its summary, not as
+/// an error. Both ways a closed terminal reaches netwatch: as the session leader owning the
+/// terminal it gets SIGHUP (and EIO); as a process that merely writes to it, EIO alone.
+#[test]
+fn closing_the_dashboards_terminal_is_a_hang_up() -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    if !require_root() {
+        return Ok(());
+    }
+    for owns_terminal in [false, true] {
+        let file = TempFile::named(&format!("hangup-{owns_terminal}.jsonl"));
+        let mut pty = netwatch_tests::pty::Pty::open(40, 120)?;
+        let mut cmd = Command::new(netwatch_bin()?);
+        cmd.args(["trace", "--interval", "200ms", "--output"])
+            .arg(&file.0)
+            .env("TERM", "xterm-256color")
+            .stdin(pty.stdio()?)
+            .stdout(pty.stdio()?)
+            .stderr(Stdio::piped());
+        if owns_terminal {
+            // SAFETY: async-signal-safe calls between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().context("starting netwatch")?;
+        let reader = stderr_with_attach_time(&mut child)?;
+        // The dashboard on screen, redrawn a few times; then the terminal goes.
+        let shown = pty.read_for(Duration::from_secs(30), |out| {
+            out.windows(8).any(|w| w == b"\x1b[?1049h")
+        });
+        ensure!(
+            !shown.is_empty(),
+            "owns {owns_terminal}: the dashboard never showed"
+        );
+        pty.read_for(Duration::from_millis(800), |_| false);
+        pty.hang_up();
+        let status = wait_bounded(&mut child, Duration::from_secs(30))
+            .with_context(|| format!("owns {owns_terminal}"))?;
+        let (stderr, _) = reader.join().expect("stderr reader");
+        let records = read_records(&file.0)?;
+        let last = records.last().context("an empty trace")?;
+        ensure!(
+            last["type"] == "summary" && last["stopped_by"] == "sighup",
+            "owns {owns_terminal}: should end as a hang-up: {last}; {stderr}"
+        );
+        ensure!(status.success(), "owns {owns_terminal}: {status}: {stderr}");
+    }
+    Ok(())
+}
+
+/// `netwatch trace --events ... | head -n 3`: with a trace file, head's going away ends
+/// nothing: the file still gets its last snapshot and its summary at --duration; without
+/// one, the closed pipe ends the trace cleanly (exit 0, before --duration, no error).
+#[test]
+fn events_into_head_keep_the_files_last_snapshot_and_summary() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    for with_file in [true, false] {
+        let file = TempFile::named("events-head.jsonl");
+        let mut cmd = Command::new(netwatch_bin()?);
+        // Without a file only the closed pipe may end it: a --duration far beyond.
+        let duration = if with_file { "4s" } else { "60s" };
+        cmd.args(["trace", "--events", "--duration", duration]);
+        if with_file {
+            cmd.arg("--output").arg(&file.0);
+        }
+        let mut netwatch = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting netwatch")?;
+        let head = Command::new("head")
+            .arg("-n3")
+            .stdin(Stdio::from(netwatch.stdout.take().context("stdout")?))
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting head")?;
+        let reader = stderr_with_attach_time(&mut netwatch)?;
+        let mut head = head;
+        // Churn until head has its lines and has gone, then on, so netwatch writes into a
+        // closed pipe.
+        churn_until(|| Ok(head.try_wait()?.is_some()))?;
+        let head_gone = Instant::now();
+        churn_until(|| {
+            Ok(head_gone.elapsed() > Duration::from_millis(500) || netwatch.try_wait()?.is_some())
+        })?;
+        let status = wait_bounded(&mut netwatch, Duration::from_secs(30))?;
+        let took = head_gone.elapsed();
+        let (stderr, _) = reader.join().expect("stderr reader");
+        ensure!(status.success(), "file {with_file}: {status}: {stderr}");
+        ensure!(!stderr.contains("error"), "file {with_file}: {stderr}");
+        if !with_file {
+            ensure!(
+                took < Duration::from_secs(10),
+                "the closed pipe should end the trace at once, not at --duration: {took:?}"
+            );
+            continue;
+        }
+        ensure!(stderr.contains("stdout was closed"), "{stderr}");
+        let records = read_records(&file.0)?;
+        let n = records.len();
+        ensure!(n >= 3, "{n} records");
+        ensure!(
+            records[n - 2]["type"] == "snapshot"
+                && records[n - 1]["type"] == "summary"
+                && records[n - 1]["stopped_by"] == "duration",
+            "the file should end with a last snapshot and the summary: {} / {}",
+            records[n - 2],
+            records[n - 1]
+        );
+    }
+    Ok(())
+}
+
+/// Outputs with nothing to sync: /dev/null and a FIFO whose reader takes everything. The
+/// trace ends with exit 0 and no sync error (fsync answers EINVAL there), and the FIFO's
+/// reader gets the whole trace, summary last.
+#[test]
+fn dev_null_and_a_read_fifo_end_without_a_sync_error() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let fifo = make_fifo("read.fifo")?;
+    let copy = TempFile::named("read.jsonl");
+    // The reader is there first, copying everything, as `cat fifo > copy` would.
+    let mut cat = Command::new("cat")
+        .arg(&fifo.0)
+        .stdout(Stdio::from(std::fs::File::create(&copy.0)?))
+        .spawn()
+        .context("starting cat")?;
+    for out in [PathBuf::from("/dev/null"), fifo.0.clone()] {
+        let mut child = trace_into(&out, "1s")?;
+        let reader = stderr_with_attach_time(&mut child)?;
+        let status = wait_bounded(&mut child, Duration::from_secs(30))?;
+        let (stderr, _) = reader.join().expect("stderr reader");
+        ensure!(status.success(), "{}: {status}: {stderr}", out.display());
+        ensure!(
+            !stderr.contains("cannot sync"),
+            "{}: {stderr}",
+            out.display()
+        );
+    }
+    wait_bounded(&mut cat, Duration::from_secs(10))?;
+    let records = read_records(&copy.0)?;
+    ensure!(
+        records.first().is_some_and(|r| r["type"] == "header")
+            && records.last().is_some_and(|r| r["type"] == "summary"),
+        "the FIFO's reader should get the whole trace: {} records",
+        records.len()
+    );
+    Ok(())
 }

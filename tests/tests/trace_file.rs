@@ -63,6 +63,19 @@ fn listen_in(ns: &Netns, addr: SocketAddr) -> Result<TcpListener> {
         .with_context(|| format!("bind {addr} in {}", ns.name()))
 }
 
+/// A test's scene: its directory, two namespaces, and a listener on `port` in the server's.
+fn scene(
+    tag: &str,
+    net_tag: &str,
+    port: u16,
+) -> Result<(TempDir, TestNet, SocketAddr, TcpListener)> {
+    let dir = TempDir::new("trace", tag)?;
+    let net = TestNet::new(net_tag)?;
+    let addr = SocketAddr::new(net.server_v4().into(), port);
+    let listener = listen_in(&net.server, addr)?;
+    Ok((dir, net, addr, listener))
+}
+
 /// A connection from `ns`; the io::Error is connect()'s (EADDRNOTAVAIL is expected).
 fn connect_from(ns: &Netns, addr: SocketAddr) -> std::io::Result<TcpStream> {
     match in_netns(ns, || connect_timeout(addr, IO_TIMEOUT)) {
@@ -216,10 +229,7 @@ fn recorded_incident_replays_into_the_same_numbers() -> Result<()> {
     if !require_root() {
         return Ok(());
     }
-    let dir = TempDir::new("trace", "roundtrip")?;
-    let net = TestNet::new("trf")?;
-    let addr = SocketAddr::new(net.server_v4().into(), 8200);
-    let listener = listen_in(&net.server, addr)?;
+    let (dir, net, addr, listener) = scene("roundtrip", "trf", 8200)?;
     let plain = dir.join("incident.jsonl");
     let gz = dir.join("incident.jsonl.gz");
     let t_plain = start(&plain, &net, &[])?;
@@ -389,10 +399,7 @@ fn every_way_of_stopping_leaves_a_readable_trace() -> Result<()> {
     if !require_root() {
         return Ok(());
     }
-    let dir = TempDir::new("trace", "stops")?;
-    let net = TestNet::new("trs")?;
-    let addr = SocketAddr::new(net.server_v4().into(), 8210);
-    let listener = listen_in(&net.server, addr)?;
+    let (dir, net, addr, listener) = scene("stops", "trs", 8210)?;
     let mut tracers = Vec::new();
     for (name, extra) in [
         ("sigint", &[][..]),
@@ -551,10 +558,7 @@ fn rotation_bounds_every_file_and_the_parts_replay() -> Result<()> {
     if !require_root() {
         return Ok(());
     }
-    let dir = TempDir::new("trace", "rotation")?;
-    let net = TestNet::new("trr")?;
-    let addr = SocketAddr::new(net.server_v4().into(), 8230);
-    let listener = listen_in(&net.server, addr)?;
+    let (dir, net, addr, listener) = scene("rotation", "trr", 8230)?;
     const MAX: u64 = 64 << 10;
     let all = dir.join("all.jsonl");
     let few = dir.join("few.jsonl.gz");
@@ -710,5 +714,56 @@ fn output_problems_are_refused_before_tracing() -> Result<()> {
     std::fs::write(&garbage, [0u8, 159, 146, 150, 10, 1, 2])?;
     let (ok, _, err) = report(&[garbage.to_str().unwrap()])?;
     ensure!(!ok && err.contains("not a netwatch trace"), "{err}");
+    Ok(())
+}
+
+/// Two real traces joined into one file (`cat a.jsonl b.jsonl`, or a trace appended to itself)
+/// are never added together: `report` fails, naming the line of the second header and how to
+/// split the file; each trace alone still reports.
+#[test]
+fn concatenated_traces_are_an_error_naming_the_second_header() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let (dir, net, addr, listener) = scene("concat", "trc", 8215)?;
+    let (a, b) = (dir.join("a.jsonl"), dir.join("b.jsonl"));
+    let tracers = [start(&a, &net, &[])?, start(&b, &net, &[])?];
+    churn(&net, &listener, addr, 6)?;
+    thread::sleep(SETTLE);
+    for t in tracers {
+        t.stop()?.check_no_loss()?;
+    }
+    let (ta, tb) = (std::fs::read(&a)?, std::fs::read(&b)?);
+    let lines_a = ta.iter().filter(|&&c| c == b'\n').count();
+    for (name, joined, what) in [
+        ("ab.jsonl", [&ta[..], &tb[..]].concat(), "two traces (runs"),
+        ("aa.jsonl", [&ta[..], &ta[..]].concat(), "the same trace"),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, joined)?;
+        let out = Command::new(netwatch_bin()?)
+            .args(["report", "--json"])
+            .arg(&path)
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.code() == Some(1),
+            "{name}: {}: {stderr}",
+            out.status
+        );
+        ensure!(out.stdout.is_empty(), "{name}: a report came out anyway");
+        let want = format!("{name}:{}: a second trace header: {what}", lines_a + 1);
+        ensure!(
+            stderr.contains(&want),
+            "{name}: wanted {want:?} in {stderr}"
+        );
+        ensure!(
+            stderr.contains(&format!("head -n {lines_a} ")),
+            "{name}: no way to split it in {stderr}"
+        );
+    }
+    for one in [&a, &b] {
+        report_json(one)?;
+    }
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! Address filters (CIDR, either side of the connection), applied in userspace; ports and
-//! network namespaces are filtered in the kernel before a record is sent.
+//! Address filters (CIDR, either side of the connection), applied in userspace as records
+//! arrive (the kernel still sends every record of the traced ports and namespaces); ports
+//! and network namespaces are filtered in the kernel before a record is sent.
 
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -14,7 +15,16 @@ pub enum CidrError {
     Syntax(String),
     #[error("prefix length /{len} is too long for `{addr}` (at most /{max})")]
     PrefixTooLong { addr: String, len: u8, max: u8 },
+    #[error(
+        "{given} --addr blocks given, at most {MAX_CIDRS}: every record is checked against \
+         each, so cover them with fewer, wider blocks (10.0.0.0/8 for all of 10.x.x.x)"
+    )]
+    TooMany { given: usize },
 }
+
+/// Most `--addr` blocks: each record is compared with every block in turn, in userspace, at
+/// up to hundreds of thousands of records a second.
+pub const MAX_CIDRS: usize = 64;
 
 /// An address block; a bare address is a /32 or /128.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,8 +96,11 @@ pub struct AddrFilter {
 }
 
 impl AddrFilter {
-    pub fn new(cidrs: Vec<Cidr>) -> Self {
-        Self { cidrs }
+    pub fn new(cidrs: Vec<Cidr>) -> Result<Self, CidrError> {
+        if cidrs.len() > MAX_CIDRS {
+            return Err(CidrError::TooMany { given: cidrs.len() });
+        }
+        Ok(Self { cidrs })
     }
 
     pub fn matches(&self, t: &Transition) -> bool {
@@ -135,5 +148,19 @@ mod tests {
             })
         ));
         assert!("10.0.0.0/x".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn the_list_of_blocks_is_bounded() {
+        let blocks = |n| vec![c("10.0.0.0/8"); n];
+        assert!(AddrFilter::new(blocks(MAX_CIDRS)).is_ok());
+        let e = AddrFilter::new(blocks(MAX_CIDRS + 1)).unwrap_err();
+        assert_eq!(
+            e,
+            CidrError::TooMany {
+                given: MAX_CIDRS + 1
+            }
+        );
+        assert!(e.to_string().contains("at most 64"), "{e}");
     }
 }

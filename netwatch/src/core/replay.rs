@@ -65,6 +65,72 @@ pub enum ReadError {
     },
     #[error("reading {name}: {source}")]
     Io { name: String, source: io::Error },
+    /// A header after the first: traces joined into one stream (`cat a.jsonl b.jsonl`).
+    /// Their counts are never added together: two runs have two clocks, two censuses and two
+    /// summaries, and a trace appended to itself would count everything twice.
+    #[error("{}", second_header_message(name, *line, first, second))]
+    SecondHeader {
+        name: String,
+        /// Line of the second header.
+        line: u64,
+        first: TraceId,
+        /// None when the second header itself is damaged.
+        second: Option<TraceId>,
+    },
+}
+
+/// Which trace file a header starts: its run and part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceId {
+    pub run_id: String,
+    pub part: u32,
+}
+
+impl TraceId {
+    fn of(h: &HeaderIn) -> Self {
+        Self {
+            run_id: h.run_id.clone(),
+            part: h.part,
+        }
+    }
+}
+
+fn second_header_message(
+    name: &str,
+    line: u64,
+    first: &TraceId,
+    second: &Option<TraceId>,
+) -> String {
+    let what = match second {
+        None => "a damaged second trace header".to_owned(),
+        Some(second) => joined(first, second),
+    };
+    format!(
+        "{name}:{line}: {what}; reading on would add the traces' counts together: split the \
+         file at line {line} (`head -n {} {name} > first.jsonl; tail -n +{line} {name} > \
+         second.jsonl`, after zcat for a gzip file) and report each file on its own",
+        line - 1
+    )
+}
+
+/// What two headers in one file say was joined.
+fn joined(first: &TraceId, second: &TraceId) -> String {
+    if first.run_id != second.run_id {
+        format!(
+            "a second trace header: two traces (runs {} and {}) joined into one file",
+            first.run_id, second.run_id
+        )
+    } else if first.part == second.part {
+        format!(
+            "a second trace header: the same trace (run {}, part {}) twice",
+            first.run_id, first.part
+        )
+    } else {
+        format!(
+            "a second trace header: parts {} and {} of one trace (run {}) joined into one file",
+            first.part, second.part, first.run_id
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -441,6 +507,19 @@ impl<R: BufRead> TraceReader<R> {
         }
         let header: HeaderIn = serde_json::from_value(value)
             .map_err(|e| not_trace(format!("its header is incomplete ({e})")))?;
+        // Every time in the report is placed from this one: a damaged start is a damaged
+        // header, refused here rather than half-way through the report.
+        if time::OffsetDateTime::parse(
+            &header.start,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .is_err()
+        {
+            return Err(not_trace(format!(
+                "its header's start {:?} is not an RFC 3339 time (the header is damaged)",
+                header.start
+            )));
+        }
         Ok(Self {
             name,
             input,
@@ -466,6 +545,17 @@ impl<R: BufRead> TraceReader<R> {
         if self.listed <= LISTED_WARNINGS {
             self.warnings
                 .push(format!("{}:{}: {what}", self.name, self.line_no));
+        }
+    }
+
+    /// A second header on the current line ends the reading: see [`ReadError::SecondHeader`].
+    fn second_header(&mut self, second: Option<TraceId>) -> ReadError {
+        self.done = true;
+        ReadError::SecondHeader {
+            name: self.name.clone(),
+            line: self.line_no,
+            first: TraceId::of(&self.header),
+            second,
         }
     }
 
@@ -512,6 +602,9 @@ impl<R: BufRead> TraceReader<R> {
                 continue;
             }
             match serde_json::from_slice::<RecordIn>(&self.line) {
+                Ok(RecordIn::Header(h)) => {
+                    return Err(self.second_header(Some(TraceId::of(&h))));
+                }
                 Ok(r) => return Ok(Some(r)),
                 Err(_) if !ended => {
                     self.done = true;
@@ -526,6 +619,9 @@ impl<R: BufRead> TraceReader<R> {
                     return Ok(None);
                 }
                 Err(e) => match serde_json::from_slice::<Value>(&self.line) {
+                    Ok(v) if v.get("type").and_then(Value::as_str) == Some("header") => {
+                        return Err(self.second_header(None));
+                    }
                     // A record type this version does not know: the format may grow.
                     Ok(v)
                         if v.get("type")
@@ -971,5 +1067,7 @@ fn snapshot_differences(rec: &SnapshotIn, got: &Snapshot) -> Vec<String> {
     out
 }
 
+#[cfg(test)]
+mod damage;
 #[cfg(test)]
 pub mod tests;

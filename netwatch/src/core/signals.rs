@@ -190,7 +190,7 @@ impl Alert {
 
     /// One line for people: what happened, with the endpoint and the knob to look at.
     pub fn message(&self) -> String {
-        match self {
+        let text = match self {
             Alert::PawsReject {
                 reason,
                 saddr,
@@ -321,6 +321,28 @@ impl Alert {
                     .map(String::as_str)
                     .unwrap_or("?")
             ),
+        };
+        match self.counter_scope() {
+            Some(scope) => format!("{text} ({scope})"),
+            None => text,
+        }
+    }
+
+    /// Which evidence of this alert is a namespace-wide counter: it counts every port of
+    /// the namespace, so `--port` (which filters the kernel's records) cannot narrow it.
+    fn counter_scope(&self) -> Option<&'static str> {
+        match self {
+            Alert::ListenOverflow { .. } => Some(
+                "ListenOverflows and ListenDrops count every port of the namespace; --port \
+                 narrows only the dropped final ACKs",
+            ),
+            Alert::TimewaitOverflow { .. } => {
+                Some("TCPTimeWaitOverflow counts every port of the namespace")
+            }
+            Alert::ConntrackFull { .. } => {
+                Some("the conntrack table is the namespace's, shared by every port")
+            }
+            _ => None,
         }
     }
 }
@@ -1052,7 +1074,8 @@ pub(crate) mod tests {
         assert_eq!(
             tw[0].message(),
             "TIME_WAIT bucket overflow: TCPTimeWaitOverflow +3 (which connections closed \
-             without TIME_WAIT is not visible on this kernel); net.ipv4.tcp_max_tw_buckets = 4"
+             without TIME_WAIT is not visible on this kernel); net.ipv4.tcp_max_tw_buckets = 4 \
+             (TCPTimeWaitOverflow counts every port of the namespace)"
         );
         let json = serde_json::to_value(tw[0]).unwrap();
         assert!(json["closed_without_timewait"].is_null(), "{json}");
@@ -1076,6 +1099,43 @@ pub(crate) mod tests {
                 ..
             }]
         ));
+    }
+
+    /// Counter-based alerts say their counter covers every port: under `--port` they
+    /// would otherwise read as that port's trouble.
+    #[test]
+    fn counter_based_alerts_say_their_counters_are_namespace_wide() {
+        let listen = Alert::ListenOverflow {
+            netns: 1,
+            ports: vec![],
+            listeners: vec![],
+            dropped_final_acks: 0,
+            listen_overflows: 5,
+            listen_drops: 5,
+            req_queue_full_drops: 0,
+            knobs: BTreeMap::new(),
+        };
+        let conntrack = Alert::ConntrackFull {
+            netns: 1,
+            count: Some(10),
+            max: Some(10),
+            table_full_drops: 3,
+            early_drops: 0,
+            dropped_from: vec![],
+            knobs: BTreeMap::new(),
+        };
+        for a in [&listen, &conntrack] {
+            assert!(a.message().contains("every port"), "{}", a.message());
+        }
+        let synack = Alert::SynackRetransmits {
+            netns: 1,
+            listener: "10.0.0.1:80".into(),
+            count: 2,
+            clients: vec![],
+            max_retransmits: 1,
+            knobs: BTreeMap::new(),
+        };
+        assert!(!synack.message().contains("every port"));
     }
 
     #[test]

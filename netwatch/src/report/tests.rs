@@ -32,17 +32,7 @@ impl Drop for TempDir {
 }
 
 fn cfg(traces: Vec<PathBuf>) -> ReportConfig {
-    ReportConfig {
-        traces,
-        json: false,
-        html: None,
-        force: false,
-        ports: Vec::new(),
-        addrs: AddrFilter::default(),
-        addr_specs: Vec::new(),
-        since: None,
-        until: None,
-    }
+    ReportConfig::of(traces)
 }
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
@@ -224,7 +214,7 @@ fn filters_and_windows() {
     assert_eq!(r.gauges.len(), 3);
 
     let mut c = cfg(vec![p]);
-    c.addrs = AddrFilter::new(vec!["192.0.2.0/24".parse().unwrap()]);
+    c.addrs = AddrFilter::new(vec!["192.0.2.0/24".parse().unwrap()]).unwrap();
     c.addr_specs = vec!["192.0.2.0/24".into()];
     let r = build(&c).unwrap();
     assert_eq!(r.transitions, 0);

@@ -10,4 +10,6 @@ mod tests;
 
 pub use dashboard::{Action, Dashboard, STATES};
 pub use render::render;
-pub use terminal::{install_panic_hook, Tui};
+#[cfg(test)]
+pub use terminal::TerminalGone;
+pub use terminal::{install_panic_hook, no_dashboard_because, terminal_gone, Tui};

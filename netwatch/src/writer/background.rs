@@ -82,11 +82,7 @@ impl Background {
                     Err(e) => {
                         f.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
                         Ok(Done {
-                            finished: Finished {
-                                files: Vec::new(),
-                                last_size: 0,
-                                deleted: 0,
-                            },
+                            finished: Finished::default(),
                             warnings: Vec::new(),
                         })
                     }
@@ -212,6 +208,9 @@ mod tests {
         }
         fn sync(&mut self) -> io::Result<()> {
             Ok(())
+        }
+        fn unlinked(&self) -> bool {
+            false
         }
     }
 

@@ -24,10 +24,9 @@
 
 use std::borrow::Cow;
 use std::ffi::OsStr;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -56,6 +55,9 @@ pub trait PartFile: Write {
     fn truncate(&mut self, len: u64) -> io::Result<()>;
     /// Makes what was written durable.
     fn sync(&mut self) -> io::Result<()>;
+    /// True when the file's name is gone (deleted while it was written: no link left), so
+    /// what was written to it is lost once it is closed.
+    fn unlinked(&self) -> bool;
 }
 
 impl PartFile for File {
@@ -70,6 +72,11 @@ impl PartFile for File {
             r => r,
         }
     }
+
+    fn unlinked(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        self.metadata().is_ok_and(|m| m.nlink() == 0)
+    }
 }
 
 /// Where the files of a trace live.
@@ -81,18 +88,16 @@ pub trait Storage {
     fn path(&self, part: u32) -> PathBuf;
 }
 
-/// Opens a trace file for writing: never through a symlink at the last component (a link
-/// planted in a shared directory must not redirect a root-owned write), and never over an
-/// existing file unless `force`.
+/// Opens a trace file for writing: never through a symlink, at the file or anywhere in its
+/// directory part (a link planted in a shared directory must not redirect a root-owned write;
+/// see [`no_follow`]), and never over an existing file unless `force`.
 pub fn open_part(path: &Path, force: bool) -> io::Result<File> {
-    let mut opts = OpenOptions::new();
-    opts.write(true).custom_flags(libc::O_NOFOLLOW);
-    if force {
-        opts.create(true).truncate(true);
+    let flags = if force {
+        libc::O_CREAT | libc::O_TRUNC
     } else {
-        opts.create_new(true);
-    }
-    opts.open(path)
+        libc::O_CREAT | libc::O_EXCL
+    };
+    no_follow::open_file(path, flags, no_follow::Resolver::Openat2)
 }
 
 /// True for names that get gzip output.
@@ -181,7 +186,7 @@ impl Storage for Files {
     }
 
     fn remove(&mut self, part: u32) -> io::Result<()> {
-        std::fs::remove_file(part_path(&self.base, part))
+        no_follow::remove_file(&part_path(&self.base, part), no_follow::Resolver::Openat2)
     }
 
     fn path(&self, part: u32) -> PathBuf {
@@ -269,12 +274,13 @@ fn create_hint(e: &io::Error) -> &'static str {
     match e.kind() {
         io::ErrorKind::AlreadyExists => " (it exists; pass --force to overwrite it)",
         _ if e.raw_os_error() == Some(libc::ELOOP) => " (it is a symlink, which is not followed)",
+        _ if no_follow::LinkInPath::of(e).is_some() => " (its directory changed since the start)",
         _ => "",
     }
 }
 
 /// What a finished trace left on disk.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Finished {
     /// The files that exist now, first to last.
     pub files: Vec<PathBuf>,
@@ -282,6 +288,9 @@ pub struct Finished {
     pub last_size: u64,
     /// Files deleted by rotation.
     pub deleted: u32,
+    /// The last file, had someone deleted it while it was written (its records are gone
+    /// with it): said instead of "saved".
+    pub unlinked: Option<PathBuf>,
 }
 
 pub struct TraceWriter<S: Storage> {
@@ -538,7 +547,11 @@ impl<S: Storage> TraceWriter<S> {
             self.write_block(&encoded)?;
             self.sync()?;
         }
-        self.file = None;
+        let unlinked = self
+            .file
+            .take()
+            .is_some_and(|f| f.unlinked())
+            .then(|| self.storage.path(self.part));
         let first_kept = match self.opts.rotation {
             Some(r) => self.part.saturating_sub(r.max_files - 2).max(1),
             None => 1,
@@ -551,6 +564,7 @@ impl<S: Storage> TraceWriter<S> {
             files,
             last_size: self.committed,
             deleted: self.deleted,
+            unlinked,
         })
     }
 }
@@ -581,6 +595,7 @@ fn block_end(data: &[u8], limit: usize) -> usize {
 }
 
 pub mod background;
+pub mod no_follow;
 pub mod queue;
 pub mod stdout;
 

@@ -15,6 +15,8 @@ pub struct Disk {
     pub files: BTreeMap<u32, Vec<u8>>,
     pub free: Option<u64>,
     pub syncs: u32,
+    /// Parts whose name was deleted while open.
+    pub unlinked: Vec<u32>,
 }
 
 pub type SharedDisk = Rc<RefCell<Disk>>;
@@ -62,6 +64,10 @@ impl PartFile for MemFile {
     fn sync(&mut self) -> io::Result<()> {
         self.disk.borrow_mut().syncs += 1;
         Ok(())
+    }
+
+    fn unlinked(&self) -> bool {
+        self.disk.borrow().unlinked.contains(&self.part)
     }
 }
 
@@ -436,4 +442,24 @@ fn existing_parts_are_found_next_to_the_first() {
     );
     forced.create(2).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A file deleted while it was written is said at the end, not listed as saved.
+#[test]
+fn a_file_deleted_mid_run_is_said_at_the_end() {
+    let disk = SharedDisk::default();
+    let mut w = writer(&disk, plain());
+    w.push_with(|b| b.extend_from_slice(b"{}\n"));
+    let kept = w.finish(b"{\"type\":\"summary\"}\n").unwrap();
+    assert_eq!(kept.unlinked, None);
+    let mut w = writer(&disk, plain());
+    disk.borrow_mut().unlinked.push(0);
+    let gone = w.finish(b"{\"type\":\"summary\"}\n").unwrap();
+    assert_eq!(gone.unlinked, Some(PathBuf::from("/mem/trace.jsonl")));
+    // A real file: its link count says so.
+    let path = std::env::temp_dir().join(format!("netwatch-unlinked-{}", std::process::id()));
+    let f = open_part(&path, true).unwrap();
+    assert!(!f.unlinked());
+    std::fs::remove_file(&path).unwrap();
+    assert!(f.unlinked());
 }

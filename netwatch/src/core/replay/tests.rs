@@ -525,10 +525,77 @@ fn alert_filter_by_endpoint() {
         "no endpoint: kept"
     );
     let f = ReplayFilter {
-        addrs: crate::core::filter::AddrFilter::new(vec!["192.0.2.0/24".parse().unwrap()]),
+        addrs: crate::core::filter::AddrFilter::new(vec!["192.0.2.0/24".parse().unwrap()]).unwrap(),
         has_addrs: true,
         ..Default::default()
     };
     assert!(!f.alert(&alert(serde_json::json!({"daddr": "10.0.0.2"}))));
     assert!(f.alert(&alert(serde_json::json!({"addr": "192.0.2.9"}))));
+}
+
+/// The sample's header line with its run and part replaced.
+fn header_line(run_id: &str, part: u32) -> Vec<u8> {
+    let mut h = header(part);
+    h.run_id = run_id.into();
+    let mut out = Vec::new();
+    json::write_line(&mut out, &Record::Header(&h));
+    out
+}
+
+#[test]
+fn a_second_header_is_an_error_naming_its_line_never_added() {
+    let s = sample();
+    let lines = s.bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+    let second_header = |bytes: &[u8]| match read_all("t.jsonl", bytes) {
+        Err(ReadError::SecondHeader {
+            line,
+            first,
+            second,
+            ..
+        }) => (line, first, second),
+        other => panic!("read on past a second header: {other:?}"),
+    };
+    // `cat t t`: the same trace twice.
+    let twice = [&s.bytes[..], &s.bytes[..]].concat();
+    let (line, first, second) = second_header(&twice);
+    assert_eq!(line, lines + 1);
+    assert_eq!(Some(first), second);
+    let msg = read_all("t.jsonl", &twice).unwrap_err().to_string();
+    assert!(
+        msg.starts_with(&format!(
+            "t.jsonl:{}: a second trace header: the same trace",
+            lines + 1
+        )) && msg.contains(&format!("head -n {lines} t.jsonl"))
+            && msg.contains(&format!("tail -n +{} t.jsonl", lines + 1)),
+        "{msg}"
+    );
+    // Another run after three records of the first.
+    let mut other: Vec<u8> = s
+        .bytes
+        .split_inclusive(|&b| b == b'\n')
+        .take(4)
+        .flatten()
+        .copied()
+        .collect();
+    other.extend(header_line("otherhost-7-7", 0));
+    let (line, _, second) = second_header(&other);
+    assert_eq!(
+        (line, second.unwrap().run_id.as_str()),
+        (5, "otherhost-7-7")
+    );
+    let msg = read_all("t.jsonl", &other).unwrap_err().to_string();
+    assert!(
+        msg.contains("two traces (runs testhost-1-1 and otherhost-7-7)"),
+        "{msg}"
+    );
+    // The next part of the same run appended: still two files' worth, said so.
+    let mut parts = s.bytes.clone();
+    parts.extend(header_line("testhost-1-1", 1));
+    let msg = read_all("t.jsonl", &parts).unwrap_err().to_string();
+    assert!(msg.contains("parts 0 and 1 of one trace"), "{msg}");
+    // A damaged second header (a header missing its fields) is one too.
+    let mut damaged_header = s.bytes.clone();
+    damaged_header.extend(b"{\"type\":\"header\",\"part\":0}\n");
+    let (line, _, second) = second_header(&damaged_header);
+    assert_eq!((line, second), (lines + 1, None));
 }
