@@ -726,7 +726,7 @@ fn report_files(files: &TraceFiles) {
 
 /// TIME_WAIT lasts TCP_TIMEWAIT_LEN, so the timer's remaining time tells a census socket's
 /// age; for other states the kernel keeps no entry time.
-pub(crate) const TIMEWAIT_LEN_MS: u64 = 60_000;
+pub(crate) const TIMEWAIT_LEN_MS: u64 = crate::core::early_ends::TIMEWAIT_LEN_NS / 1_000_000;
 const TIMER_TIMEWAIT: u8 = 3;
 
 fn existing(s: &census::CensusSocket, owner: Option<Owner>, cgroup: u64) -> Existing {

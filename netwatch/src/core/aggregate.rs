@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use hdrhistogram::Histogram;
 use netwatch_common::state;
 
-use super::early_ends::Classifier;
+use super::early_ends::{Classifier, EarlyEnds};
 use super::event::{Owner, TimewaitReset, Transition};
 use super::fasthash::IdMap;
 use super::requests::{ListenerQueue, Queues};
@@ -234,6 +234,11 @@ impl Aggregator {
     /// A RST reached a timewait socket (evidence for an early end).
     pub fn timewait_reset(&mut self, r: &TimewaitReset) {
         self.early_ends.reset(r.tuple, r.mono_ns);
+    }
+
+    /// Early TIME_WAIT ends by cause so far.
+    pub fn early_ends(&self) -> EarlyEnds {
+        self.early_ends.counts()
     }
 
     /// The trace is over: early ends still waiting for evidence will get none.

@@ -311,7 +311,7 @@ mod tests {
             )],
             transitions: vec![("FIN_WAIT2", "CLOSE", 10)],
             alerts: vec![("paws_reject".into(), 2)],
-            early_ends: vec![("unclassified", 1)],
+            early_ends: vec![("syn_reuse", 1)],
             conntrack: vec![ConntrackSeries {
                 netns: "4026531840".into(),
                 entries: Some(12),

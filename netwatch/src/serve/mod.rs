@@ -22,41 +22,12 @@ use netwatch_common::state;
 use crate::cgroup::Resolver;
 use crate::core::aggregate::Aggregator;
 use crate::core::conntrack::ConntrackTracker;
-use crate::core::event::{Event, Transition};
+use crate::core::early_ends::Cause;
+use crate::core::event::Event;
 use crate::core::signals::{Alert, Environment};
 use crate::features::KernelFeatures;
 use exposition::{ConntrackSeries, Encoded, Hist, View};
 use places::NetnsNames;
-
-/// Why a TIME_WAIT socket ended early. One cause for now: the classification of early ends
-/// (RST, reuse, overflow) is separate work, and its causes join this list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EarlyEnd {
-    Unclassified,
-}
-
-impl EarlyEnd {
-    pub const ALL: [EarlyEnd; 1] = [EarlyEnd::Unclassified];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EarlyEnd::Unclassified => "unclassified",
-        }
-    }
-}
-
-/// TIME_WAIT's length in the kernel (TCP_TIMEWAIT_LEN), and how much shorter a dwell must be
-/// to count as an early end: more than the timer wheel's lateness, far less than a real
-/// early kill (which comes seconds or less after the start).
-const TIMEWAIT_LEN_NS: u64 = crate::trace::TIMEWAIT_LEN_MS * 1_000_000;
-const EARLY_BY_NS: u64 = TIMEWAIT_LEN_NS / 10;
-
-/// The early-end cause of a transition, if it is a TIME_WAIT socket ending early.
-pub fn early_end(t: &Transition) -> Option<EarlyEnd> {
-    let dwell = t.dwell_ns?;
-    (t.old == state::TIME_WAIT && t.new == state::CLOSE && dwell < TIMEWAIT_LEN_NS - EARLY_BY_NS)
-        .then_some(EarlyEnd::Unclassified)
-}
 
 /// What the HTTP side reads: the last encoded exposition and when it was made.
 pub struct Shared {
@@ -133,7 +104,6 @@ pub struct Exporter {
     shared: Arc<Shared>,
     netns: NetnsNames,
     alerts: BTreeMap<String, u64>,
-    early_ends: [u64; EarlyEnd::ALL.len()],
     kernel: String,
     features: String,
     /// Keeps the kernel's run-time statistics on for netwatch's run (BPF_ENABLE_STATS);
@@ -157,20 +127,14 @@ impl Exporter {
             shared,
             netns: NetnsNames::system(),
             alerts: BTreeMap::new(),
-            early_ends: [0; EarlyEnd::ALL.len()],
             kernel,
             features: feature_list(features),
             _stats: stats,
         }
     }
 
-    pub fn observe(&mut self, ev: &Event) {
-        if let Event::Transition(t) = ev {
-            if let Some(cause) = early_end(t) {
-                self.early_ends[cause as usize] += 1;
-            }
-        }
-    }
+    /// Records are counted by the engine (early ends included); nothing per record here.
+    pub fn observe(&mut self, _ev: &Event) {}
 
     pub fn alert(&mut self, a: &Alert) {
         *self
@@ -252,10 +216,12 @@ impl Exporter {
                 .map(|(o, n, c)| (state::name(o), state::name(n), c))
                 .collect(),
             alerts: self.alerts.iter().map(|(k, n)| (k.clone(), *n)).collect(),
-            early_ends: EarlyEnd::ALL
-                .iter()
-                .map(|c| (c.as_str(), self.early_ends[*c as usize]))
-                .collect(),
+            // One classification, the engine's (see core::early_ends): the same causes the
+            // trace's summary and the report count.
+            early_ends: {
+                let e = i.agg.early_ends();
+                Cause::ALL.iter().map(|&c| (c.name(), e.get(c))).collect()
+            },
             conntrack,
             records: i.records,
             lost: i.lost,
@@ -285,7 +251,7 @@ fn feature_list(f: &KernelFeatures) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::event::Family;
+    use crate::core::event::{Family, Transition};
 
     fn closing_tw(dwell_s: f64) -> Transition {
         Transition {
@@ -307,18 +273,6 @@ mod tests {
             cgroup: 0,
             container: None,
         }
-    }
-
-    #[test]
-    fn early_ends_are_time_wait_ends_well_before_its_length() {
-        assert_eq!(early_end(&closing_tw(0.5)), Some(EarlyEnd::Unclassified));
-        assert_eq!(early_end(&closing_tw(53.9)), Some(EarlyEnd::Unclassified));
-        // The timer wheel ends TIME_WAIT a little late, never this early.
-        assert_eq!(early_end(&closing_tw(60.2)), None);
-        assert_eq!(early_end(&closing_tw(59.0)), None);
-        let mut fw2 = closing_tw(3.0);
-        fw2.old = state::FIN_WAIT2;
-        assert_eq!(early_end(&fw2), None);
     }
 
     #[test]
@@ -351,7 +305,6 @@ mod tests {
             shared: shared.clone(),
             netns: NetnsNames::system(),
             alerts: BTreeMap::new(),
-            early_ends: [0; 1],
             kernel: "6.18".into(),
             features: String::new(),
             _stats: None,
