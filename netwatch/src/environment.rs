@@ -62,6 +62,30 @@ impl EnvSource {
         s
     }
 
+    /// Watches exactly `own` (entered as ours) and `others` from now on: a namespace new to
+    /// the list gets its baseline now, one gone from it is forgotten.
+    pub fn refresh(&mut self, own: u32, others: Vec<(u32, Option<PathBuf>)>) {
+        let mut spaces = vec![(own, None)];
+        spaces.extend(others.into_iter().filter(|(ns, _)| *ns != own));
+        for (ns, path) in &spaces {
+            if !self.last.contains_key(ns) {
+                if let Ok(n) = procfs::read_netstat(path.as_deref()) {
+                    self.last.insert(*ns, n);
+                }
+                if let Ok(c) = conntrack::read_stat(path.as_deref()) {
+                    self.last_ct.insert(*ns, c);
+                }
+            }
+        }
+        self.last
+            .retain(|ns, _| spaces.iter().any(|(s, _)| s == ns));
+        self.last_ct
+            .retain(|ns, _| spaces.iter().any(|(s, _)| s == ns));
+        self.last_table
+            .retain(|ns, _| spaces.iter().any(|(s, _)| s == ns));
+        self.spaces = spaces;
+    }
+
     /// The sampled namespaces, in the order they were given.
     pub fn namespaces(&self) -> impl Iterator<Item = u32> + '_ {
         self.spaces.iter().map(|(ns, _)| *ns)

@@ -159,6 +159,32 @@ pub fn resolve(spec: &str, sys: &impl NsSystem) -> Result<Netns, NetnsError> {
     })
 }
 
+/// Every network namespace the system shows, one file to enter each by (a name under
+/// `/run/netns` first, else a process's `/proc/PID/ns/net`), `own` left out, at most `cap`:
+/// without `--netns` netwatch watches their counters and conntrack tables too, since an
+/// incident in a container's namespace shows nowhere else.
+pub fn discover(sys: &impl NsSystem, own: u32, cap: usize) -> Vec<Netns> {
+    let mut seen = std::collections::HashSet::from([own]);
+    let mut out = Vec::new();
+    for path in sys.candidates() {
+        if out.len() >= cap {
+            break;
+        }
+        let Ok(file) = sys.inspect(&path) else {
+            continue;
+        };
+        if let Ok(inode) = check_file(&path, &file) {
+            if seen.insert(inode) {
+                out.push(Netns {
+                    inode,
+                    path: Some(path),
+                });
+            }
+        }
+    }
+    out
+}
+
 /// The running system.
 pub struct System;
 
@@ -244,6 +270,42 @@ mod tests {
     }
 
     const EXT4: i64 = 0xef53;
+
+    #[test]
+    fn discovery_finds_each_namespace_once_by_its_name_first_and_is_bounded() {
+        let sys = system()
+            .with(
+                "/proc/77/ns/net",
+                NSFS_MAGIC,
+                Some(libc::CLONE_NEWNET),
+                4026532300,
+            )
+            .with(
+                "/proc/78/ns/net",
+                NSFS_MAGIC,
+                Some(libc::CLONE_NEWNET),
+                4026532999,
+            );
+        let found = discover(&sys, 4026531840, 10);
+        let got: Vec<(u32, String)> = found
+            .iter()
+            .map(|n| (n.inode, n.path.as_ref().unwrap().display().to_string()))
+            .collect();
+        assert!(
+            got.contains(&(4026532300, "/run/netns/blue".into())),
+            "{got:?}"
+        );
+        assert!(
+            got.contains(&(4026532999, "/proc/78/ns/net".into())),
+            "{got:?}"
+        );
+        assert!(
+            !got.iter().any(|(i, _)| *i == 4026531840),
+            "own namespace: {got:?}"
+        );
+        assert_eq!(got.iter().filter(|(i, _)| *i == 4026532300).count(), 1);
+        assert_eq!(discover(&sys, 4026531840, 1).len(), 1);
+    }
 
     fn system() -> Fake {
         Fake::default()

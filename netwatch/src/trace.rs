@@ -76,6 +76,8 @@ struct Tracer {
     conntrack_told: bool,
     /// When the request sockets may be listed again (see `snapshot`).
     syn_recv_next: std::time::Instant,
+    /// When to look for namespaces again (without `--netns`).
+    next_discovery: std::time::Instant,
     /// Alerts of this interval, for the live views.
     alerts: Vec<Alert>,
     undecodable: u64,
@@ -95,6 +97,18 @@ struct Tracer {
     /// not (timewait sockets); and the names of those cgroups.
     cgroup_ids: IdMap<u64, u64>,
     cgroups: crate::cgroup::Resolver,
+}
+
+/// How often namespaces are looked for without `--netns`, and how many are watched: each
+/// costs a setns and a few procfs reads per interval.
+const DISCOVERY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+const MAX_WATCHED: usize = 64;
+
+/// Our own namespace's inode, and every other network namespace with a file to enter it by.
+fn discovered_namespaces() -> (u32, Vec<(u32, Option<std::path::PathBuf>)>) {
+    let own = crate::config::resolve_netns("/proc/self/ns/net").unwrap_or(0);
+    let found = crate::netns_spec::discover(&crate::netns_spec::System, own, MAX_WATCHED);
+    (own, found.into_iter().map(|n| (n.inode, n.path)).collect())
 }
 
 /// What ended the trace, as the summary's `stopped_by` says it.
@@ -233,7 +247,19 @@ impl Tracer {
         self.probes.counters().map(|c| c.lost_records).unwrap_or(0) + self.undecodable
     }
 
+    /// Without `--netns`: the namespaces to watch besides our own, found again now and
+    /// then (containers come and go).
+    fn discover_namespaces(&mut self) {
+        if !self.cfg.netns.is_empty() || std::time::Instant::now() < self.next_discovery {
+            return;
+        }
+        self.next_discovery = std::time::Instant::now() + DISCOVERY_EVERY;
+        let (own, others) = discovered_namespaces();
+        self.env.refresh(own, others);
+    }
+
     fn snapshot(&mut self) -> Result<(), SinkError> {
+        self.discover_namespaces();
         let env = self.environment();
         // Events up to the moment the counters were read belong to this interval too, so
         // a drop and the counter it bumped land in the same alert.
@@ -783,7 +809,13 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
     // baseline is taken then too, so nothing that happens after the attach is lost in it.
     let probes = Probes::attach(&cfg, &btf, || {
         found = take_census(&cfg, &mut agg, &mut owners, &mut cgroups);
-        env = Some(EnvSource::new(traced_spaces(&cfg)));
+        let mut source = EnvSource::new(traced_spaces(&cfg));
+        if cfg.netns.is_empty() {
+            // Every namespace's baseline before the attach, as our own's.
+            let (own, others) = discovered_namespaces();
+            source.refresh(own, others);
+        }
+        env = Some(source);
     })?;
     let env = env.context("the programs were never attached")?;
     let mut warnings = probes.warnings.clone();
@@ -860,6 +892,7 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         conntrack: ConntrackTracker::new(kernel_hz().unwrap_or(DEFAULT_HZ)),
         conntrack_told: false,
         syn_recv_next: std::time::Instant::now(),
+        next_discovery: std::time::Instant::now(),
         alerts: Vec::new(),
         undecodable: 0,
         start_mono,
@@ -872,6 +905,7 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         cgroups,
     };
 
+    tracer.next_discovery = std::time::Instant::now() + DISCOVERY_EVERY;
     let (stop, stopped) = rt.block_on(async {
         if let Some(l) = listener {
             tokio::spawn(serve::http::serve(l, shared));

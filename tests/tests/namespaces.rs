@@ -1,0 +1,66 @@
+//! Without `--netns`, netwatch watches every network namespace's own counters, not only
+//! its own namespace's: an incident inside a container's namespace must raise its alert
+//! even when nobody named that namespace. Ground truth: the namespace's own
+//! /proc/net/netstat. Root only; run with `sudo cargo xtask test`.
+
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Result};
+use netwatch_tests::alerts::{alerts, tcpext};
+use netwatch_tests::sock::listen_backlog;
+use netwatch_tests::tracer::SETTLE;
+use netwatch_tests::{in_netns, require_root, TestNet, Tracer};
+
+/// A backlog-1 listener that never accepts, in a namespace netwatch was not told about,
+/// and eight quick connects to it: its ListenOverflows move, and the listen_overflow alert
+/// names that namespace.
+#[test]
+fn an_untraced_namespaces_listen_overflow_is_alerted_without_netns() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    const PORT: u16 = 8095;
+    let net = TestNet::new("nsdisc")?;
+    let server_addr = SocketAddr::new(IpAddr::V4(net.server_v4()), PORT);
+    let listener = in_netns(&net.server, || listen_backlog(server_addr, 1))??;
+    let tracer = Tracer::start(&["--interval", "0.5"])?;
+    let before = tcpext(&net.server, &["ListenOverflows"])?[0];
+    let _clients: Vec<TcpStream> = in_netns(&net.client, || {
+        (0..8)
+            .filter_map(|_| {
+                TcpStream::connect_timeout(&server_addr, Duration::from_millis(300)).ok()
+            })
+            .collect()
+    })?;
+    let truth = tcpext(&net.server, &["ListenOverflows"])?[0] - before;
+    ensure!(
+        truth > 0,
+        "the kernel counted no ListenOverflows in the test namespace"
+    );
+    let server_ns = net.server.inode();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut reported = 0;
+    while Instant::now() < deadline {
+        reported = alerts(&tracer.records_so_far())?
+            .iter()
+            .filter(|a| a.kind == "listen_overflow" && a.netns().ok() == Some(server_ns))
+            .map(|a| a.u64("listen_overflows").unwrap_or(0))
+            .sum::<u64>();
+        if reported >= truth {
+            break;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    thread::sleep(SETTLE);
+    drop(listener);
+    let out = tracer.stop()?;
+    ensure!(
+        reported == truth,
+        "listen_overflow alerts for the untraced namespace {server_ns} add up to {reported} \
+         ListenOverflows; its netstat says +{truth}; stderr:\n{}",
+        out.stderr
+    );
+    Ok(())
+}
