@@ -263,8 +263,9 @@ mod tests {
         }
 
         fn candidates(&self) -> Vec<PathBuf> {
+            // As the system lists them: names under /run/netns first.
             let mut c: Vec<PathBuf> = self.0.keys().cloned().collect();
-            c.sort();
+            c.sort_by_key(|p| (!p.starts_with("/run/netns"), p.clone()));
             c
         }
     }
