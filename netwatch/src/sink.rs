@@ -241,18 +241,21 @@ impl Sinks {
         }
     }
 
-    pub fn alert(&mut self, alert: &Alert, mono_ns: u64) {
+    /// One alert, with its namespace's name where it has one.
+    pub fn alert(&mut self, alert: &Alert, mono_ns: u64, netns_name: Option<&str>) {
         if self.json.is_some() {
             self.records.alert += 1;
             *self.alert_kinds.entry(alert_kind(alert)).or_default() += 1;
             let clock = self.clock;
-            self.record(&Record::Alert(AlertJson::new(alert, mono_ns, clock)));
+            let mut json = AlertJson::new(alert, mono_ns, clock);
+            json.netns_name = netns_name.map(str::to_owned);
+            self.record(&Record::Alert(json));
         }
         for buf in [self.lines.as_mut(), self.text.as_mut()]
             .into_iter()
             .flatten()
         {
-            buf.extend_from_slice(alert.text().as_bytes());
+            buf.extend_from_slice(alert.text_in(netns_name).as_bytes());
         }
     }
 

@@ -78,6 +78,8 @@ struct Tracer {
     syn_recv_next: std::time::Instant,
     /// When to look for namespaces again (without `--netns`).
     next_discovery: std::time::Instant,
+    /// Namespaces' names from /run/netns, for alerts.
+    netns_names: crate::serve::places::NetnsNames,
     /// Alerts of this interval, for the live views.
     alerts: Vec<Alert>,
     undecodable: u64,
@@ -212,7 +214,8 @@ impl Tracer {
             if let Some(x) = self.exporter.as_mut() {
                 x.alert(&a);
             }
-            self.sinks.alert(&a, at);
+            let name = self.netns_names.name(a.netns());
+            self.sinks.alert(&a, at, name.as_deref());
             self.alerts.push(a);
         }
     }
@@ -329,7 +332,8 @@ impl Tracer {
             View::Dashboard => {
                 if let Some((tui, dash)) = self.dashboard.as_mut() {
                     for a in &alerts {
-                        dash.alerts.record_alert(a, snap.mono_ns);
+                        let name = self.netns_names.name(a.netns());
+                        dash.alerts.record_alert(a, snap.mono_ns, name.as_deref());
                     }
                     tui.draw(dash, &snap).map_err(SinkError::Io)?;
                 }
@@ -653,6 +657,11 @@ fn header(
         interval_ns: cfg.interval.as_nanos() as u64,
         sysctls: pairs(None),
         netns_sysctls,
+        netns_names: crate::serve::places::NetnsNames::system()
+            .all()
+            .into_iter()
+            .map(|(ino, name)| (ino.to_string(), name))
+            .collect(),
         filters: FiltersJson {
             ports: cfg.ports.clone(),
             addrs: cfg.addr_specs.clone(),
@@ -893,6 +902,7 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         conntrack_told: false,
         syn_recv_next: std::time::Instant::now(),
         next_discovery: std::time::Instant::now(),
+        netns_names: crate::serve::places::NetnsNames::system(),
         alerts: Vec::new(),
         undecodable: 0,
         start_mono,

@@ -42,12 +42,20 @@ fn an_untraced_namespaces_listen_overflow_is_alerted_without_netns() -> Result<(
     let server_ns = net.server.inode();
     let deadline = Instant::now() + Duration::from_secs(8);
     let mut reported = 0;
+    let mut names = Vec::new();
     while Instant::now() < deadline {
-        reported = alerts(&tracer.records_so_far())?
-            .iter()
+        let mine: Vec<_> = alerts(&tracer.records_so_far())?
+            .into_iter()
             .filter(|a| a.kind == "listen_overflow" && a.netns().ok() == Some(server_ns))
+            .collect();
+        reported = mine
+            .iter()
             .map(|a| a.u64("listen_overflows").unwrap_or(0))
             .sum::<u64>();
+        names = mine
+            .iter()
+            .map(|a| a.str("netns_name").unwrap_or_default().to_owned())
+            .collect();
         if reported >= truth {
             break;
         }
@@ -56,6 +64,18 @@ fn an_untraced_namespaces_listen_overflow_is_alerted_without_netns() -> Result<(
     thread::sleep(SETTLE);
     drop(listener);
     let out = tracer.stop()?;
+    // People know the namespace by its name, not its inode.
+    ensure!(
+        !names.is_empty() && names.iter().all(|n| n == net.server.name()),
+        "the alerts should name the namespace {}: {names:?}",
+        net.server.name()
+    );
+    let header = out.records.first().cloned().unwrap_or_default();
+    ensure!(
+        header["netns_names"][server_ns.to_string()] == net.server.name(),
+        "the header should name namespace {server_ns}: {}",
+        header["netns_names"]
+    );
     ensure!(
         reported == truth,
         "listen_overflow alerts for the untraced namespace {server_ns} add up to {reported} \

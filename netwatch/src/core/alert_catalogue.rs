@@ -385,9 +385,13 @@ pub fn subject(kind: &str, evidence: &dyn Fn(&str) -> Option<Value>) -> String {
         .filter_map(|f| Some((*f, part(&evidence(f)?)?)))
         .collect();
     match parts.as_slice() {
-        [] => match evidence("netns").as_ref().and_then(Value::as_u64) {
-            Some(ns) => format!("netns {ns}"),
-            None => String::new(),
+        [] => match (
+            evidence("netns_name"),
+            evidence("netns").as_ref().and_then(Value::as_u64),
+        ) {
+            (Some(Value::String(name)), _) => format!("netns {name}"),
+            (_, Some(ns)) => format!("netns {ns}"),
+            _ => String::new(),
         },
         [(_, addr), (_, port)] if addr.contains(':') => format!("[{addr}]:{port}"),
         [(_, addr), (_, port)] => format!("{addr}:{port}"),

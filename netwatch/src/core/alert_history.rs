@@ -107,9 +107,13 @@ impl AlertHistory {
         }
     }
 
-    /// Folds in an alert the engine raised at `at`.
-    pub fn record_alert(&mut self, alert: &Alert, at: u64) {
-        let fields = alert.evidence();
+    /// Folds in an alert the engine raised at `at`, in the namespace named `netns_name`
+    /// where it has a name.
+    pub fn record_alert(&mut self, alert: &Alert, at: u64, netns_name: Option<&str>) {
+        let mut fields = alert.evidence();
+        if let Some(n) = netns_name {
+            fields.insert("netns_name".into(), n.into());
+        }
         self.record(
             alert.kind().name,
             &|f| fields.get(f).cloned(),
@@ -151,13 +155,13 @@ mod tests {
         let mut h = AlertHistory::default();
         let all = one_of_each();
         for (i, a) in all.iter().enumerate() {
-            h.record_alert(a, 10 + i as u64);
+            h.record_alert(a, 10 + i as u64, None);
         }
         let exhaustion = all
             .iter()
             .find(|a| a.kind().name == "port_exhaustion")
             .unwrap();
-        h.record_alert(exhaustion, 100);
+        h.record_alert(exhaustion, 100, None);
         assert_eq!(h.len(), all.len());
         let e = h.by_severity()[0];
         assert_eq!(

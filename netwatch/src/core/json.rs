@@ -153,6 +153,10 @@ pub struct HeaderJson {
     /// The same for each traced namespace (`--netns`), keyed by its inode.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub netns_sysctls: BTreeMap<String, BTreeMap<String, String>>,
+    /// Names of the namespaces that had one (`/run/netns`) when tracing began, keyed by
+    /// inode: a report names `scn-srv`, not 4026532247. Added within schema version 1.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub netns_names: BTreeMap<String, String>,
     pub filters: FiltersJson,
     /// The command line.
     pub argv: Vec<String>,
@@ -343,6 +347,10 @@ pub struct AlertJson<'a> {
     pub ts: String,
     pub mono_ns: u64,
     pub message: String,
+    /// The name of the alert's namespace (`/run/netns`), where it has one: people know
+    /// `scn-srv`, not 4026532247. Added within schema version 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns_name: Option<String>,
     #[serde(flatten)]
     pub alert: &'a Alert,
 }
@@ -353,6 +361,7 @@ impl<'a> AlertJson<'a> {
             ts: clock.rfc3339(mono_ns),
             mono_ns,
             message: alert.message(),
+            netns_name: None,
             alert,
         }
     }

@@ -195,6 +195,8 @@ pub struct HeaderIn {
     #[serde(default)]
     pub netns_sysctls: BTreeMap<String, BTreeMap<String, String>>,
     #[serde(default)]
+    pub netns_names: BTreeMap<String, String>,
+    #[serde(default)]
     pub filters: FiltersIn,
     #[serde(default)]
     pub argv: Vec<String>,

@@ -163,6 +163,15 @@ impl Alert {
         }
     }
 
+    /// The namespace the alert is about (every kind has one).
+    pub fn netns(&self) -> u32 {
+        self.evidence()
+            .get("netns")
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(0)
+    }
+
     /// The alert's fields as its trace record has them (`Value::Null` for none): what the
     /// catalogue's subject and counted fields are read from, live as in a report.
     pub fn evidence(&self) -> serde_json::Map<String, serde_json::Value> {
@@ -174,10 +183,20 @@ impl Alert {
 
     /// What `--plain` and `--events` print: `ALERT critical port_exhaustion: message`, then
     /// (but for harmless kinds, which come in numbers) the catalogue's advice on its own line.
+    #[cfg(test)]
     pub fn text(&self) -> String {
+        self.text_in(None)
+    }
+
+    /// [`Alert::text`], naming the alert's namespace where it has a name (`ip netns`'s, or
+    /// a container's): `ALERT warning listen_overflow in netns scn-srv: ...`.
+    pub fn text_in(&self, netns_name: Option<&str>) -> String {
         let kind = self.kind();
+        let place = netns_name
+            .map(|n| format!(" in netns {n}"))
+            .unwrap_or_default();
         let mut out = format!(
-            "ALERT {} {}: {}\n",
+            "ALERT {} {}{place}: {}\n",
             kind.severity.as_str(),
             kind.name,
             self.message()

@@ -720,10 +720,17 @@ pub fn build(cfg: &ReportConfig) -> Result<Report> {
             .collect(),
         recorded_netns: first.filters.netns.clone(),
         sysctls: printable::map(&first.sysctls),
+        // Keyed for people: `scn-srv (4026532247)` where the namespace had a name.
         netns_sysctls: first
             .netns_sysctls
             .iter()
-            .map(|(ns, m)| (printable::owned(ns), printable::map(m)))
+            .map(|(ns, m)| {
+                let label = match first.netns_names.get(ns) {
+                    Some(name) => format!("{name} ({ns})"),
+                    None => ns.clone(),
+                };
+                (printable::owned(&label), printable::map(m))
+            })
             .collect(),
         argv: first.argv.iter().map(|a| printable::owned(a)).collect(),
         kernel_features: recorded_features(&first, summary),

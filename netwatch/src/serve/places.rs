@@ -118,15 +118,27 @@ impl NetnsNames {
 
     /// The label for a namespace: its name, or its inode in decimal.
     pub fn label(&mut self, inode: u32) -> String {
+        self.name(inode).unwrap_or_else(|| inode.to_string())
+    }
+
+    /// Every namespace that has a name, by inode (bounded: a header must stay small).
+    pub fn all(&mut self) -> std::collections::BTreeMap<u32, String> {
+        self.scan();
+        self.names
+            .iter()
+            .take(256)
+            .map(|(i, n)| (*i, n.clone()))
+            .collect()
+    }
+
+    /// A namespace's name under /run/netns, if it has one.
+    pub fn name(&mut self, inode: u32) -> Option<String> {
         if !self.names.contains_key(&inode)
             && self.last_scan.is_none_or(|t| t.elapsed() >= RESCAN_AFTER)
         {
             self.scan();
         }
-        self.names
-            .get(&inode)
-            .cloned()
-            .unwrap_or_else(|| inode.to_string())
+        self.names.get(&inode).cloned()
     }
 }
 

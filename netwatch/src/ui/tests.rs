@@ -270,10 +270,12 @@ fn with_alerts(mut dash: Dashboard, snap: &Snapshot) -> Dashboard {
     let of = |kind: &str| all.iter().find(|a| a.kind().name == kind).unwrap();
     for ago in [62, 30, 2] {
         dash.alerts
-            .record_alert(of("port_exhaustion"), now - ago * S);
+            .record_alert(of("port_exhaustion"), now - ago * S, None);
     }
-    dash.alerts.record_alert(of("listen_overflow"), now - 5 * S);
-    dash.alerts.record_alert(of("paws_reject"), now - 40 * S);
+    dash.alerts
+        .record_alert(of("listen_overflow"), now - 5 * S, None);
+    dash.alerts
+        .record_alert(of("paws_reject"), now - 40 * S, None);
     dash
 }
 

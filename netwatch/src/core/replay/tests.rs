@@ -49,6 +49,7 @@ pub fn header(part: u32) -> HeaderJson {
             ),
         ]),
         netns_sysctls: BTreeMap::new(),
+        netns_names: BTreeMap::new(),
         filters: FiltersJson::default(),
         argv: vec!["netwatch".into(), "trace".into()],
         kernel_features: KernelFeatures::all("tp_btf"),
