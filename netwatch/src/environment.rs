@@ -86,6 +86,11 @@ impl EnvSource {
         self.spaces = spaces;
     }
 
+    /// The namespaces sampled, each with its file to enter it by (None for ours).
+    pub fn spaces(&self) -> &[(u32, Option<PathBuf>)] {
+        &self.spaces
+    }
+
     /// The sampled namespaces, in the order they were given.
     pub fn namespaces(&self) -> impl Iterator<Item = u32> + '_ {
         self.spaces.iter().map(|(ns, _)| *ns)

@@ -106,6 +106,18 @@ struct Tracer {
 const DISCOVERY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 const MAX_WATCHED: usize = 64;
 
+/// Gives the snapshot's namespaces their names, for the views.
+fn name_namespaces(
+    names: &mut crate::serve::places::NetnsNames,
+    snap: &mut crate::core::snapshot::Snapshot,
+) {
+    snap.netns_names = snap
+        .per_netns
+        .keys()
+        .filter_map(|&ns| Some((ns, names.name(ns)?)))
+        .collect();
+}
+
 /// Our own namespace's inode, and every other network namespace with a file to enter it by.
 fn discovered_namespaces() -> (u32, Vec<(u32, Option<std::path::PathBuf>)>) {
     let own = crate::config::resolve_netns("/proc/self/ns/net").unwrap_or(0);
@@ -225,7 +237,7 @@ impl Tracer {
     fn queues(&self) -> Option<(Queues, Vec<(u32, u64)>)> {
         let mut all = Vec::new();
         let mut by_ns = Vec::new();
-        for (inode, path) in traced_spaces(&self.cfg) {
+        for (inode, path) in self.env.spaces().to_vec() {
             let socks = census::dump_queues(path.as_deref()).ok()?;
             let wanted: Vec<census::CensusSocket> = socks
                 .into_iter()
@@ -282,6 +294,7 @@ impl Tracer {
         self.publish(ended);
         let lost = self.lost();
         let mut snap = self.agg.snapshot(mono_now_ns(), lost);
+        name_namespaces(&mut self.netns_names, &mut snap);
         // The table the entries came from; else, of the traced namespaces, the busiest
         // (alerts are per namespace anyway).
         let ct_env = self
@@ -361,7 +374,8 @@ impl Tracer {
         }
         if redraw {
             // Show the new selection at once rather than at the next interval.
-            let snap = self.agg.peek(mono_now_ns(), lost);
+            let mut snap = self.agg.peek(mono_now_ns(), lost);
+            name_namespaces(&mut self.netns_names, &mut snap);
             tui.draw(dash, &snap).map_err(SinkError::Io)?;
         }
         Ok(false)
@@ -504,17 +518,14 @@ struct Census {
 /// one), so gauges are right from the first second.
 fn take_census(
     cfg: &TraceConfig,
+    spaces: &[(u32, Option<std::path::PathBuf>)],
     agg: &mut Aggregator,
     owners: &mut IdMap<u64, Owner>,
     cgroups: &mut crate::cgroup::Resolver,
 ) -> Census {
     let mut warnings = Vec::new();
     let mut found = Vec::new();
-    let spaces: Vec<Option<&std::path::Path>> = if cfg.netns.is_empty() {
-        vec![None]
-    } else {
-        cfg.netns_paths.iter().map(|p| Some(p.as_path())).collect()
-    };
+    let spaces: Vec<Option<&std::path::Path>> = spaces.iter().map(|(_, p)| p.as_deref()).collect();
     if !cfg.netns.is_empty() && cfg.netns_paths.len() < cfg.netns.len() {
         warnings.push(
             "some --netns inodes have no file to enter; their existing sockets are not counted"
@@ -782,10 +793,14 @@ fn existing(s: &census::CensusSocket, owner: Option<Owner>, cgroup: u64) -> Exis
 
 /// The namespaces whose counters are sampled: the filtered ones that can be entered, or
 /// ours.
+/// The namespaces a trace covers: those of `--netns`, else ours and every other one found
+/// (see [`discovered_namespaces`]), each with a file to enter it by (None for ours).
 fn traced_spaces(cfg: &TraceConfig) -> Vec<(u32, Option<std::path::PathBuf>)> {
     if cfg.netns.is_empty() {
-        let own = crate::config::resolve_netns("/proc/self/ns/net").unwrap_or(0);
-        return vec![(own, None)];
+        let (own, others) = discovered_namespaces();
+        let mut all = vec![(own, None)];
+        all.extend(others);
+        return all;
     }
     cfg.netns_paths
         .iter()
@@ -817,14 +832,11 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
     // ring buffer does not fill while it walks a large socket table; the counters'
     // baseline is taken then too, so nothing that happens after the attach is lost in it.
     let probes = Probes::attach(&cfg, &btf, || {
-        found = take_census(&cfg, &mut agg, &mut owners, &mut cgroups);
-        let mut source = EnvSource::new(traced_spaces(&cfg));
-        if cfg.netns.is_empty() {
-            // Every namespace's baseline before the attach, as our own's.
-            let (own, others) = discovered_namespaces();
-            source.refresh(own, others);
-        }
-        env = Some(source);
+        // Without --netns, every namespace found: their sockets' census and their counters'
+        // baseline before the attach, as our own's.
+        let spaces = traced_spaces(&cfg);
+        found = take_census(&cfg, &spaces, &mut agg, &mut owners, &mut cgroups);
+        env = Some(EnvSource::new(spaces));
     })?;
     let env = env.context("the programs were never attached")?;
     let mut warnings = probes.warnings.clone();

@@ -25,7 +25,7 @@ fn an_untraced_namespaces_listen_overflow_is_alerted_without_netns() -> Result<(
     let net = TestNet::new("nsdisc")?;
     let server_addr = SocketAddr::new(IpAddr::V4(net.server_v4()), PORT);
     let listener = in_netns(&net.server, || listen_backlog(server_addr, 1))??;
-    let tracer = Tracer::start(&["--interval", "0.5"])?;
+    let tracer = Tracer::start(&["--interval", "0.5"])?.keep_file();
     let before = tcpext(&net.server, &["ListenOverflows"])?[0];
     let _clients: Vec<TcpStream> = in_netns(&net.client, || {
         (0..8)
@@ -62,8 +62,28 @@ fn an_untraced_namespaces_listen_overflow_is_alerted_without_netns() -> Result<(
         thread::sleep(Duration::from_millis(200));
     }
     thread::sleep(SETTLE);
-    drop(listener);
+    let path = tracer.output_path().to_owned();
     let out = tracer.stop()?;
+    // The listener lives to the end of the trace, where the report breaks sockets down.
+    drop(listener);
+    // The report breaks sockets down by namespace, by name: the server's listener.
+    let report = std::process::Command::new(netwatch_tests::tracer::netwatch_bin()?)
+        .args(["report", "--json"])
+        .arg(&path)
+        .output()?;
+    let _ = std::fs::remove_file(&path);
+    let json: serde_json::Value = serde_json::from_slice(&report.stdout)?;
+    let listen_ns: Vec<String> = json["breakdowns"]["LISTEN"]["namespaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["key"].as_str().map(str::to_owned))
+        .collect();
+    ensure!(
+        listen_ns.iter().any(|k| k == net.server.name()),
+        "the report's LISTEN breakdown by namespace should name {}: {listen_ns:?}",
+        net.server.name()
+    );
     // People know the namespace by its name, not its inode.
     ensure!(
         !names.is_empty() && names.iter().all(|n| n == net.server.name()),

@@ -532,6 +532,7 @@ impl Aggregator {
         let mut by_process: Vec<HashMap<u32, u64>> = vec![HashMap::new(); state::COUNT];
         for l in self.live.values() {
             let i = l.state as usize;
+            snap.per_netns.entry(l.netns).or_insert([0; state::COUNT])[i] += 1;
             if let Some(since) = l.since {
                 ages[i].saturating_record(now_ns.saturating_sub(since).clamp(1, MAX_TRACKABLE_NS));
             }
@@ -545,6 +546,12 @@ impl Aggregator {
             }
         }
         for i in 0..state::COUNT {
+            snap.top_netns[i] = top(snap
+                .per_netns
+                .iter()
+                .filter(|(_, c)| c[i] > 0)
+                .map(|(ns, c)| (*ns, c[i]))
+                .collect());
             let requests = self
                 .requests
                 .as_ref()

@@ -16,6 +16,9 @@ use super::{
     text::duration,
 };
 
+/// Namespaces listed one by one in a summary, the busiest.
+const PLAIN_NAMESPACES: usize = 8;
+
 /// States whose dwell and age an on-call engineer asks about first, in that order.
 const FOCUS: &[u8] = &[
     state::TIME_WAIT,
@@ -78,6 +81,23 @@ pub fn summary(s: &Snapshot, clock: WallClock) -> String {
         .collect();
     if !peaks.is_empty() {
         let _ = writeln!(out, "  peak  {}", peaks.join(", "));
+    }
+    // Several namespaces: each one's own gauges, busiest first (their sum is above).
+    if s.per_netns.len() > 1 {
+        let mut spaces: Vec<(&u32, &[u64; state::COUNT])> = s.per_netns.iter().collect();
+        spaces.sort_by_key(|(_, c)| std::cmp::Reverse(c.iter().sum::<u64>()));
+        for (ns, counts) in spaces.into_iter().take(PLAIN_NAMESPACES) {
+            let states: Vec<String> = reported_states()
+                .filter(|&st| counts[st as usize] > 0)
+                .map(|st| format!("{} {}", state::name(st), counts[st as usize]))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  netns {:<10} {}",
+                s.netns_label(*ns),
+                states.join(" ")
+            );
+        }
     }
     let early = &s.timewait_early_ends;
     if early.total() + early.pending > 0 {

@@ -98,6 +98,15 @@ pub struct Snapshot {
     /// Per state: the processes holding the most sockets in it, top N (sockets of no known
     /// process are left out: a kernel-held TIME_WAIT socket belongs to nobody).
     pub top_processes: Vec<Vec<Talker<Owner>>>,
+    /// Per state: the network namespaces with the most sockets in it, top N (inodes; see
+    /// `netns_names`).
+    pub top_netns: Vec<Vec<Talker<u32>>>,
+    /// Sockets in each state now, per network namespace (request sockets and accept
+    /// queues are counted for all namespaces together, in `states`).
+    pub per_netns: std::collections::BTreeMap<u32, [u64; state::COUNT]>,
+    /// Names of namespaces that have one (`/run/netns`), for the views: filled by the
+    /// tracer, empty in a replay unless the trace's header had them.
+    pub netns_names: std::collections::BTreeMap<u32, String>,
     pub transitions: u64,
     /// Records the kernel could not send (ring buffer full) plus undecodable ones.
     pub lost: u64,
@@ -145,6 +154,14 @@ pub struct ConntrackStats {
 }
 
 impl Snapshot {
+    /// `scn-srv` where the namespace has a name, else its inode.
+    pub fn netns_label(&self, inode: u32) -> String {
+        self.netns_names
+            .get(&inode)
+            .cloned()
+            .unwrap_or_else(|| inode.to_string())
+    }
+
     pub fn empty() -> Self {
         Self {
             states: vec![StateStats::default(); state::COUNT],
@@ -152,6 +169,7 @@ impl Snapshot {
             top_local_ports: vec![Vec::new(); state::COUNT],
             top_remotes: vec![Vec::new(); state::COUNT],
             top_processes: vec![Vec::new(); state::COUNT],
+            top_netns: vec![Vec::new(); state::COUNT],
             ..Default::default()
         }
     }

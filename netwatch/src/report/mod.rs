@@ -112,6 +112,8 @@ pub struct BreakdownJson {
     pub remotes: Vec<TalkerJson>,
     /// By owning process (sockets of no known process are left out).
     pub processes: Vec<ProcessJson>,
+    /// By network namespace: its name where it had one, else its inode.
+    pub namespaces: Vec<TalkerJson>,
 }
 
 impl BreakdownJson {
@@ -145,6 +147,18 @@ impl BreakdownJson {
                         .collect()
                 })
                 .unwrap_or_default(),
+            namespaces: snap
+                .top_netns
+                .get(i)
+                .map(|l| {
+                    l.iter()
+                        .map(|t| TalkerJson {
+                            key: printable::owned(&snap.netns_label(t.key)),
+                            sockets: t.count,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 
@@ -168,6 +182,11 @@ impl BreakdownJson {
                 self.processes
                     .iter()
                     .map(|p| ("process", p.to_string(), p.sockets)),
+            )
+            .chain(
+                self.namespaces
+                    .iter()
+                    .map(|t| ("namespace", t.key.clone(), t.sockets)),
             )
             .collect()
     }
@@ -552,7 +571,12 @@ pub fn build(cfg: &ReportConfig) -> Result<Report> {
     }
     // A window that starts after the trace ends is empty, not negative.
     let end = end.max(since);
-    let (dwells, alive) = replay.view(end);
+    let (dwells, mut alive) = replay.view(end);
+    alive.netns_names = first
+        .netns_names
+        .iter()
+        .filter_map(|(ino, name)| Some((ino.parse().ok()?, name.clone())))
+        .collect();
 
     let mut ever = [false; state::COUNT];
     for g in &replay.gauges {

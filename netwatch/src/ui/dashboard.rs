@@ -35,6 +35,8 @@ pub enum Breakdown {
     RemoteAddr,
     /// Which process holds them (`ss -p`'s answer): finds the leaking program itself.
     Process,
+    /// Which network namespace they live in: finds the container among many.
+    Namespace,
 }
 
 impl Breakdown {
@@ -44,6 +46,7 @@ impl Breakdown {
             Breakdown::LocalPort => "local port",
             Breakdown::RemoteAddr => "remote address",
             Breakdown::Process => "process",
+            Breakdown::Namespace => "namespace",
         }
     }
 
@@ -51,9 +54,10 @@ impl Breakdown {
     pub fn toggled(self) -> Self {
         match self {
             Breakdown::ServicePort => Breakdown::LocalPort,
-            Breakdown::LocalPort => Breakdown::RemoteAddr,
+            Breakdown::LocalPort => Breakdown::Namespace,
             Breakdown::RemoteAddr => Breakdown::Process,
             Breakdown::Process => Breakdown::ServicePort,
+            Breakdown::Namespace => Breakdown::RemoteAddr,
         }
     }
 }
@@ -238,6 +242,7 @@ mod tests {
             Breakdown::Process,
             Breakdown::ServicePort,
             Breakdown::LocalPort,
+            Breakdown::Namespace,
             Breakdown::RemoteAddr,
         ] {
             dash.handle_key(press(KeyCode::Char('b')));

@@ -505,6 +505,13 @@ fn render_talkers(frame: &mut Frame, area: Rect, breakdown: Breakdown, s: u8, sn
         Breakdown::LocalPort => (keyed(talkers(&snap.top_local_ports, s)), "PORT"),
         Breakdown::RemoteAddr => (keyed(talkers(&snap.top_remotes, s)), "REMOTE"),
         Breakdown::Process => (keyed(talkers(&snap.top_processes, s)), "PROCESS"),
+        Breakdown::Namespace => (
+            talkers(&snap.top_netns, s)
+                .iter()
+                .map(|t| (snap.netns_label(t.key), t.count))
+                .collect(),
+            "NETNS",
+        ),
     };
     if list.is_empty() {
         let text = if now == 0 {
