@@ -279,8 +279,10 @@ impl Tracer {
         // Events up to the moment the counters were read belong to this interval too, so
         // a drop and the counter it bumped land in the same alert.
         self.drain()?;
-        // Listed before the interval's alerts, which name the listeners behind an overflow.
-        if std::time::Instant::now() >= self.syn_recv_next {
+        // Listed before the interval's alerts, which name the listeners behind an overflow;
+        // an overflow gets a fresh listing whatever the ration, or it names a stale queue.
+        let overflowed = env.values().any(Environment::listen_overflowed);
+        if overflowed || std::time::Instant::now() >= self.syn_recv_next {
             let started = std::time::Instant::now();
             if let Some((q, by_ns)) = self.queues() {
                 self.agg.set_queues(mono_now_ns(), &q);

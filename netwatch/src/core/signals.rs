@@ -46,6 +46,11 @@ pub struct Environment {
 }
 
 impl Environment {
+    /// A listener refused SYNs or final ACKs in this interval (its queue was full).
+    pub fn listen_overflowed(&self) -> bool {
+        self.delta("ListenOverflows") + self.delta("ListenDrops") > 0
+    }
+
     fn delta(&self, name: &str) -> u64 {
         self.deltas.get(name).copied().unwrap_or(0)
     }
@@ -630,7 +635,7 @@ impl Signals {
         let mut overflow_ns: BTreeSet<u32> = self.overflow_acks.keys().copied().collect();
         overflow_ns.extend(
             env.iter()
-                .filter(|(_, e)| e.delta("ListenOverflows") + e.delta("ListenDrops") > 0)
+                .filter(|(_, e)| e.listen_overflowed())
                 .map(|(ns, _)| *ns),
         );
         for netns in overflow_ns {
