@@ -328,6 +328,10 @@ fn serves_metrics(unit: &Unit) -> Result<()> {
     let deadline = Instant::now() + SERVE_TIMEOUT;
     let health = loop {
         match get(addr, "/healthz") {
+            // 503 until its first interval is published: ready, not just listening.
+            Ok(reply) if reply.status == 503 && Instant::now() <= deadline => {
+                thread::sleep(Duration::from_millis(200));
+            }
             Ok(reply) => break reply,
             Err(e) if Instant::now() > deadline => {
                 bail!(
