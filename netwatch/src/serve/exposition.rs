@@ -163,9 +163,8 @@ fn histograms(
     key: &'static str,
     hists: &[(impl AsRef<str>, Hist)],
 ) -> std::fmt::Result {
-    if hists.is_empty() {
-        return Ok(());
-    }
+    // Described even with no series (no conntrack in use yet), as the other families are:
+    // a scraper sees every metric netwatch has, and dashboards find their names.
     let mut e = describe(enc, m)?;
     for (label, h) in hists {
         let labels = [(key, label.as_ref())];

@@ -52,7 +52,11 @@ pub const COMPLETIONS: &[(&str, &str)] = &[
 pub const MAN_DIR: &str = "usr/share/man/man1";
 
 /// Pages that must be there whatever subcommands are added later (the unit documents them).
-pub const MAN_PAGES: &[&str] = &["netwatch.1.gz", "netwatch-trace.1.gz"];
+pub const MAN_PAGES: &[&str] = &[
+    "netwatch.1.gz",
+    "netwatch-serve.1.gz",
+    "netwatch-trace.1.gz",
+];
 
 /// Maintainer scripts and control files from packaging/debian, with their modes.
 pub const CONTROL_FILES: &[(&str, u32)] = &[
