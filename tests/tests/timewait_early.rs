@@ -4,8 +4,9 @@
 //!
 //! - `syn_reuse`: the server closed first (its TIME_WAIT), the client reconnects at once from
 //!   the same port: the SYN's higher sequence number lets the kernel take over the TIME_WAIT.
-//! - `tw_reuse`: the client closed first (its TIME_WAIT), and connects again from the same
-//!   port: `connect()` reuses its own TIME_WAIT (timestamps on).
+//! - `tw_reuse`: the client closed first (its TIME_WAIT), and connects again with the port
+//!   range narrowed to that one port: `connect()` picks it and reuses its own TIME_WAIT
+//!   (`tcp_tw_reuse`, timestamps on).
 //! - `rst`: the server's TIME_WAIT after a large transfer, timestamps off, the client
 //!   reconnects at once: its new ISN lies below what the TIME_WAIT expects, the TIME_WAIT
 //!   answers the SYN with an ACK, the client answers that with an in-window RST, and the
@@ -42,19 +43,31 @@ enum Closer {
     Server,
 }
 
-/// One connection from `client_port` to `port`, `bytes` sent by the client, closed by
-/// `closer` first (the other side waits for its FIN). The server side runs on a thread in
-/// the server namespace; the listener stays open for the reconnect.
+/// Connects from `client_port`, bound to it, or (None) from a port connect() picks.
+fn connect(net: &TestNet, client_port: Option<u16>, server_addr: SocketAddr) -> Result<TcpStream> {
+    match client_port {
+        Some(p) => {
+            let local = SocketAddr::new(IpAddr::V4(net.client_v4()), p);
+            connect_bound(local, server_addr, IO_TIMEOUT)
+                .with_context(|| format!("connect {local} -> {server_addr}"))
+        }
+        None => TcpStream::connect_timeout(&server_addr, IO_TIMEOUT)
+            .with_context(|| format!("connect -> {server_addr} from a port connect() picks")),
+    }
+}
+
+/// One connection from `client_port` (see [`connect`]) to `port`, `bytes` sent by the
+/// client, closed by `closer` first (the other side waits for its FIN). The server side runs
+/// on a thread in the server namespace; the listener stays open for the reconnect.
 fn converse(
     net: &TestNet,
     listener: &TcpListener,
     port: u16,
-    client_port: u16,
+    client_port: Option<u16>,
     bytes: usize,
     closer: Closer,
 ) -> Result<()> {
     let server_addr = SocketAddr::new(IpAddr::V4(net.server_v4()), port);
-    let local = SocketAddr::new(IpAddr::V4(net.client_v4()), client_port);
     let listener = listener.try_clone()?;
     let server = spawn_in_netns(&net.server, move || -> Result<()> {
         let (mut s, _) = accept_timeout(&listener, IO_TIMEOUT).context("accept")?;
@@ -68,8 +81,7 @@ fn converse(
         Ok(())
     })?;
     let client = in_netns(&net.client, || -> Result<()> {
-        let mut c = connect_bound(local, server_addr, IO_TIMEOUT)
-            .with_context(|| format!("connect {local} -> {server_addr}"))?;
+        let mut c = connect(net, client_port, server_addr)?;
         c.write_all(&vec![b'x'; bytes])?;
         if closer == Closer::Server {
             let rest = read_to_eof(&mut c, IO_TIMEOUT).context("client read to EOF")?;
@@ -82,21 +94,23 @@ fn converse(
     client?
 }
 
-/// Connects again from the same client port (the reuse under test) and lets the server
-/// accept and close it, so nothing is left behind.
-fn reconnect(net: &TestNet, listener: &TcpListener, port: u16, client_port: u16) -> Result<()> {
+/// Connects again from the same client port (the reuse under test), bound to it or (None)
+/// left to connect() to pick, and lets the server accept and close it, so nothing is left
+/// behind.
+fn reconnect(
+    net: &TestNet,
+    listener: &TcpListener,
+    port: u16,
+    client_port: Option<u16>,
+) -> Result<()> {
     let server_addr = SocketAddr::new(IpAddr::V4(net.server_v4()), port);
-    let local = SocketAddr::new(IpAddr::V4(net.client_v4()), client_port);
     let listener = listener.try_clone()?;
     let server = spawn_in_netns(&net.server, move || -> Result<()> {
         let (s, _) = accept_timeout(&listener, IO_TIMEOUT).context("accept the reconnect")?;
         drop(s);
         Ok(())
     })?;
-    let client = in_netns(&net.client, || -> Result<TcpStream> {
-        connect_bound(local, server_addr, IO_TIMEOUT)
-            .with_context(|| format!("reconnect {local} -> {server_addr}"))
-    });
+    let client = in_netns(&net.client, || connect(net, client_port, server_addr));
     server.join()??;
     drop(client?);
     Ok(())
@@ -135,25 +149,37 @@ fn each_early_end_of_time_wait_is_counted_under_its_cause() -> Result<()> {
     ])?
     .keep_file();
 
-    converse(&net, &syn_l, SYN_REUSE_PORT, CLIENT_PORT, 1, Closer::Server)?;
-    reconnect(&net, &syn_l, SYN_REUSE_PORT, CLIENT_PORT)?;
-
     converse(
         &net,
-        &tw_l,
-        TW_REUSE_PORT,
-        CLIENT_PORT + 1,
+        &syn_l,
+        SYN_REUSE_PORT,
+        Some(CLIENT_PORT),
         1,
-        Closer::Client,
+        Closer::Server,
     )?;
-    // tcp_tw_reuse waits a second after the TIME_WAIT's last timestamp.
+    reconnect(&net, &syn_l, SYN_REUSE_PORT, Some(CLIENT_PORT))?;
+
+    // connect() picks its ports from one, so the reconnect can only reuse the TIME_WAIT the
+    // first connection left (autobound: a port taken by bind() is never reused so), which
+    // tcp_tw_reuse allows once a whole second (as the kernel counts) has passed since its
+    // last timestamp.
+    let range = format!("{} {}", CLIENT_PORT + 1, CLIENT_PORT + 1);
+    net.client.sysctl("net.ipv4.ip_local_port_range", &range)?;
     net.client.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
-    thread::sleep(Duration::from_millis(1_100));
-    reconnect(&net, &tw_l, TW_REUSE_PORT, CLIENT_PORT + 1)?;
+    converse(&net, &tw_l, TW_REUSE_PORT, None, 1, Closer::Client)?;
+    thread::sleep(Duration::from_millis(2_100));
+    reconnect(&net, &tw_l, TW_REUSE_PORT, None)?;
 
     net.client.sysctl("net.ipv4.tcp_timestamps", "0")?;
-    converse(&net, &rst_l, RST_PORT, CLIENT_PORT + 2, BIG, Closer::Server)?;
-    reconnect(&net, &rst_l, RST_PORT, CLIENT_PORT + 2)?;
+    converse(
+        &net,
+        &rst_l,
+        RST_PORT,
+        Some(CLIENT_PORT + 2),
+        BIG,
+        Closer::Server,
+    )?;
+    reconnect(&net, &rst_l, RST_PORT, Some(CLIENT_PORT + 2))?;
 
     // Every reconnect's TIME_WAIT and its evidence are in; the ones just made by closing
     // the reconnects live on (60 s) and are not early ends.

@@ -203,18 +203,24 @@ impl Classifier {
         if Self::is_early(t) {
             self.death(Tuple::of(t), t.mono_ns);
         } else if t.old == state::CLOSE && t.new == state::SYN_SENT {
-            self.evidence(Tuple::of(t), t.mono_ns, Cause::TwReuse);
+            // A bound socket's connect(): the port is known already, and the death follows.
+            self.evidence(Tuple::of(t), t.mono_ns, Cause::TwReuse, true);
+        } else if t.old == state::SYN_SENT {
+            // An unbound socket enters SYN_SENT before connect() picks its port (the reused
+            // one): its tuple shows when it leaves, with the start `dwell` before.
+            let start = t.mono_ns.saturating_sub(t.dwell_ns.unwrap_or(0));
+            self.evidence(Tuple::of(t), start, Cause::TwReuse, false);
         } else if t.old == state::SYN_RECV && t.synack_retransmits.is_some() {
             // A request socket's end: it began at the SYN, `dwell` before its record.
             let syn = t.mono_ns.saturating_sub(t.dwell_ns.unwrap_or(0));
-            self.evidence(Tuple::of(t), syn, Cause::SynReuse);
+            self.evidence(Tuple::of(t), syn, Cause::SynReuse, false);
         }
     }
 
     /// An RST reached the timewait socket of `tuple` at `at`.
     pub fn reset(&mut self, tuple: Tuple, at: u64) {
         self.tick(at);
-        self.evidence(tuple, at, Cause::Rst);
+        self.evidence(tuple, at, Cause::Rst, true);
     }
 
     /// The trace ended: what still waits has no evidence.
@@ -243,7 +249,9 @@ impl Classifier {
         self.pending_order.push_back((at, tuple));
     }
 
-    fn evidence(&mut self, tuple: Tuple, at: u64, cause: Cause) {
+    /// `early`: the evidence can come before the death it explains (a bound connect(), a
+    /// RST), so it waits for one; otherwise it always comes after.
+    fn evidence(&mut self, tuple: Tuple, at: u64, cause: Cause, early: bool) {
         if let Some(&died) = self.pending.get(&tuple) {
             if at.abs_diff(died) <= MATCH_WINDOW_NS {
                 self.pending.remove(&tuple);
@@ -251,9 +259,7 @@ impl Classifier {
                 return;
             }
         }
-        // Only a connect() and a RST can come before the death they explain; a request
-        // socket's record always comes after.
-        if cause != Cause::SynReuse {
+        if early {
             self.seen.insert(tuple, Seen { at, cause });
             self.seen_order.push_back((at, tuple));
         }

@@ -130,7 +130,10 @@ fn failed_handshakes(r: &Report) -> Option<Finding> {
             h.failed,
             h.failed * 100 / total
         ),
-        "request sockets died in SYN_RECV: final ACKs lost or never sent (clients gone,          a SYN flood, a firewall), or dropped because the accept queue was full (see          listen_overflow); knobs net.ipv4.tcp_synack_retries, net.core.somaxconn,          net.ipv4.tcp_max_syn_backlog, net.ipv4.tcp_syncookies"
+        "request sockets died in SYN_RECV: final ACKs lost or never sent (clients gone, \
+         a SYN flood, a firewall), or dropped because the accept queue was full (see \
+         listen_overflow); knobs net.ipv4.tcp_synack_retries, net.core.somaxconn, \
+         net.ipv4.tcp_max_syn_backlog, net.ipv4.tcp_syncookies"
             .to_owned(),
     ))
 }

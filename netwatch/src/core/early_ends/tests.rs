@@ -91,6 +91,27 @@ fn a_connect_just_before_the_death_is_tw_reuse() {
 }
 
 #[test]
+fn an_unbound_connect_shows_its_reused_port_when_it_leaves_syn_sent() {
+    let mut c = Classifier::default();
+    // connect() entered SYN_SENT with port 0, then took the TIME_WAIT's port.
+    c.transition(&Transition {
+        sport: 0,
+        ..tr(10 * S, state::CLOSE, state::SYN_SENT, None)
+    });
+    c.transition(&death(10 * S + 30_000, 2 * S));
+    assert_eq!(c.counts().pending, 1);
+    // Established 1 ms later: its SYN_SENT began at the death.
+    c.transition(&tr(
+        10 * S + MS,
+        state::SYN_SENT,
+        state::ESTABLISHED,
+        Some(MS - 10_000),
+    ));
+    assert_eq!(c.counts().tw_reuse, 1);
+    assert_eq!(c.counts().pending, 0);
+}
+
+#[test]
 fn a_reset_just_after_the_death_is_rst() {
     let mut c = Classifier::default();
     c.transition(&death(10 * S, 3 * S));
