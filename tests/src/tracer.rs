@@ -122,6 +122,26 @@ fn collect_lines<R: Read + Send + 'static>(
     })
 }
 
+/// `netwatch report [ARGS] PATH`, then the trace file removed: the report's stdout, or an
+/// error with it when the report failed.
+pub fn report_then_remove(path: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new(netwatch_bin()?)
+        .arg("report")
+        .args(args)
+        .arg(path)
+        .output()
+        .context("running netwatch report")?;
+    let _ = std::fs::remove_file(path);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    anyhow::ensure!(
+        out.status.success(),
+        "netwatch report failed ({}): {text}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(text)
+}
+
 /// A running `netwatch trace --output <tmpfile> ...`.
 #[derive(Debug)]
 pub struct Tracer {

@@ -5,14 +5,13 @@
 //! namespace and the clock of the test. Root only; run with `sudo cargo xtask test`.
 
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use netwatch_tests::sock::listen_backlog;
 use netwatch_tests::tcp::{connect_timeout, IO_TIMEOUT};
-use netwatch_tests::tracer::{netwatch_bin, SETTLE};
+use netwatch_tests::tracer::{report_then_remove, SETTLE};
 use netwatch_tests::{in_netns, require_root, Netns, TestNet, Tracer};
 use serde_json::Value;
 
@@ -162,14 +161,7 @@ fn stuck_handshakes_are_counted_aged_and_reported_failed() -> Result<()> {
         "snapshots count {entered} entries into SYN_RECV, expected {CLIENTS}"
     );
 
-    let report = Command::new(netwatch_bin()?)
-        .arg("report")
-        .arg(&path)
-        .output()
-        .context("running netwatch report")?;
-    let text = String::from_utf8_lossy(&report.stdout).into_owned();
-    let _ = std::fs::remove_file(&path);
-    ensure!(report.status.success(), "report failed: {text}");
+    let text = report_then_remove(&path, &[])?;
     let needle = format!("{CLIENTS} of {CLIENTS} handshakes (100%) ended without a connection");
     ensure!(text.contains(&needle), "report lacks {needle:?}:\n{text}");
     Ok(())

@@ -67,12 +67,8 @@ fn an_untraced_namespaces_listen_overflow_is_alerted_without_netns() -> Result<(
     // The listener lives to the end of the trace, where the report breaks sockets down.
     drop(listener);
     // The report breaks sockets down by namespace, by name: the server's listener.
-    let report = std::process::Command::new(netwatch_tests::tracer::netwatch_bin()?)
-        .args(["report", "--json"])
-        .arg(&path)
-        .output()?;
-    let _ = std::fs::remove_file(&path);
-    let json: serde_json::Value = serde_json::from_slice(&report.stdout)?;
+    let text = netwatch_tests::tracer::report_then_remove(&path, &["--json"])?;
+    let json: serde_json::Value = serde_json::from_str(&text)?;
     let listen_ns: Vec<String> = json["breakdowns"]["LISTEN"]["namespaces"]
         .as_array()
         .into_iter()

@@ -17,14 +17,13 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use netwatch_tests::sock::connect_bound;
 use netwatch_tests::tcp::{accept_timeout, read_to_eof, IO_TIMEOUT};
-use netwatch_tests::tracer::{netwatch_bin, SETTLE};
+use netwatch_tests::tracer::{report_then_remove, SETTLE};
 use netwatch_tests::{in_netns, require_root, spawn_in_netns, TestNet, Tracer};
 use serde_json::Value;
 
@@ -207,14 +206,7 @@ fn each_early_end_of_time_wait_is_counted_under_its_cause() -> Result<()> {
     );
 
     // The report replays the same classification and explains it.
-    let report = Command::new(netwatch_bin()?)
-        .arg("report")
-        .arg(&path)
-        .output()
-        .context("running netwatch report")?;
-    let text = String::from_utf8_lossy(&report.stdout).into_owned();
-    let _ = std::fs::remove_file(&path);
-    ensure!(report.status.success(), "report failed: {text}");
+    let text = report_then_remove(&path, &[])?;
     for needle in [
         "3 of ",
         "TIME_WAITs ended before their 60 s",
