@@ -661,25 +661,13 @@ pub fn render(r: &Report) -> String {
         o.push_str("</table>\n");
     }
     breakdowns_table(&mut o, r);
-    o.push_str("<h2>Settings</h2>\n<table>");
-    for (k, v) in &t.sysctls {
-        let _ = write!(o, "<tr><td>{}</td><td>{}</td></tr>", esc(k), esc(v));
-    }
-    o.push_str("</table>\n");
-    for (ns, m) in &t.netns_sysctls {
-        let differ: Vec<String> = m
-            .iter()
-            .filter(|(k, v)| t.sysctls.get(*k) != Some(v))
-            .map(|(k, v)| format!("{k} = {v}"))
-            .collect();
-        if !differ.is_empty() {
-            let _ = writeln!(
-                o,
-                "<p class=\"meta\">in netns {}: {}</p>",
-                esc(ns),
-                esc(&differ.join(", "))
-            );
+    o.push_str("<h2>Settings</h2>\n");
+    for (title, pairs) in t.settings_sections() {
+        let _ = write!(o, "<h3>{}</h3>\n<table>", esc(&title));
+        for (k, v) in pairs {
+            let _ = write!(o, "<tr><td>{}</td><td>{}</td></tr>", esc(&k), esc(&v));
         }
+        o.push_str("</table>\n");
     }
     let _ = writeln!(
         o,

@@ -62,6 +62,38 @@ pub struct TraceInfo {
     pub kernel_features: KernelFeatures,
 }
 
+impl TraceInfo {
+    /// The settings as the report shows them, in sections: the traced namespaces' own
+    /// first where `--netns` chose them (their values are the ones the incident ran with),
+    /// then the namespace netwatch ran in; without `--netns`, that one first and, of the
+    /// others, only what differs from it.
+    pub fn settings_sections(&self) -> Vec<(String, Vec<(String, String)>)> {
+        let all = |m: &BTreeMap<String, String>| -> Vec<(String, String)> {
+            m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        let mut out = Vec::new();
+        if !self.recorded_netns.is_empty() {
+            for (ns, m) in &self.netns_sysctls {
+                out.push((format!("netns {ns}"), all(m)));
+            }
+            out.push(("where netwatch ran".to_owned(), all(&self.sysctls)));
+            return out;
+        }
+        out.push(("this namespace".to_owned(), all(&self.sysctls)));
+        for (ns, m) in &self.netns_sysctls {
+            let differ: Vec<(String, String)> = m
+                .iter()
+                .filter(|(k, v)| self.sysctls.get(*k) != Some(v))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if !differ.is_empty() {
+                out.push((format!("netns {ns}, where it differs"), differ));
+            }
+        }
+        out
+    }
+}
+
 /// What the report covers.
 #[derive(Debug, Clone, Serialize)]
 pub struct Window {

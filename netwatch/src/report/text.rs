@@ -367,17 +367,10 @@ pub fn render(r: &Report) -> String {
     }
 
     let _ = writeln!(o, "\nSETTINGS");
-    for (k, v) in &r.trace.sysctls {
-        let _ = writeln!(o, "  {k} = {v}");
-    }
-    for (ns, m) in &r.trace.netns_sysctls {
-        let differ: Vec<String> = m
-            .iter()
-            .filter(|(k, v)| r.trace.sysctls.get(*k) != Some(v))
-            .map(|(k, v)| format!("{k} = {v}"))
-            .collect();
-        if !differ.is_empty() {
-            let _ = writeln!(o, "  in netns {ns}: {}", differ.join(", "));
+    for (title, pairs) in r.trace.settings_sections() {
+        let _ = writeln!(o, "  {title}:");
+        for (k, v) in pairs {
+            let _ = writeln!(o, "    {k} = {v}");
         }
     }
     o
