@@ -251,7 +251,12 @@ fn an_alert_shows_with_its_count_evidence_and_advice_in_every_view() -> Result<(
     contains_all(
         &out.stdout,
         &[
-            format!("ALERT critical port_exhaustion: ephemeral ports exhausted towards {server}"),
+            // The client's namespace by its name, as `ip netns` knows it.
+            format!(
+                "ALERT critical port_exhaustion in netns {}: ephemeral ports exhausted towards \
+                 {server}",
+                net.client.name()
+            ),
             "\n  what to change: The client has no free local port".to_owned(),
         ],
         "--plain",
