@@ -639,12 +639,7 @@ mod tests {
             new,
             dwell_ns: dwell,
             netns: 1,
-            timewait: false,
-            synack_retransmits: None,
-            accept_wait_ns: None,
-            owner: None,
-            cgroup: 0,
-            container: None,
+            ..Transition::example()
         }
     }
 

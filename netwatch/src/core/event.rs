@@ -270,6 +270,31 @@ impl Owner {
 }
 
 impl Transition {
+    /// A plain IPv4 transition for tests, to be overridden field by field: the fields no
+    /// test cares about are said once, here.
+    #[cfg(test)]
+    pub fn example() -> Self {
+        Self {
+            mono_ns: 0,
+            sock_id: 1,
+            family: Family::Ipv4,
+            saddr: IpAddr::from([10, 0, 0, 1]),
+            sport: 40000,
+            daddr: IpAddr::from([10, 0, 0, 2]),
+            dport: 80,
+            old: state::CLOSE,
+            new: state::CLOSE,
+            dwell_ns: None,
+            netns: 1,
+            timewait: false,
+            synack_retransmits: None,
+            accept_wait_ns: None,
+            owner: None,
+            cgroup: 0,
+            container: None,
+        }
+    }
+
     pub fn old_name(&self) -> &'static str {
         state::name(self.old)
     }

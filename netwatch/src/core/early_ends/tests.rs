@@ -25,12 +25,7 @@ fn tr(at: u64, old: u8, new: u8, dwell: Option<u64>) -> Transition {
         new,
         dwell_ns: dwell,
         netns: 7,
-        timewait: false,
-        synack_retransmits: None,
-        accept_wait_ns: None,
-        owner: None,
-        cgroup: 0,
-        container: None,
+        ..Transition::example()
     }
 }
 

@@ -69,12 +69,7 @@ fn tr(sock: u64, at: u64, old: u8, new: u8, dwell: Option<u64>, dport: u16) -> T
         new,
         dwell_ns: dwell,
         netns: 7,
-        timewait: false,
-        synack_retransmits: None,
-        accept_wait_ns: None,
-        owner: None,
-        cgroup: 0,
-        container: None,
+        ..Transition::example()
     }
 }
 
