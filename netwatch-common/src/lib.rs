@@ -287,6 +287,10 @@ pub mod counter {
     pub const STATE_MAP_FULL: u32 = 1;
     /// A kernel read failed, so a record was sent with zeroed fields.
     pub const READ_ERRORS: u32 = 2;
+    /// An event a hook's first program missed (the kernel skipped it, nested on one CPU)
+    /// that its nested twin handled: subtracted from the first programs' recursion misses,
+    /// what remains is what nobody saw.
+    pub const COVERED_BY_TWIN: u32 = 3;
     pub const COUNT: u32 = 4;
 }
 

@@ -16,7 +16,7 @@ pub mod map {
     pub const REQ_BORN: &str = "REQ_BORN";
     pub const CHILD_BORN: &str = "CHILD_BORN";
     pub const CT_BORN: &str = "CT_BORN";
-    pub const ACTIVE: &str = "ACTIVE";
+    pub const CLAIMS: &str = "CLAIMS";
 }
 
 pub mod program {

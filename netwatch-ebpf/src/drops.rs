@@ -7,15 +7,18 @@ use aya_ebpf::{
 };
 use netwatch_common::{kind, DropRecord, RecordHeader};
 
-use crate::{emit, filters, offsets, read, timewait};
+use crate::{emit, filters, offsets, read, timewait, twins::Twin};
 
 /// `rx_sk` reads the tracepoint's fourth argument (6.8+); the variant for kernels without
 /// it passes a null pointer, so the verifier never sees that context read there.
 #[inline(always)]
-pub fn try_kfree_skb(ctx: &BtfTracePointContext, rx_sk: impl Fn() -> *const u8) {
+pub fn try_kfree_skb(ctx: &BtfTracePointContext, twin: Twin, rx_sk: impl Fn() -> *const u8) {
     let reason = ctx.arg::<u32>(2);
     let f = filters();
     if reason == f.tw_segment_reason {
+        if !twin.takes(ctx.arg::<*const u8>(0) as u64) {
+            return;
+        }
         let rx_sk = rx_sk();
         if !rx_sk.is_null() {
             timewait::segment_handled(rx_sk);
@@ -27,7 +30,7 @@ pub fn try_kfree_skb(ctx: &BtfTracePointContext, rx_sk: impl Fn() -> *const u8) 
     for r in f.drop_reasons {
         wanted |= r == reason;
     }
-    if wanted {
+    if wanted && twin.takes(ctx.arg::<*const u8>(0) as u64) {
         report(ctx.arg(0), rx_sk(), reason);
     }
 }

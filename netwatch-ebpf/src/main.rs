@@ -13,6 +13,7 @@ mod read;
 mod slab;
 mod timewait;
 mod transition;
+mod twins;
 
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel,
@@ -26,6 +27,7 @@ use netwatch_common::{
     RecentTimewaits, TimewaitEntry,
 };
 use transition::{ByCookie, ByPointer};
+use twins::Twin;
 
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(limits::EVENTS_BYTES, 0);
@@ -116,42 +118,6 @@ fn filters() -> &'static Filters {
     unsafe { &*core::ptr::read_volatile(&p) }
 }
 
-/// Per CPU and hook: whether the first program of the hook is running. The kernel skips a
-/// tracing program that is entered again on a CPU where it already runs (an interrupt's
-/// socket work nested in a process's, say), and counts a recursion miss: under churn that
-/// lost a few transitions in a thousand. Each hook therefore has a second, nested program,
-/// attached after the first, which does the work only while the first is running, i.e.
-/// exactly for the events the kernel kept from the first.
-#[map(name = "ACTIVE")]
-static ACTIVE: PerCpuArray<u32> = PerCpuArray::with_max_entries(4, 0);
-
-const HOOK_SET_STATE: u32 = 0;
-const HOOK_SLAB_ALLOC: u32 = 1;
-const HOOK_SLAB_FREE: u32 = 2;
-const HOOK_DROPS: u32 = 3;
-
-#[inline(always)]
-fn first(hook: u32, work: impl FnOnce()) {
-    let flag = ACTIVE.get_ptr_mut(hook);
-    if let Some(f) = flag {
-        // SAFETY: per-CPU value; programs on this CPU run one at a time or nested.
-        unsafe { *f = 1 };
-    }
-    work();
-    if let Some(f) = flag {
-        // SAFETY: as above.
-        unsafe { *f = 0 };
-    }
-}
-
-#[inline(always)]
-fn nested(hook: u32, work: impl FnOnce()) {
-    // SAFETY: as in `first`.
-    if ACTIVE.get_ptr_mut(hook).is_some_and(|f| unsafe { *f } != 0) {
-        work();
-    }
-}
-
 /// Argument `n` of a tracing program, copied out of the context rather than loaded from it:
 /// verifiers before 6.16 refuse to load a `void *` argument through the typed context
 /// (`arg1 type UNKNOWN is not a struct`), but let the program copy the slot.
@@ -162,19 +128,19 @@ fn arg_copy(ctx: &impl EbpfContext, n: usize) -> u64 {
     unsafe { bpf_probe_read_kernel((ctx.as_ptr() as *const u64).wrapping_add(n)) }.unwrap_or(0)
 }
 
-/// A hook's program and its nested twin (see `first` and `nested`): the same work, one
-/// attribute, so the two cannot drift apart.
+/// A hook's program and its nested twin (see twins.rs): the same work, one attribute, so
+/// the two cannot drift apart.
 macro_rules! twins {
     ($(#[$attach:meta])* $first:ident, $second:ident, $hook:expr, $ctx:ty, $work:expr) => {
         $(#[$attach])*
         pub fn $first(ctx: $ctx) -> i32 {
-            first($hook, || ($work)(&ctx));
+            ($work)(&ctx, Twin::First($hook));
             0
         }
 
         $(#[$attach])*
         pub fn $second(ctx: $ctx) -> i32 {
-            nested($hook, || ($work)(&ctx));
+            ($work)(&ctx, Twin::Nested($hook));
             0
         }
     };
@@ -184,7 +150,7 @@ twins!(
     #[btf_tracepoint(function = "inet_sock_set_state")]
     set_state,
     set_state_nested,
-    HOOK_SET_STATE,
+    twins::SET_STATE,
     BtfTracePointContext,
     transition::try_set_state::<ByCookie>
 );
@@ -193,7 +159,7 @@ twins!(
     #[btf_tracepoint(function = "inet_sock_set_state")]
     set_state_ptr,
     set_state_ptr_nested,
-    HOOK_SET_STATE,
+    twins::SET_STATE,
     BtfTracePointContext,
     transition::try_set_state::<ByPointer>
 );
@@ -203,9 +169,11 @@ twins!(
     #[btf_tracepoint(function = "kmem_cache_alloc")]
     slab_alloc,
     slab_alloc_nested,
-    HOOK_SLAB_ALLOC,
+    twins::SLAB_ALLOC,
     BtfTracePointContext,
-    |ctx: &BtfTracePointContext| slab::alloc(ctx.arg(0), ctx.arg(2), || arg_copy(ctx, 1))
+    |ctx: &BtfTracePointContext, twin| {
+        slab::alloc(twin, ctx.arg(0), ctx.arg(2), || arg_copy(ctx, 1))
+    }
 );
 
 twins!(
@@ -213,9 +181,9 @@ twins!(
     #[btf_tracepoint(function = "kmem_cache_free")]
     slab_free,
     slab_free_nested,
-    HOOK_SLAB_FREE,
+    twins::SLAB_FREE,
     BtfTracePointContext,
-    |ctx: &BtfTracePointContext| slab::free(ctx.arg(2), || arg_copy(ctx, 1))
+    |ctx: &BtfTracePointContext, twin| slab::free(twin, ctx.arg(2), || arg_copy(ctx, 1))
 );
 
 twins!(
@@ -224,9 +192,9 @@ twins!(
     #[fexit(function = "kmem_cache_alloc")]
     slab_alloc_fexit,
     slab_alloc_fexit_nested,
-    HOOK_SLAB_ALLOC,
+    twins::SLAB_ALLOC,
     FExitContext,
-    |ctx: &FExitContext| slab::alloc(0, ctx.arg(0), || arg_copy(ctx, 2))
+    |ctx: &FExitContext, twin| slab::alloc(twin, 0, ctx.arg(0), || arg_copy(ctx, 2))
 );
 
 twins!(
@@ -234,9 +202,9 @@ twins!(
     #[fentry(function = "kmem_cache_free")]
     slab_free_fentry,
     slab_free_fentry_nested,
-    HOOK_SLAB_FREE,
+    twins::SLAB_FREE,
     FEntryContext,
-    |ctx: &FEntryContext| slab::free(ctx.arg(0), || arg_copy(ctx, 1))
+    |ctx: &FEntryContext, twin| slab::free(twin, ctx.arg(0), || arg_copy(ctx, 1))
 );
 
 twins!(
@@ -244,9 +212,9 @@ twins!(
     #[btf_tracepoint(function = "kfree_skb")]
     drops,
     drops_nested,
-    HOOK_DROPS,
+    twins::DROPS,
     BtfTracePointContext,
-    |ctx: &BtfTracePointContext| drops::try_kfree_skb(ctx, || ctx.arg(3))
+    |ctx: &BtfTracePointContext, twin| drops::try_kfree_skb(ctx, twin, || ctx.arg(3))
 );
 
 twins!(
@@ -254,9 +222,11 @@ twins!(
     #[btf_tracepoint(function = "kfree_skb")]
     drops_no_rx_sk,
     drops_no_rx_sk_nested,
-    HOOK_DROPS,
+    twins::DROPS,
     BtfTracePointContext,
-    |ctx: &BtfTracePointContext| drops::try_kfree_skb(ctx, core::ptr::null)
+    |ctx: &BtfTracePointContext, twin| {
+        drops::try_kfree_skb(ctx, twin, core::ptr::null)
+    }
 );
 
 /// After a timewait socket handled a segment: an orphan's FIN_WAIT2 may have turned

@@ -15,8 +15,8 @@ use netwatch_common::{
 };
 
 use crate::{
-    bump, conntrack, emit, filters, offsets, read, transition, CACHES, CHILD_BORN, RECENT_TW,
-    REQ_BORN, TW_STATE,
+    bump, conntrack, emit, filters, offsets, read, transition, twins::Twin, CACHES, CHILD_BORN,
+    RECENT_TW, REQ_BORN, TW_STATE,
 };
 
 enum Cache {
@@ -43,43 +43,75 @@ fn classify(cache: u64) -> Cache {
     }
 }
 
+/// An object of a cache netwatch follows, with its class, if this program handles it (see
+/// twins.rs); the object is fetched only then.
+#[inline(always)]
+fn taken(twin: Twin, cache: u64, obj: impl FnOnce() -> u64) -> Option<(Cache, u64)> {
+    let class = classify(cache);
+    if let Cache::Other = class {
+        return None;
+    }
+    let obj = obj();
+    twin.takes(obj).then_some((class, obj))
+}
+
 /// An allocation from `cache` by code at `call_site` (0 where unknown); `obj` fetches the
 /// new object.
 #[inline(always)]
-pub fn alloc(call_site: u64, cache: u64, obj: impl FnOnce() -> u64) {
+pub fn alloc(twin: Twin, call_site: u64, cache: u64, obj: impl FnOnce() -> u64) {
     let f = filters();
     if call_site >= f.ct_alloc_lo && call_site < f.ct_alloc_hi {
         conntrack::learn_cache(cache);
     }
-    match classify(cache) {
-        Cache::Timewait => {
-            let Some(recent) = RECENT_TW.get_ptr_mut(0) else {
-                return;
-            };
-            // SAFETY: per-CPU value, only touched by programs on this CPU.
-            let recent = unsafe { &mut *recent };
-            let i = (recent.next as usize) % recent.ptrs.len();
-            recent.ptrs[i] = obj();
-            recent.next = recent.next.wrapping_add(1);
-        }
+    let Some((class, obj)) = taken(twin, cache, obj) else {
+        return;
+    };
+    match class {
+        Cache::Timewait => remember_allocated_timewait(obj),
         Cache::Request => {
             let now = unsafe { bpf_ktime_get_ns() };
-            if REQ_BORN.insert(obj(), now, 0).is_err() {
+            if REQ_BORN.insert(obj, now, 0).is_err() {
                 bump(counter::STATE_MAP_FULL);
             }
         }
-        Cache::Conntrack => conntrack::born(obj()),
+        Cache::Conntrack => conntrack::born(obj),
         Cache::Other => {}
     }
 }
 
+/// Keeps a new timewait socket for the `set_state` run that closes its full socket, in a
+/// free slot: a softirq batch of other hand-overs may run between the two (the kernel
+/// enables bottom halves in between), and overwriting by position would lose this one.
+#[inline(always)]
+fn remember_allocated_timewait(tw: u64) {
+    let Some(recent) = RECENT_TW.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU value, only touched by programs on this CPU.
+    let recent = unsafe { &mut *recent };
+    for slot in recent.ptrs.iter_mut() {
+        if *slot == 0 {
+            *slot = tw;
+            return;
+        }
+    }
+    // All taken (by timewait sockets whose close was never seen): replace the oldest.
+    let i = (recent.next as usize) % recent.ptrs.len();
+    recent.ptrs[i] = tw;
+    recent.next = recent.next.wrapping_add(1);
+}
+
 /// A free of an object of `cache`; `obj` fetches the object.
 #[inline(always)]
-pub fn free(cache: u64, obj: impl FnOnce() -> u64) {
-    match classify(cache) {
-        Cache::Timewait => timewait_died(obj() as *const u8),
-        Cache::Request => request_died(obj() as *const u8),
-        Cache::Conntrack => conntrack::died(obj() as *const u8),
+pub fn free(twin: Twin, cache: u64, obj: impl FnOnce() -> u64) {
+    let Some((class, obj)) = taken(twin, cache, obj) else {
+        return;
+    };
+    let obj = obj as *const u8;
+    match class {
+        Cache::Timewait => timewait_died(obj),
+        Cache::Request => request_died(obj),
+        Cache::Conntrack => conntrack::died(obj),
         Cache::Other => {}
     }
 }

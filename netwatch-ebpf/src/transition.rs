@@ -12,7 +12,8 @@ use netwatch_common::{
 };
 
 use crate::{
-    bump, emit, offsets, read, CACHES, CHILD_BORN, RECENT_TW, SOCK_PTR, SOCK_STATE, TW_STATE,
+    bump, emit, offsets, read, twins::Twin, CACHES, CHILD_BORN, RECENT_TW, SOCK_PTR, SOCK_STATE,
+    TW_STATE,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -135,10 +136,15 @@ pub fn child_id(child: *const u8, off: &KernelOffsets) -> u64 {
 }
 
 #[inline(always)]
-pub fn try_set_state<K: SocketIds>(ctx: &BtfTracePointContext) {
+pub fn try_set_state<K: SocketIds>(ctx: &BtfTracePointContext, twin: Twin) {
     let sk: *const u8 = ctx.arg(0);
     let old = ctx.arg::<i32>(1) as u8;
     let new = ctx.arg::<i32>(2) as u8;
+    // The socket alone tells events apart: its own transitions are serialised by its lock,
+    // so no interrupt runs one of them between the two programs' runs for another.
+    if !twin.takes(sk as u64) {
+        return;
+    }
     let off = offsets();
     if read::protocol(sk, off) != IPPROTO_TCP {
         return;

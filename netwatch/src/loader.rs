@@ -58,6 +58,8 @@ pub struct KernelCounters {
     pub lost_records: u64,
     pub state_map_full: u64,
     pub read_errors: u64,
+    /// See `counter::COVERED_BY_TWIN`.
+    pub covered_by_twin: u64,
 }
 
 fn permission_hint(e: &aya::EbpfError) -> &'static str {
@@ -260,15 +262,18 @@ impl Probes {
         })
     }
 
-    /// Runs the kernel skipped because the program was already running on that CPU (an
-    /// interrupt nested in it): events never seen. The kernel counts them per program in
-    /// its fdinfo. A first program's misses are the nested twin's work, so only programs
-    /// without a twin, and the twins themselves, count.
+    /// Events the kernel kept from netwatch's programs and nobody saw. The kernel skips a
+    /// program entered again on a CPU where it runs (an interrupt nested in it) and counts
+    /// the miss per program in its fdinfo. A first program's misses are its nested twin's
+    /// work, and the twin counts each one it handled (`COVERED_BY_TWIN`); a twin's own
+    /// misses are events its first program took. So: every program's misses but the
+    /// twins', less what the twins covered.
     pub fn recursion_misses(&self) -> u64 {
         use std::os::fd::{AsFd as _, AsRawFd as _};
-        self.ebpf
+        let missed: u64 = self
+            .ebpf
             .programs()
-            .filter(|(name, _)| !program::NESTED.iter().any(|(first, _)| first == name))
+            .filter(|(name, _)| !program::NESTED.iter().any(|(_, twin)| twin == name))
             .filter_map(|(_, p)| {
                 let fd = p.fd().ok()?.as_fd().as_raw_fd();
                 let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
@@ -278,7 +283,12 @@ impl Probes {
                     .parse::<u64>()
                     .ok()
             })
-            .sum()
+            .sum();
+        let covered = self
+            .counters()
+            .map(|c| c.covered_by_twin)
+            .unwrap_or_default();
+        missed.saturating_sub(covered)
     }
 
     /// CPU time each program has run, as the kernel's run-time statistics count it (only
@@ -303,6 +313,7 @@ impl Probes {
             lost_records: sum(counter::LOST_RECORDS)?,
             state_map_full: sum(counter::STATE_MAP_FULL)?,
             read_errors: sum(counter::READ_ERRORS)?,
+            covered_by_twin: sum(counter::COVERED_BY_TWIN)?,
         })
     }
 }
@@ -509,7 +520,7 @@ mod tests {
             map::REQ_BORN,
             map::CHILD_BORN,
             map::CT_BORN,
-            map::ACTIVE,
+            map::CLAIMS,
         ] {
             assert!(obj.maps.contains_key(m), "map {m} missing");
         }

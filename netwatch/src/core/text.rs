@@ -63,9 +63,10 @@ pub fn output_dropped(n: u64) -> String {
 
 /// What the kernel's skipped program runs may have cost, in the words both the tracer (at
 /// exit) and `report` use. The kernel runs one tracing program at a time per CPU; the twin
-/// programs take one level of nesting, and a run nested deeper is skipped and only counted,
-/// so which event it was is unknown: it may have been a transition of a traced socket, or an
-/// event netwatch would have filtered out anyway.
+/// programs take one level of nesting (and say how many events they took over), and an
+/// event nested deeper is skipped by both and only counted, so which event it was is
+/// unknown: it may have been a transition of a traced socket, or an event netwatch would
+/// have filtered out anyway.
 pub fn skipped_runs(n: u64) -> String {
     format!(
         "the kernel skipped {n} run(s) of netwatch's programs nested on one CPU; up to {n} \
