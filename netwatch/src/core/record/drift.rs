@@ -17,14 +17,9 @@ use serde_json::{json, Map};
 
 use super::*;
 use crate::core::{
-    clock::WallClock,
-    decode::{
-        decode,
-        tests::{bytes_of, raw_v4},
-    },
-    event::{Event, Owner, Transition},
+    event::{Owner, Transition},
     replay::tests::{clock, header, port_exhaustion, sample, START},
-    snapshot::{ConntrackStats, Percentiles, Snapshot},
+    snapshot::{Bucket, ConntrackStats, Percentiles, Snapshot},
 };
 
 const DOCS: &str = include_str!("../../../../docs/trace-format.md");
@@ -80,6 +75,25 @@ fn pct(n: u64) -> Percentiles {
     }
 }
 
+/// A transition with every optional part: a request socket's end, owned, in a container,
+/// about a timewait socket, from a v4-mapped address.
+fn full_transition() -> Transition {
+    Transition {
+        synack_retransmits: Some(2),
+        accept_wait_ns: Some(5),
+        timewait: true,
+        cgroup: 9,
+        container: Some("nginx.service".into()),
+        owner: Some(Owner {
+            pid: 42,
+            comm: "nginx".into(),
+            container: None,
+        }),
+        saddr: "::ffff:10.0.0.1".parse().unwrap(),
+        ..Transition::example()
+    }
+}
+
 fn examples() -> Vec<Example> {
     let clock = clock();
     let mut full_header = header(0);
@@ -109,21 +123,9 @@ fn examples() -> Vec<Example> {
         comm: Some("nginx".into()),
     };
     // Leaked: the examples live as long as the tests, and records borrow what they write.
-    let request: &'static Transition = Box::leak(Box::new(Transition {
-        synack_retransmits: Some(2),
-        accept_wait_ns: Some(5),
-        timewait: true,
-        cgroup: 9,
-        container: Some("nginx.service".into()),
-        owner: Some(Owner {
-            pid: 42,
-            comm: "nginx".into(),
-            container: None,
-        }),
-        saddr: "::ffff:10.0.0.1".parse().unwrap(),
-        ..Transition::example()
-    }));
+    let request: &'static Transition = Box::leak(Box::new(full_transition()));
     let plain: &'static Transition = Box::leak(Box::new(Transition::example()));
+    // An engine's view with a conntrack table and one state with dwells, ages and bars.
     let mut snap = Snapshot::empty();
     snap.mono_ns = START;
     snap.conntrack = Some(ConntrackStats {
@@ -136,15 +138,14 @@ fn examples() -> Vec<Example> {
         timeout_time_wait_s: Some(120),
         ..Default::default()
     });
-    let mut dwelt = snap.clone();
-    dwelt.states[netwatch_common::state::ESTABLISHED as usize].dwell = pct(1);
-    dwelt.states[netwatch_common::state::ESTABLISHED as usize].age = pct(1);
-    dwelt.states[netwatch_common::state::ESTABLISHED as usize].buckets =
-        vec![crate::core::snapshot::Bucket {
-            upper_ns: 100,
-            count: 1,
-        }];
-    let full_snapshot = SnapshotJson::new(&dwelt, clock);
+    let established = &mut snap.states[netwatch_common::state::ESTABLISHED as usize];
+    established.dwell = pct(1);
+    established.age = pct(1);
+    established.buckets = vec![Bucket {
+        upper_ns: 100,
+        count: 1,
+    }];
+    let full_snapshot = SnapshotJson::new(&snap, clock);
     let bare_snapshot = SnapshotJson {
         conntrack: None,
         timewait_early_ends: None,
@@ -179,7 +180,7 @@ fn examples() -> Vec<Example> {
         undecodable: 0,
     };
     let full_summary = SummaryJson::new(
-        &dwelt,
+        &snap,
         clock,
         totals,
         BTreeMap::from([("port_exhaustion".into(), 1)]),
@@ -590,30 +591,36 @@ fn every_record_of_a_written_trace_validates_against_the_schema() {
         let errs = errors(&v, &r);
         assert!(errs.is_empty(), "{r}: {errs:?}");
     }
-    // And the transition writer's own bytes, optional fields and all.
-    let Ok(Event::Transition(mut t)) = decode(&bytes_of(&raw_v4())) else {
-        panic!()
-    };
-    t.synack_retransmits = Some(2);
-    t.accept_wait_ns = Some(5);
-    t.timewait = true;
-    t.cgroup = 3;
-    t.container = Some("c.service".into());
-    t.owner = Some(Owner {
-        pid: 42,
-        comm: "nginx".into(),
-        container: None,
-    });
+    // And the transition writer's own bytes, optional fields and all (the full example has
+    // every field of the type, and the writer's bytes are the type's: see below).
     let mut out = Vec::new();
     crate::core::json::write_transition(
         &mut out,
-        &t,
-        WallClock::with_offset(0),
+        &full_transition(),
+        clock(),
         &mut Default::default(),
     );
     let r: Value = serde_json::from_slice(&out).unwrap();
     let errs = errors(&v, &r);
     assert!(errs.is_empty(), "{r}: {errs:?}");
+}
+
+/// The hand-written transition writer is a second telling of the transition record: with
+/// every field present, it writes the very bytes of the type's serde form.
+#[test]
+fn the_transition_writer_writes_every_field_as_the_type_does() {
+    let t = full_transition();
+    let mut fast = Vec::new();
+    crate::core::json::write_transition(&mut fast, &t, clock(), &mut Default::default());
+    let mut slow = Vec::new();
+    crate::core::json::write_line(
+        &mut slow,
+        &Record::Transition(TransitionJson::new(&t, clock())),
+    );
+    assert_eq!(
+        String::from_utf8(fast).unwrap(),
+        String::from_utf8(slow).unwrap()
+    );
 }
 
 #[test]
