@@ -317,6 +317,24 @@ fn a_trace_with_only_the_required_fields_replays_the_same() {
     assert_eq!(r.alerts.len(), 1);
 }
 
+/// An alert's namespace name is read back with its evidence, where the catalogue looks for
+/// it ("netns scn-srv" rather than an inode).
+#[test]
+fn an_alerts_namespace_name_is_read_back_as_evidence() {
+    let a = port_exhaustion();
+    let mut json = AlertJson::new(&a, START, clock());
+    json.netns_name = Some("scn-srv".into());
+    let mut line = Vec::new();
+    json::write_line(&mut line, &Record::Alert(json));
+    let bytes = [header_line("testhost-1-1", 0), line].concat();
+    let r = replay(&bytes, ReplayFilter::default());
+    let evidence = &r.alerts[0].evidence;
+    assert_eq!(r.alerts[0].kind, "port_exhaustion");
+    assert_eq!(evidence["netns_name"], "scn-srv");
+    assert_eq!(evidence["dport"], 80);
+    assert!(!evidence.contains_key("kind") && !evidence.contains_key("message"));
+}
+
 #[test]
 fn a_port_filter_replays_only_its_connections() {
     let s = sample();
