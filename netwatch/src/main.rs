@@ -67,7 +67,7 @@ fn main() -> ExitCode {
             stop_signals::not_tracing();
             use std::io::Write;
             // A closed pipe (`netwatch schema | head`) is not an error.
-            let _ = std::io::stdout().write_all(core::json::SCHEMA.as_bytes());
+            let _ = std::io::stdout().write_all(core::record::SCHEMA.as_bytes());
             return ExitCode::SUCCESS;
         }
         Command::Completions { shell } => {

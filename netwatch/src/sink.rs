@@ -17,9 +17,10 @@ use crate::config::{open_fifo_waiting, open_output, Opened, OutputTarget};
 use crate::core::{
     clock::{mono_now_ns, WallClock},
     event::{Event, Transition},
-    json::{
-        self, alert_kind, AlertJson, CensusJson, HeaderJson, PartEndJson, Record, RecordCounts,
-        SnapshotJson, SummaryJson, TimewaitResetJson,
+    json::{self, alert_kind},
+    record::{
+        AlertJson, CensusJson, HeaderJson, PartEndJson, Record, RecordCounts, SnapshotJson,
+        SummaryJson, TimewaitResetJson,
     },
     signals::Alert,
     snapshot::Snapshot,
@@ -121,7 +122,7 @@ impl Framing for TraceFraming {
             self.header.ts = self.clock.rfc3339(now);
         }
         let mut out = Vec::new();
-        json::write_line(&mut out, &Record::Header(&self.header));
+        json::write_line(&mut out, &Record::header(&self.header));
         out
     }
 
@@ -285,7 +286,7 @@ impl Sinks {
         if self.json.is_some() {
             self.records.snapshot += 1;
             let clock = self.clock;
-            self.record(&Record::Snapshot(SnapshotJson::new(snap, clock)));
+            self.record(&Record::Snapshot(Box::new(SnapshotJson::new(snap, clock))));
         }
     }
 
@@ -423,7 +424,7 @@ impl Sinks {
                     unreachable!("matched above");
                 };
                 let mut line = Vec::new();
-                json::write_line(&mut line, &Record::Summary(summary));
+                json::write_line(&mut line, &Record::summary(summary));
                 match writer.finish(line, background::GRACE) {
                     // A closed pipe was a normal end; there is no file to tell of.
                     Ok(_) if stdout => Ok(None),

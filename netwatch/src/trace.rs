@@ -25,10 +25,9 @@ use crate::core::{
     clock::{mono_now_ns, WallClock},
     decode::Decoder,
     event::{Event, Owner, Transition},
-    json::{
-        CensusJson, FiltersJson, HeaderJson, SummaryJson, SummaryTotals, FORMAT, SCHEMA_VERSION,
-    },
+    json::SummaryTotals,
     plain,
+    record::{CensusJson, FiltersJson, HeaderJson, SummaryJson, FORMAT, SCHEMA_VERSION},
     requests::Queues,
     signals::{Alert, Environment, Signals},
 };
@@ -597,16 +596,17 @@ fn census_json<'a>(
             "ipv6"
         } else {
             "ipv4"
-        },
-        saddr: s.saddr.to_string(),
+        }
+        .into(),
+        saddr: s.saddr,
         sport: s.sport,
-        daddr: s.daddr.to_string(),
+        daddr: s.daddr,
         dport: s.dport,
-        state: state::name(s.state),
+        state: state::name(s.state).into(),
         age_ns: existing(s, None, 0).age_ns,
         netns: s.netns,
         pid: owner.map(|o| o.pid),
-        comm: owner.map(|o| &*o.comm),
+        comm: owner.map(|o| (&*o.comm).into()),
     }
 }
 
@@ -653,9 +653,9 @@ fn header(
     HeaderJson {
         ts: start.clone(),
         mono_ns: start_mono,
-        format: FORMAT,
+        format: FORMAT.into(),
         schema_version: SCHEMA_VERSION,
-        netwatch_version: env!("CARGO_PKG_VERSION"),
+        netwatch_version: env!("CARGO_PKG_VERSION").into(),
         run_id: format!(
             "{}-{}-{}",
             hostname,

@@ -14,6 +14,7 @@ pub mod fasthash;
 pub mod filter;
 pub mod json;
 pub mod plain;
+pub mod record;
 pub mod replay;
 pub mod requests;
 pub mod signals;

@@ -12,34 +12,26 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use netwatch_common::state;
-use serde::Deserialize;
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::features::KernelFeatures;
-
 use super::{
     aggregate::{Aggregator, Existing},
-    early_ends::EarlyEnds,
     event::{Family, Owner, Transition},
     filter::AddrFilter,
-    json::{reported_states, TimewaitResetJson, FORMAT, SCHEMA_VERSION},
+    json::reported_states,
+    record::{
+        AlertEvidence, AlertJson, ByState, HeaderJson, PercentilesJson, Record, SnapshotJson,
+        SummaryJson, TransitionJson, FORMAT, KNOWN_TYPES, SCHEMA_VERSION,
+    },
     snapshot::{Percentiles, Snapshot},
 };
 
+/// A record as read back, owning its strings.
+pub type RecordIn = Record<'static>;
+
 /// Longest line kept: a longer one is skipped as damaged (read past, never held whole).
 const MAX_LINE: usize = 16 << 20;
-/// The record types of this schema version.
-const KNOWN_TYPES: &[&str] = &[
-    "header",
-    "census",
-    "transition",
-    "snapshot",
-    "alert",
-    "timewait_reset",
-    "part_end",
-    "summary",
-];
 /// Damaged lines listed one by one; beyond, only counted.
 const LISTED_WARNINGS: usize = 5;
 
@@ -87,7 +79,7 @@ pub struct TraceId {
 }
 
 impl TraceId {
-    fn of(h: &HeaderIn) -> Self {
+    fn of(h: &HeaderJson) -> Self {
         Self {
             run_id: h.run_id.clone(),
             part: h.part,
@@ -133,127 +125,7 @@ fn joined(first: &TraceId, second: &TraceId) -> String {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-pub struct PercentilesIn {
-    pub count: u64,
-    pub p50: u64,
-    pub p90: u64,
-    pub p99: u64,
-    pub max: u64,
-}
-
-impl From<PercentilesIn> for Percentiles {
-    fn from(p: PercentilesIn) -> Self {
-        Self {
-            count: p.count,
-            p50: p.p50,
-            p90: p.p90,
-            p99: p.p99,
-            max: p.max,
-        }
-    }
-}
-
-impl From<Percentiles> for PercentilesIn {
-    fn from(p: Percentiles) -> Self {
-        Self {
-            count: p.count,
-            p50: p.p50,
-            p90: p.p90,
-            p99: p.p99,
-            max: p.max,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct FiltersIn {
-    #[serde(default)]
-    pub ports: Vec<u16>,
-    #[serde(default)]
-    pub addrs: Vec<String>,
-    #[serde(default)]
-    pub netns: Vec<u32>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct HeaderIn {
-    pub mono_ns: u64,
-    pub schema_version: u64,
-    pub netwatch_version: String,
-    pub run_id: String,
-    pub part: u32,
-    pub start: String,
-    pub start_mono_ns: u64,
-    #[serde(default)]
-    pub kernel: String,
-    #[serde(default)]
-    pub hostname: String,
-    pub interval_ns: u64,
-    #[serde(default)]
-    pub sysctls: BTreeMap<String, String>,
-    #[serde(default)]
-    pub netns_sysctls: BTreeMap<String, BTreeMap<String, String>>,
-    #[serde(default)]
-    pub netns_names: BTreeMap<String, String>,
-    #[serde(default)]
-    pub filters: FiltersIn,
-    #[serde(default)]
-    pub argv: Vec<String>,
-    /// What the trace could see; empty in traces from before it was recorded, which
-    /// [`KernelFeatures::has`] reads as everything.
-    #[serde(default)]
-    pub kernel_features: KernelFeatures,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct CensusIn {
-    pub mono_ns: u64,
-    pub sock_id: u64,
-    pub saddr: IpAddr,
-    pub sport: u16,
-    pub daddr: IpAddr,
-    pub dport: u16,
-    pub state: String,
-    pub age_ns: Option<u64>,
-    pub netns: u32,
-    /// The process holding it at the census, where /proc told.
-    #[serde(default)]
-    pub pid: Option<u32>,
-    #[serde(default)]
-    pub comm: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct TransitionIn {
-    pub mono_ns: u64,
-    pub sock_id: u64,
-    pub family: String,
-    pub saddr: IpAddr,
-    pub sport: u16,
-    pub daddr: IpAddr,
-    pub dport: u16,
-    pub old: String,
-    pub new: String,
-    pub dwell_ns: Option<u64>,
-    pub netns: u32,
-    #[serde(default)]
-    pub synack_retransmits: Option<u8>,
-    #[serde(default)]
-    pub accept_wait_ns: Option<u64>,
-    #[serde(default)]
-    pub pid: Option<u32>,
-    #[serde(default)]
-    pub comm: Option<String>,
-    #[serde(default)]
-    pub timewait: bool,
-    #[serde(default)]
-    pub cgroup: Option<u64>,
-    #[serde(default)]
-    pub container: Option<String>,
-}
-
-impl TransitionIn {
+impl TransitionJson<'_> {
     /// The engine's event, as the tracer had it (state names back to numbers).
     pub fn to_transition(&self) -> Transition {
         Transition {
@@ -278,7 +150,7 @@ impl TransitionIn {
             owner: match (self.pid, &self.comm) {
                 (Some(pid), Some(comm)) => Some(Owner {
                     pid,
-                    comm: Arc::from(comm.as_str()),
+                    comm: Arc::from(&**comm),
                     container: self.container.as_deref().map(Arc::from),
                 }),
                 _ => None,
@@ -289,103 +161,43 @@ impl TransitionIn {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct ConntrackIn {
-    pub count: Option<u64>,
-    pub max: Option<u64>,
-    #[serde(default)]
-    pub table_full_drops: u64,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct SnapshotIn {
-    pub ts: String,
-    pub mono_ns: u64,
-    pub interval_ns: u64,
-    pub states: BTreeMap<String, u64>,
-    pub entered: BTreeMap<String, u64>,
-    pub dwell: BTreeMap<String, PercentilesIn>,
-    pub age: BTreeMap<String, PercentilesIn>,
-    pub transitions: u64,
-    pub lost: u64,
-    #[serde(default)]
-    pub conntrack: Option<ConntrackIn>,
-    /// Absent in traces written before netwatch classified early ends.
-    #[serde(default)]
-    pub timewait_early_ends: Option<EarlyEnds>,
-    /// Absent in traces written before netwatch counted accept queues: 0.
-    #[serde(default)]
-    pub accept_queued: u64,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-pub struct BucketIn {
-    pub upper_ns: u64,
-    pub count: u64,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct SummaryIn {
-    pub mono_ns: u64,
-    pub stopped_by: String,
-    pub transitions: u64,
-    pub states: BTreeMap<String, u64>,
-    pub dwell: BTreeMap<String, PercentilesIn>,
-    #[serde(default)]
-    pub histogram: BTreeMap<String, Vec<BucketIn>>,
-    pub age: BTreeMap<String, PercentilesIn>,
-    #[serde(default)]
-    pub alerts: BTreeMap<String, u64>,
-    pub lost: u64,
-    #[serde(default)]
-    pub lost_records: u64,
-    #[serde(default)]
-    pub undecodable: u64,
-    /// Absent in traces written before netwatch recorded it.
-    #[serde(default)]
-    pub skipped_runs: u64,
-    /// Absent in traces written before netwatch recorded it.
-    #[serde(default)]
-    pub output_dropped: u64,
-    #[serde(default)]
-    pub kernel_features: KernelFeatures,
-    /// Absent in traces written before netwatch classified early ends.
-    #[serde(default)]
-    pub timewait_early_ends: Option<EarlyEnds>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct AlertIn {
+/// An alert as read back: its kind and evidence fields, whatever the kind.
+#[derive(Debug, Clone)]
+pub struct RecordedAlert {
     pub ts: String,
     pub mono_ns: u64,
     pub kind: String,
     pub message: String,
-    /// The kind's evidence fields.
-    #[serde(flatten)]
+    /// The kind's evidence fields, and `netns_name` where the record has one (the catalogue
+    /// reads it as evidence).
     pub evidence: BTreeMap<String, Value>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct PartEndIn {
-    /// File name of the next part.
-    pub next: String,
-}
-
-/// One record of a trace. Types this version does not know are `Other`: the format may grow
-/// within a schema version.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum RecordIn {
-    Header(Box<HeaderIn>),
-    Census(CensusIn),
-    Transition(TransitionIn),
-    Snapshot(Box<SnapshotIn>),
-    Alert(AlertIn),
-    TimewaitReset(TimewaitResetJson),
-    PartEnd(PartEndIn),
-    Summary(Box<SummaryIn>),
-    #[serde(other)]
-    Other,
+impl RecordedAlert {
+    /// None for an alert that was not read from a file (never the case in a replay).
+    fn of(a: AlertJson<'_>) -> Option<Self> {
+        // Every field named: one added to the record must be placed here too.
+        let AlertJson {
+            ts,
+            mono_ns,
+            message,
+            netns_name,
+            evidence,
+        } = a;
+        let AlertEvidence::Recorded { kind, mut fields } = evidence else {
+            return None;
+        };
+        if let Some(name) = netns_name {
+            fields.insert("netns_name".to_owned(), Value::String(name));
+        }
+        Some(Self {
+            ts,
+            mono_ns,
+            kind,
+            message,
+            evidence: fields,
+        })
+    }
 }
 
 /// Reads one trace file: checks its header, then yields its records. Damage after the header
@@ -395,7 +207,7 @@ pub struct TraceReader<R> {
     input: R,
     line: Vec<u8>,
     line_no: u64,
-    pub header: HeaderIn,
+    pub header: HeaderJson,
     pub warnings: Vec<String>,
     /// Lines skipped, all kinds (see [`TraceReader::damaged`]).
     damaged: u64,
@@ -507,7 +319,7 @@ impl<R: BufRead> TraceReader<R> {
                 ours: env!("CARGO_PKG_VERSION"),
             });
         }
-        let header: HeaderIn = serde_json::from_value(value)
+        let header: HeaderJson = serde_json::from_value(value)
             .map_err(|e| not_trace(format!("its header is incomplete ({e})")))?;
         // Every time in the report is placed from this one: a damaged start is a damaged
         // header, refused here rather than half-way through the report.
@@ -685,7 +497,7 @@ impl ReplayFilter {
 
     /// An alert is kept when it is in the window and, if it names endpoints or ports, one
     /// of them passes the connection filter.
-    pub fn alert(&self, a: &AlertIn) -> bool {
+    pub fn alert(&self, a: &RecordedAlert) -> bool {
         if !self.in_window(a.mono_ns) {
             return false;
         }
@@ -748,8 +560,8 @@ pub struct Replay {
     pub transitions_read: u64,
     pub transitions: u64,
     pub gauges: Vec<GaugePoint>,
-    pub alerts: Vec<AlertIn>,
-    pub summary: Option<SummaryIn>,
+    pub alerts: Vec<RecordedAlert>,
+    pub summary: Option<SummaryJson>,
     /// Snapshots recomputed, and those that came out different from the recorded ones
     /// (only compared when nothing was filtered out), with the first differences.
     pub snapshots_checked: u64,
@@ -764,7 +576,7 @@ pub struct Replay {
     pub complete: bool,
 }
 
-fn state_map(m: &BTreeMap<String, u64>) -> [u64; state::COUNT] {
+fn state_map(m: &ByState<u64>) -> [u64; state::COUNT] {
     let mut out = [0; state::COUNT];
     for (k, v) in m {
         if let Some(s) = state::from_name(k) {
@@ -875,14 +687,14 @@ impl Replay {
             RecordIn::Snapshot(s) => self.snapshot(*s),
             RecordIn::Alert(a) => {
                 self.last_mono = self.last_mono.max(a.mono_ns);
-                if self.filter.alert(&a) {
+                if let Some(a) = RecordedAlert::of(a).filter(|a| self.filter.alert(a)) {
                     self.alerts.push(a);
                 }
             }
             RecordIn::Summary(s) => {
                 self.last_mono = self.last_mono.max(s.mono_ns);
                 self.lost = self.lost.max(s.lost);
-                self.summary = Some(*s);
+                self.summary = Some(s.into_owned());
             }
             RecordIn::Header(h) => self.last_mono = self.last_mono.max(h.mono_ns),
             RecordIn::PartEnd(_) | RecordIn::Other => {}
@@ -898,7 +710,7 @@ impl Replay {
         }
     }
 
-    fn snapshot(&mut self, s: SnapshotIn) {
+    fn snapshot(&mut self, s: SnapshotJson) {
         self.last_mono = self.last_mono.max(s.mono_ns);
         self.lost = self.lost.max(s.lost);
         // Request sockets and accept queues were listed by sock_diag live, not from
@@ -982,7 +794,7 @@ impl Replay {
                 diffs.push(format!("{name} now {rec} recorded, {} replayed", stats.now));
             }
             let rec = s.dwell.get(name).copied().unwrap_or_default();
-            if rec != PercentilesIn::from(stats.dwell) {
+            if rec != PercentilesJson::from(stats.dwell) {
                 diffs.push(format!(
                     "{name} dwell {rec:?} recorded, {:?} replayed",
                     stats.dwell
@@ -1004,7 +816,7 @@ impl Replay {
                 ));
             }
             let rec = s.age.get(name).copied().unwrap_or_default();
-            if rec != PercentilesIn::from(stats.age) {
+            if rec != PercentilesJson::from(stats.age) {
                 diffs.push(format!(
                     "{name} age {rec:?} recorded, {:?} replayed",
                     stats.age
@@ -1024,7 +836,7 @@ impl Replay {
 }
 
 /// Where a recomputed snapshot differs from the recorded one.
-fn snapshot_differences(rec: &SnapshotIn, got: &Snapshot) -> Vec<String> {
+fn snapshot_differences(rec: &SnapshotJson, got: &Snapshot) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(r) = rec.timewait_early_ends {
         if r != got.timewait_early_ends {
@@ -1061,7 +873,7 @@ fn snapshot_differences(rec: &SnapshotIn, got: &Snapshot) -> Vec<String> {
             ("age", &rec.age, stats.age),
         ] {
             let r = map.get(name).copied().unwrap_or_default();
-            if r != PercentilesIn::from(p) {
+            if r != PercentilesJson::from(p) {
                 out.push(format!("{name} {what} {r:?} recorded, {p:?} replayed"));
             }
         }

@@ -11,6 +11,7 @@ pub mod html;
 pub mod printable;
 pub mod text;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
@@ -27,10 +28,9 @@ use crate::config::ReportConfig;
 use crate::core::{
     alert_history::AlertHistory,
     early_ends::EarlyEnds,
-    json::{reported_states, BucketJson, PercentilesJson},
-    replay::{
-        HeaderIn, PercentilesIn, ReadError, RecordIn, Replay, ReplayFilter, SummaryIn, TraceReader,
-    },
+    json::reported_states,
+    record::{BucketJson, ByState, HeaderJson, PercentilesJson, Record, SummaryJson},
+    replay::{ReadError, Replay, ReplayFilter, TraceReader},
     snapshot::{Peak, Percentiles, Snapshot, Talker},
 };
 use crate::features::KernelFeatures;
@@ -353,7 +353,7 @@ pub struct TraceClock {
 }
 
 impl TraceClock {
-    pub fn from_header(h: &HeaderIn) -> Result<Self> {
+    pub fn from_header(h: &HeaderJson) -> Result<Self> {
         let start_wall = OffsetDateTime::parse(&h.start, &Rfc3339)
             .with_context(|| format!("the trace header's start {:?} is not RFC 3339", h.start))?;
         Ok(Self {
@@ -429,7 +429,7 @@ fn trace_files(named: &[PathBuf]) -> Result<Vec<PathBuf>> {
 
 /// Everything read from the files.
 struct Loaded {
-    first: HeaderIn,
+    first: HeaderJson,
     files: Vec<String>,
     replay: Replay,
     warnings: Vec<String>,
@@ -446,7 +446,7 @@ fn read_trace(cfg: &ReportConfig, files: &[PathBuf]) -> Result<Loaded> {
             }
         }
     }
-    let mut first: Option<(HeaderIn, TraceClock)> = None;
+    let mut first: Option<(HeaderJson, TraceClock)> = None;
     let mut replay: Option<Replay> = None;
     let mut warnings = Vec::new();
     let mut used = Vec::new();
@@ -514,11 +514,11 @@ fn read_trace(cfg: &ReportConfig, files: &[PathBuf]) -> Result<Loaded> {
         }
         last_part = Some(header.part);
         used.push(name.clone());
-        replay.apply(RecordIn::Header(Box::new(header)));
+        replay.apply(Record::Header(Box::new(Cow::Owned(header))));
         continues_in = None;
         while let Some(rec) = reader.next_record()? {
             continues_in = match &rec {
-                RecordIn::PartEnd(p) => Some(p.next.clone()),
+                Record::PartEnd(p) => Some(p.next.clone()),
                 _ => None,
             };
             replay.apply(rec);
@@ -556,7 +556,7 @@ fn replay_filter(cfg: &ReportConfig, clock: TraceClock) -> ReplayFilter {
 
 /// The trace's features: the header's, else the summary's (both say the same; a header of a
 /// trace from an older netwatch says nothing, and then neither does its summary).
-fn recorded_features(header: &HeaderIn, summary: Option<&SummaryIn>) -> KernelFeatures {
+fn recorded_features(header: &HeaderJson, summary: Option<&SummaryJson>) -> KernelFeatures {
     match summary {
         Some(s) if header.kernel_features.0.is_empty() => s.kernel_features.clone(),
         _ => header.kernel_features.clone(),
@@ -565,16 +565,6 @@ fn recorded_features(header: &HeaderIn, summary: Option<&SummaryIn>) -> KernelFe
 
 fn pct(p: Percentiles) -> PercentilesJson {
     p.into()
-}
-
-fn percentiles_json(p: PercentilesIn) -> PercentilesJson {
-    PercentilesJson {
-        count: p.count,
-        p50: p.p50,
-        p90: p.p90,
-        p99: p.p99,
-        max: p.max,
-    }
 }
 
 /// Builds the report from the trace files.
@@ -649,10 +639,10 @@ pub fn build(cfg: &ReportConfig) -> Result<Report> {
         !replay.complete && !replay.filter.filters_connections() && !replay.filter.has_window()
     });
     if let Some(s) = from_summary {
-        let pcts = |m: &BTreeMap<String, PercentilesIn>| {
+        let pcts = |m: &ByState<PercentilesJson>| {
             reported_states()
                 .map(state::name)
-                .filter_map(|n| Some((n, percentiles_json(*m.get(n)?))))
+                .filter_map(|n| Some((n, *m.get(n)?)))
                 .collect()
         };
         states = reported_states()
@@ -665,15 +655,7 @@ pub fn build(cfg: &ReportConfig) -> Result<Report> {
             .map(state::name)
             .filter_map(|n| {
                 let bars = s.histogram.get(n)?;
-                Some((
-                    n,
-                    bars.iter()
-                        .map(|b| BucketJson {
-                            upper_ns: b.upper_ns,
-                            count: b.count,
-                        })
-                        .collect(),
-                ))
+                Some((n, bars.clone()))
             })
             .collect();
         transitions = s.transitions;
@@ -764,7 +746,7 @@ pub fn build(cfg: &ReportConfig) -> Result<Report> {
         hostname: printable::owned(&first.hostname),
         kernel: printable::owned(&first.kernel),
         netwatch_version: printable::owned(&first.netwatch_version),
-        schema_version: first.schema_version,
+        schema_version: first.schema_version.into(),
         start: printable::owned(&first.start),
         interval_ns: first.interval_ns,
         recorded_ports: first.filters.ports.clone(),

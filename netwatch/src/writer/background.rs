@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::queue::{Batch, Next, Queue};
 use super::{Finished, Storage, TraceWriter, WriteError};
-use crate::core::json::RecordCounts;
+use crate::core::record::RecordCounts;
 
 /// How long the end of a trace waits for a writer that is behind, twice at most: once for the
 /// records, once for the summary.

@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::core::json::RecordCounts;
+use crate::core::record::RecordCounts;
 
 /// Bytes of records the queue holds at most: tens of seconds of heavy churn (a record is
 /// ~300 bytes, 100k records a second is 30 MB/s), and little enough memory to spend on a

@@ -20,7 +20,7 @@ use std::io::{BufReader, Read, Write};
 use super::tests::{header, sample_with};
 use super::*;
 use crate::config::ReportConfig;
-use crate::core::json::{self, Record};
+use crate::core::{json, record::Record};
 
 /// SplitMix64: small, seedable, good enough to pick damage.
 struct Rng(u64);
@@ -99,7 +99,7 @@ fn damage(rng: &mut Rng, lines: &mut Vec<Vec<u8>>) {
                 h.run_id = "otherhost-9-9".into();
             }
             let mut out = Vec::new();
-            json::write_line(&mut out, &Record::Header(&h));
+            json::write_line(&mut out, &Record::header(&h));
             lines.insert(at.max(1), out);
         }
         // Garbage, or nothing but blanks.

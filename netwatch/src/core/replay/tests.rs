@@ -10,9 +10,10 @@ use super::*;
 use crate::core::{
     clock::WallClock,
     event::Transition,
-    json::{
+    json::{self, SummaryTotals},
+    record::{
         self, AlertJson, CensusJson, FiltersJson, HeaderJson, Record, RecordCounts, SnapshotJson,
-        SummaryJson, SummaryTotals, TransitionJson,
+        SummaryJson, TransitionJson,
     },
     signals::Alert,
 };
@@ -31,9 +32,9 @@ pub fn header(part: u32) -> HeaderJson {
     HeaderJson {
         ts: clock().rfc3339(START),
         mono_ns: START,
-        format: json::FORMAT,
-        schema_version: json::SCHEMA_VERSION,
-        netwatch_version: env!("CARGO_PKG_VERSION"),
+        format: record::FORMAT.into(),
+        schema_version: record::SCHEMA_VERSION,
+        netwatch_version: env!("CARGO_PKG_VERSION").into(),
         run_id: "testhost-1-1".into(),
         part,
         start: clock().rfc3339(START),
@@ -73,6 +74,20 @@ fn tr(sock: u64, at: u64, old: u8, new: u8, dwell: Option<u64>, dport: u16) -> T
     }
 }
 
+/// The sample's alert: client ports to 10.0.0.2:80 ran out.
+pub fn port_exhaustion() -> Alert {
+    Alert::PortExhaustion {
+        netns: 7,
+        daddr: "10.0.0.2".into(),
+        dport: 80,
+        failures: 3,
+        processes: vec!["curl[42]".into()],
+        ports_in_use: 2,
+        time_wait_to_destination: Some(2),
+        knobs: BTreeMap::from([("net.ipv4.ip_local_port_range", "40000 40001".into())]),
+    }
+}
+
 /// What the sample trace holds, to check reports against.
 pub struct Sample {
     pub bytes: Vec<u8>,
@@ -95,7 +110,7 @@ pub fn sample_with(n: u64) -> Sample {
     let mut out = Vec::new();
     let mut agg = Aggregator::new();
     let h = header(0);
-    json::write_line(&mut out, &Record::Header(&h));
+    json::write_line(&mut out, &Record::header(&h));
     let census = [
         (1_000_000u64, LISTEN, 80u16, "0.0.0.0", 0u16, None),
         (1_000_001, TIME_WAIT, 40999, "10.0.0.2", 80, Some(20 * S)),
@@ -108,12 +123,12 @@ pub fn sample_with(n: u64) -> Sample {
                 ts: clock.rfc3339(START),
                 mono_ns: START,
                 sock_id,
-                family: "ipv4",
-                saddr: "10.0.0.1".into(),
+                family: "ipv4".into(),
+                saddr: "10.0.0.1".parse().unwrap(),
                 sport,
-                daddr: daddr.into(),
+                daddr: daddr.parse().unwrap(),
                 dport,
-                state: state::name(st),
+                state: state::name(st).into(),
                 age_ns,
                 netns: 7,
                 pid: None,
@@ -177,21 +192,15 @@ pub fn sample_with(n: u64) -> Sample {
     for t in &events {
         while t.mono_ns > next_snap {
             let snap = agg.snapshot(next_snap, 0);
-            json::write_line(&mut out, &Record::Snapshot(SnapshotJson::new(&snap, clock)));
+            json::write_line(
+                &mut out,
+                &Record::Snapshot(Box::new(SnapshotJson::new(&snap, clock))),
+            );
             records.snapshot += 1;
             next_snap += S;
         }
         if !alerted && t.mono_ns > START + 5 * S {
-            let a = Alert::PortExhaustion {
-                netns: 7,
-                daddr: "10.0.0.2".into(),
-                dport: 80,
-                failures: 3,
-                processes: vec!["curl[42]".into()],
-                ports_in_use: 2,
-                time_wait_to_destination: Some(2),
-                knobs: BTreeMap::from([("net.ipv4.ip_local_port_range", "40000 40001".into())]),
-            };
+            let a = port_exhaustion();
             json::write_line(
                 &mut out,
                 &Record::Alert(AlertJson::new(&a, t.mono_ns, clock)),
@@ -207,7 +216,10 @@ pub fn sample_with(n: u64) -> Sample {
     }
     let end = START + (n / 8 + 2) * S;
     let snap = agg.snapshot(end, 0);
-    json::write_line(&mut out, &Record::Snapshot(SnapshotJson::new(&snap, clock)));
+    json::write_line(
+        &mut out,
+        &Record::Snapshot(Box::new(SnapshotJson::new(&snap, clock))),
+    );
     records.snapshot += 1;
     let last = agg.peek(end + 1_000, 0);
     let summary = SummaryJson::new(
@@ -223,7 +235,7 @@ pub fn sample_with(n: u64) -> Sample {
         alerts,
         h.kernel_features.clone(),
     );
-    json::write_line(&mut out, &Record::Summary(&summary));
+    json::write_line(&mut out, &Record::summary(&summary));
     Sample {
         bytes: out,
         last,
@@ -275,6 +287,52 @@ fn replay_reproduces_every_snapshot_and_the_summary() {
     assert_eq!(r.alerts.len(), 1);
     assert_eq!(r.gauges.len(), r.snapshots_checked as usize);
     assert_eq!(r.gauges.last().unwrap().states[TIME_WAIT as usize], 81);
+}
+
+/// A trace as the first netwatch of schema version 1 could have written it: every record
+/// reduced to the fields the schema requires (the others came within the version, or are
+/// optional). It replays as the full one does, nothing skipped as damaged.
+#[test]
+fn a_trace_with_only_the_required_fields_replays_the_same() {
+    let s = sample();
+    let schema: serde_json::Value = serde_json::from_str(record::SCHEMA).unwrap();
+    let mut bare = Vec::new();
+    for line in s.bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let mut v: serde_json::Value = serde_json::from_slice(line).unwrap();
+        let kind = v["type"].as_str().unwrap().to_owned();
+        let required = schema["$defs"][&kind]["required"].as_array().unwrap();
+        v.as_object_mut()
+            .unwrap()
+            .retain(|k, _| required.contains(&k.as_str().into()));
+        serde_json::to_writer(&mut bare, &v).unwrap();
+        bare.push(b'\n');
+    }
+    assert!(bare.len() < s.bytes.len(), "something was taken out");
+    assert_eq!(damaged(&bare), 0);
+    let r = replay(&bare, ReplayFilter::default());
+    assert_eq!(r.transitions, s.transitions);
+    assert_eq!(r.census, 2);
+    assert_eq!(r.snapshots_differing, 0, "{:?}", r.differences);
+    assert_eq!(r.check_summary(), Some(vec![]));
+    assert_eq!(r.alerts.len(), 1);
+}
+
+/// An alert's namespace name is read back with its evidence, where the catalogue looks for
+/// it ("netns scn-srv" rather than an inode).
+#[test]
+fn an_alerts_namespace_name_is_read_back_as_evidence() {
+    let a = port_exhaustion();
+    let mut json = AlertJson::new(&a, START, clock());
+    json.netns_name = Some("scn-srv".into());
+    let mut line = Vec::new();
+    json::write_line(&mut line, &Record::Alert(json));
+    let bytes = [header_line("testhost-1-1", 0), line].concat();
+    let r = replay(&bytes, ReplayFilter::default());
+    let evidence = &r.alerts[0].evidence;
+    assert_eq!(r.alerts[0].kind, "port_exhaustion");
+    assert_eq!(evidence["netns_name"], "scn-srv");
+    assert_eq!(evidence["dport"], 80);
+    assert!(!evidence.contains_key("kind") && !evidence.contains_key("message"));
 }
 
 #[test]
@@ -505,7 +563,7 @@ fn alert_filter_by_endpoint() {
         ports: vec![443],
         ..Default::default()
     };
-    let alert = |ev: serde_json::Value| AlertIn {
+    let alert = |ev: serde_json::Value| RecordedAlert {
         ts: String::new(),
         mono_ns: 0,
         kind: "x".into(),
@@ -534,7 +592,7 @@ fn header_line(run_id: &str, part: u32) -> Vec<u8> {
     let mut h = header(part);
     h.run_id = run_id.into();
     let mut out = Vec::new();
-    json::write_line(&mut out, &Record::Header(&h));
+    json::write_line(&mut out, &Record::header(&h));
     out
 }
 
