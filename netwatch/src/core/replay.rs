@@ -546,6 +546,9 @@ pub struct GaugePoint {
     pub lost: u64,
     /// conntrack `count`, `max` and `table_full_drops` when recorded.
     pub conntrack: Option<(Option<u64>, Option<u64>, u64)>,
+    /// Sockets in each state per network namespace, as replayed: each namespace's limits
+    /// are its own, so findings weigh its own numbers against them.
+    pub per_netns: BTreeMap<u32, [u64; state::COUNT]>,
 }
 
 /// The replay of one trace (all its parts).
@@ -758,6 +761,7 @@ impl Replay {
                 .conntrack
                 .as_ref()
                 .map(|c| (c.count, c.max, c.table_full_drops)),
+            per_netns: replayed.per_netns.clone(),
         });
     }
 

@@ -2,6 +2,8 @@
 //! header's sysctls). Each rule names the evidence and the knob to look at; the alerts the
 //! tracer raised are findings too, one per kind.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use super::{text::offset, AlertItem, Report};
@@ -56,6 +58,107 @@ fn setting(r: &Report, name: &str) -> Option<String> {
 
 fn number(r: &Report, name: &str) -> Option<u64> {
     setting(r, name)?.trim().parse().ok()
+}
+
+/// Where a limit applies and what it is weighed against: one namespace's own TIME_WAIT
+/// peak and settings, or, for a trace that did not count sockets per namespace, all of
+/// them against the lowest setting.
+struct LimitScope<'a> {
+    report: &'a Report,
+    /// ` in scn-srv (4026532247)`, or nothing for the whole trace.
+    place: String,
+    timewait_peak: u64,
+    /// The namespace's own settings (None: the trace's, as `setting` reads them).
+    own: Option<&'a BTreeMap<String, String>>,
+}
+
+impl LimitScope<'_> {
+    fn setting(&self, name: &str) -> Option<String> {
+        match self.own {
+            Some(m) => m.get(name).cloned(),
+            None => setting(self.report, name),
+        }
+    }
+
+    fn number(&self, name: &str) -> Option<u64> {
+        self.setting(name)?.trim().parse().ok()
+    }
+}
+
+/// Each namespace with TIME_WAIT sockets, on its own settings (those of where netwatch ran
+/// when the trace did not record its own), or the whole trace where it counted no
+/// namespace apart.
+fn limit_scopes(r: &Report) -> Vec<LimitScope<'_>> {
+    if r.netns_peaks.is_empty() {
+        return vec![LimitScope {
+            report: r,
+            place: String::new(),
+            timewait_peak: peak(r, "TIME_WAIT"),
+            own: None,
+        }];
+    }
+    r.netns_peaks
+        .iter()
+        .filter_map(|n| {
+            let tw = n.peaks.get("TIME_WAIT").copied().filter(|&tw| tw > 0)?;
+            Some(LimitScope {
+                report: r,
+                place: if r.netns_peaks.len() > 1 {
+                    format!(" in {}", n.label)
+                } else {
+                    String::new()
+                },
+                timewait_peak: tw,
+                own: Some(n.sysctls.as_ref().unwrap_or(&r.trace.sysctls)),
+            })
+        })
+        .collect()
+}
+
+/// TIME_WAIT against the limits it can hit: the table size, and the ephemeral ports.
+fn timewait_limits(scope: &LimitScope) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let (tw, place) = (scope.timewait_peak, &scope.place);
+    if let Some(buckets) = scope.number("net.ipv4.tcp_max_tw_buckets") {
+        if buckets > 0 && tw * 10 >= buckets * 9 {
+            out.push(finding(
+                Severity::Warning,
+                "timewait_buckets",
+                format!(
+                    "TIME_WAIT peaked at {tw}{place} of net.ipv4.tcp_max_tw_buckets = \
+                     {buckets}"
+                ),
+                "past the limit closing connections skip TIME_WAIT (TCPTimeWaitOverflow): old \
+                 duplicates can then reach new connections on the same ports"
+                    .to_owned(),
+            ));
+        }
+    }
+    if let Some(range) = scope.setting("net.ipv4.ip_local_port_range") {
+        let mut it = range
+            .split_whitespace()
+            .filter_map(|n| n.parse::<u64>().ok());
+        if let (Some(lo), Some(hi)) = (it.next(), it.next()) {
+            let width = hi.saturating_sub(lo) + 1;
+            if tw > 0 && tw * 2 >= width {
+                out.push(finding(
+                    Severity::Warning,
+                    "ephemeral_ports",
+                    format!(
+                        "TIME_WAIT peaked at {tw}{place}, {}% of the {width} ephemeral ports \
+                         ({lo}-{hi})",
+                        tw * 100 / width
+                    ),
+                    "client connections to one destination run out of local ports while \
+                     theirs sit in TIME_WAIT (EADDRNOTAVAIL): widen \
+                     net.ipv4.ip_local_port_range, reuse connections, or enable \
+                     net.ipv4.tcp_tw_reuse"
+                        .to_owned(),
+                ));
+            }
+        }
+    }
+    out
 }
 
 fn peak(r: &Report, st: &str) -> u64 {
@@ -231,42 +334,8 @@ pub fn findings(r: &Report) -> Vec<Finding> {
         });
     }
 
-    let tw = peak(r, "TIME_WAIT");
-    if let Some(buckets) = number(r, "net.ipv4.tcp_max_tw_buckets") {
-        if buckets > 0 && tw * 10 >= buckets * 9 {
-            out.push(finding(
-                Severity::Warning,
-                "timewait_buckets",
-                format!("TIME_WAIT peaked at {tw} of net.ipv4.tcp_max_tw_buckets = {buckets}"),
-                "past the limit closing connections skip TIME_WAIT (TCPTimeWaitOverflow): old \
-                 duplicates can then reach new connections on the same ports"
-                    .to_owned(),
-            ));
-        }
-    }
-    if let Some(range) = setting(r, "net.ipv4.ip_local_port_range") {
-        let mut it = range
-            .split_whitespace()
-            .filter_map(|n| n.parse::<u64>().ok());
-        if let (Some(lo), Some(hi)) = (it.next(), it.next()) {
-            let width = hi.saturating_sub(lo) + 1;
-            if tw > 0 && tw * 2 >= width {
-                out.push(finding(
-                    Severity::Warning,
-                    "ephemeral_ports",
-                    format!(
-                        "TIME_WAIT peaked at {tw}, {}% of the {width} ephemeral ports \
-                         ({lo}-{hi})",
-                        tw * 100 / width
-                    ),
-                    "client connections to one destination run out of local ports while \
-                     theirs sit in TIME_WAIT (EADDRNOTAVAIL): widen \
-                     net.ipv4.ip_local_port_range, reuse connections, or enable \
-                     net.ipv4.tcp_tw_reuse"
-                        .to_owned(),
-                ));
-            }
-        }
+    for scope in limit_scopes(r) {
+        out.extend(timewait_limits(&scope));
     }
     if let Some(a) = r.age.get("CLOSE_WAIT") {
         if a.max >= 10_000_000_000 {

@@ -94,6 +94,16 @@ impl TraceInfo {
     }
 }
 
+/// One network namespace's highest socket counts over the window, with its settings.
+#[derive(Debug, Clone, Default)]
+pub struct NetnsPeaks {
+    /// Its name where it had one, with the inode: `scn-srv (4026532247)`.
+    pub label: String,
+    pub peaks: BTreeMap<&'static str, u64>,
+    /// Its own settings, where the trace recorded them.
+    pub sysctls: Option<BTreeMap<String, String>>,
+}
+
 /// What the report covers.
 #[derive(Debug, Clone, Serialize)]
 pub struct Window {
@@ -303,6 +313,10 @@ pub struct Report {
     pub breakdowns: BTreeMap<&'static str, BreakdownJson>,
     pub gauges: Vec<GaugeJson>,
     pub peaks: BTreeMap<&'static str, PeakJson>,
+    /// Per network namespace the trace saw sockets in: its peaks and its own settings, so
+    /// a limit is weighed against the namespace it applies to.
+    #[serde(skip)]
+    pub netns_peaks: Vec<NetnsPeaks>,
     pub alert_counts: BTreeMap<String, u64>,
     pub alerts: Vec<AlertItem>,
     /// The alerts by kind and subject, as the dashboard's alerts pane folds them (times are
@@ -667,10 +681,18 @@ pub fn build(cfg: &ReportConfig) -> Result<Report> {
     }
 
     let mut peaks: BTreeMap<&'static str, Peak> = BTreeMap::new();
+    let mut by_netns: BTreeMap<u32, BTreeMap<&'static str, u64>> = BTreeMap::new();
     let gauges: Vec<GaugeJson> = replay
         .gauges
         .iter()
         .map(|g| {
+            for (ns, states) in &g.per_netns {
+                let seen = by_netns.entry(*ns).or_default();
+                for &st in &shown {
+                    let top = seen.entry(state::name(st)).or_default();
+                    *top = (*top).max(states[st as usize]);
+                }
+            }
             let offset_ns = clock.offset(g.mono_ns);
             let mut m = BTreeMap::new();
             for &st in &shown {
@@ -740,6 +762,20 @@ pub fn build(cfg: &ReportConfig) -> Result<Report> {
     let complete = summary.is_some() && replay.complete;
     let lost = replay.lost;
 
+    let netns_peaks: Vec<NetnsPeaks> = by_netns
+        .into_iter()
+        .map(|(inode, peaks)| {
+            let key = inode.to_string();
+            NetnsPeaks {
+                label: match first.netns_names.get(&key) {
+                    Some(name) => printable::owned(&format!("{name} ({inode})")),
+                    None => key.clone(),
+                },
+                peaks,
+                sysctls: first.netns_sysctls.get(&key).map(printable::map),
+            }
+        })
+        .collect();
     let trace = TraceInfo {
         files: files.iter().map(|f| printable::owned(f)).collect(),
         run_id: printable::owned(&first.run_id),
@@ -804,6 +840,7 @@ pub fn build(cfg: &ReportConfig) -> Result<Report> {
         age,
         breakdowns,
         gauges,
+        netns_peaks,
         peaks: peaks
             .into_iter()
             .map(|(st, p)| {

@@ -111,6 +111,36 @@ fn the_report_has_the_tracers_numbers_plain_and_gzip() {
     }
 }
 
+/// Each namespace's TIME_WAIT is weighed against its own limit, and the finding names the
+/// namespace. Before, the sum over namespaces was set against the lowest limit anywhere: a
+/// number no namespace had, against a limit it did not have.
+#[test]
+fn timewait_limits_are_weighed_per_namespace() {
+    let s = sample();
+    let dir = TempDir::new("limits");
+    let p = dir.join("t.jsonl");
+    std::fs::write(&p, &s.bytes).unwrap();
+    let mut r = build(&cfg(vec![p])).unwrap();
+    let ns = |label: &str, tw: u64, buckets: &str| NetnsPeaks {
+        label: label.to_owned(),
+        peaks: [("TIME_WAIT", tw)].into(),
+        sysctls: Some([("net.ipv4.tcp_max_tw_buckets".to_owned(), buckets.to_owned())].into()),
+    };
+    r.netns_peaks = vec![
+        ns("scn-cli (4026532178)", 5, "5"),
+        ns("scn-srv (4026532247)", 100, "10000"),
+    ];
+    let titles: Vec<String> = findings::findings(&r)
+        .into_iter()
+        .filter(|f| f.id == "timewait_buckets")
+        .map(|f| f.title)
+        .collect();
+    assert_eq!(
+        titles,
+        ["TIME_WAIT peaked at 5 in scn-cli (4026532178) of net.ipv4.tcp_max_tw_buckets = 5"]
+    );
+}
+
 #[test]
 fn text_report_shows_the_sections() {
     let s = sample();
