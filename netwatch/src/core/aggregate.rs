@@ -537,7 +537,10 @@ impl Aggregator {
                 ages[i].saturating_record(now_ns.saturating_sub(since).clamp(1, MAX_TRACKABLE_NS));
             }
             *by_port[i].entry(l.service_port).or_default() += 1;
-            *by_local[i].entry(l.local_port).or_default() += 1;
+            // A connect() enters SYN_SENT before its port is chosen: 0 is no port.
+            if l.local_port != 0 {
+                *by_local[i].entry(l.local_port).or_default() += 1;
+            }
             if l.state != state::LISTEN {
                 *by_remote[i].entry(l.remote).or_default() += 1;
             }
@@ -677,6 +680,13 @@ mod tests {
             }],
             "a port read as 0 keeps the socket's own"
         );
+        // A connect() whose port is not chosen yet is in no local port's row.
+        let mut connecting = t(9, 3 * S, CLOSE, SYN_SENT, None);
+        connecting.sport = 0;
+        a.apply(&connecting);
+        let snap = a.snapshot(4 * S, 0);
+        assert!(snap.top_local_ports[SYN_SENT as usize].is_empty());
+        assert_eq!(snap.top_service_ports[SYN_SENT as usize].len(), 1);
     }
 
     #[test]
