@@ -32,7 +32,8 @@ use netwatch_tests::sock::{
     abort, connect_bound, listen_backlog, tcp_clock_ms, tcp_timestamp, thread_comm,
 };
 use netwatch_tests::tcp::{accept_timeout, connect_timeout, read_to_eof, IO_TIMEOUT};
-use netwatch_tests::tracer::SETTLE;
+use netwatch_tests::tempdir::TempDir;
+use netwatch_tests::tracer::{report_then_remove, SETTLE};
 use netwatch_tests::{
     in_netns, require_root, transitions, Netns, TestNet, TraceOutput, Tracer, Transition,
 };
@@ -1095,5 +1096,24 @@ fn port_exhaustion_names_the_process() -> Result<()> {
         }
     }
     f.show(&["port_exhaustion"]);
+
+    // What a person reads afterwards: `netwatch report` of the same trace gives the
+    // totals, the process, the peak of TIME_WAIT though it ended at 2, and the breakdowns.
+    let dir = TempDir::new("incidents", "pex-report")?;
+    let path = dir.join("trace.jsonl");
+    let lines: String = f.out.records.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(&path, lines)?;
+    let report = report_then_remove(&path, &[])?;
+    eprintln!("{report}");
+    for want in [
+        format!("Ephemeral ports exhausted: {FAILURES} connect() failures (EADDRNOTAVAIL)"),
+        process.clone(),
+        "BREAKDOWNS AT THE END".to_owned(),
+        format!("by service port    {PORT} 2"),
+        "TIME_WAIT peaked at 2".to_owned(),
+        "net.ipv4.ip_local_port_range = 40000 40001".to_owned(),
+    ] {
+        ensure!(report.contains(&want), "report lacks {want:?}:\n{report}");
+    }
     Ok(())
 }
