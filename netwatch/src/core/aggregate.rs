@@ -490,12 +490,20 @@ impl Aggregator {
         out
     }
 
-    /// Client sockets towards `daddr:dport` now, and how many of those are in TIME_WAIT:
-    /// each holds a local port for that destination.
-    pub fn towards(&self, daddr: IpAddr, dport: u16) -> (u64, u64) {
+    /// Client sockets of namespace `netns` towards `daddr:dport` now that hold a local port
+    /// for it, and how many of those are in TIME_WAIT. A connect() still choosing its port
+    /// (the one failing with EADDRNOTAVAIL, say) holds none: counted, the range's 200 ports
+    /// read as "201 in use".
+    pub fn towards(&self, netns: u32, daddr: IpAddr, dport: u16) -> (u64, u64) {
         self.live
             .values()
-            .filter(|l| l.remote == daddr && l.service_port == dport && l.state != state::LISTEN)
+            .filter(|l| {
+                l.netns == netns
+                    && l.remote == daddr
+                    && l.service_port == dport
+                    && l.local_port != 0
+                    && l.state != state::LISTEN
+            })
             .fold((0, 0), |(all, tw), l| {
                 (all + 1, tw + u64::from(l.state == state::TIME_WAIT))
             })
@@ -600,8 +608,8 @@ impl Aggregator {
 }
 
 impl super::signals::SocketView for Aggregator {
-    fn towards(&self, daddr: IpAddr, dport: u16) -> (u64, u64) {
-        Aggregator::towards(self, daddr, dport)
+    fn towards(&self, netns: u32, daddr: IpAddr, dport: u16) -> (u64, u64) {
+        Aggregator::towards(self, netns, daddr, dport)
     }
     fn count(&self, state: u8) -> u64 {
         Aggregator::count(self, state)
@@ -652,6 +660,24 @@ mod tests {
             comm: comm.into(),
             container: None,
         }
+    }
+
+    /// Ports in use towards a destination are those sockets hold: not a connect() still
+    /// choosing one, nor another namespace's.
+    #[test]
+    fn ports_in_use_towards_a_destination_are_held_ones_of_the_namespace() {
+        let mut a = Aggregator::new();
+        a.apply(&t(0, S, SYN_SENT, ESTABLISHED, Some(1)));
+        a.apply(&t(1, S, FIN_WAIT2, TIME_WAIT, Some(1)));
+        let mut choosing = t(2, S, CLOSE, SYN_SENT, None);
+        choosing.sport = 0;
+        a.apply(&choosing);
+        let mut elsewhere = t(3, S, SYN_SENT, ESTABLISHED, Some(1));
+        elsewhere.netns = 2;
+        a.apply(&elsewhere);
+        let daddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(a.towards(1, daddr, 80), (2, 1));
+        assert_eq!(a.towards(2, daddr, 80), (1, 0));
     }
 
     #[test]

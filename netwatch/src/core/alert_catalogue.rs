@@ -166,9 +166,10 @@ pub const LISTEN_OVERFLOW: AlertKind = AlertKind {
     colour: "#e6550d",
     title: "Listen queue overflow",
     advice: "The application accepts too slowly or its listen() backlog is small: accept \
-             faster (more workers), raise the backlog it passes to listen() and \
-             net.core.somaxconn, which caps it; net.ipv4.tcp_max_syn_backlog sizes the SYN \
-             queue.",
+             faster (more workers), or raise the backlog it passes to listen(). \
+             net.core.somaxconn only caps that backlog: raise it too only where the evidence \
+             names it as the limit. (net.ipv4.tcp_max_syn_backlog sizes the SYN queue, not \
+             this one.)",
     evidence: &[
         ("netns", "namespace inode"),
         ("ports", "listener ports whose final ACKs were dropped"),

@@ -467,7 +467,7 @@ pub fn overflowing_listeners(
 
 pub trait SocketView {
     /// Sockets towards `daddr:dport` now, and how many of them are in TIME_WAIT.
-    fn towards(&self, daddr: IpAddr, dport: u16) -> (u64, u64);
+    fn towards(&self, netns: u32, daddr: IpAddr, dport: u16) -> (u64, u64);
     fn count(&self, state: u8) -> u64;
     /// Listeners of `netns` and their accept queues as last listed, with the process.
     fn listeners(&self, _netns: u32) -> Vec<(ListenerQueue, Option<String>)> {
@@ -680,7 +680,7 @@ impl Signals {
             });
         }
         for ((netns, daddr, dport), e) in std::mem::take(&mut self.exhaustion) {
-            let (in_use, tw) = sockets.towards(daddr, dport);
+            let (in_use, tw) = sockets.towards(netns, daddr, dport);
             out.push(Alert::PortExhaustion {
                 netns,
                 daddr: daddr.to_string(),
@@ -819,7 +819,7 @@ pub(crate) mod tests {
         tw: u64,
     }
     impl SocketView for View {
-        fn towards(&self, _: IpAddr, _: u16) -> (u64, u64) {
+        fn towards(&self, _: u32, _: IpAddr, _: u16) -> (u64, u64) {
             (28000, 27990)
         }
         fn count(&self, _: u8) -> u64 {
