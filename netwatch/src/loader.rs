@@ -3,7 +3,7 @@
 
 use anyhow::{anyhow, Context, Result};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, FEntry, FExit, ProgramError},
     Ebpf, EbpfLoader,
 };
@@ -20,6 +20,7 @@ use crate::{
     features::KernelFeatures,
     offsets,
     plan::{self, Attach, KernelFacts, StepOutcome},
+    ring_reader::RingReader,
 };
 
 /// The kernel object built by build.rs from netwatch-ebpf.
@@ -28,7 +29,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ne
 /// Attached programs and the maps userspace reads; dropping it detaches everything.
 pub struct Probes {
     ebpf: Ebpf,
-    pub events: RingBuf<MapData>,
+    /// The ring buffer's records, copied out by a thread of their own.
+    pub events: RingReader,
     /// Things worth telling the user about how this kernel limited the trace.
     pub warnings: Vec<String>,
     /// This kernel's drop-reason numbers for the reasons netwatch reports.
@@ -245,10 +247,11 @@ impl Probes {
             Vec::new()
         });
 
-        let events = RingBuf::try_from(
+        let events = RingReader::spawn(RingBuf::try_from(
             ebpf.take_map(map::EVENTS)
                 .ok_or_else(|| anyhow!("object lacks map {}", map::EVENTS))?,
-        )?;
+        )?)
+        .context("could not start the thread that reads the ring buffer")?;
         Ok(Self {
             ebpf,
             events,

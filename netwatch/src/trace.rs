@@ -42,9 +42,9 @@ use crate::stop_signals;
 use crate::ui;
 use crate::writer::queue;
 
-/// How often the ring buffer is drained. The kernel side never wakes us, so this bounds the
-/// latency of the live view; 8 MiB holds ~100k records, far more than 20 ms of any churn
-/// this has been measured at.
+/// How often the records the ring buffer's reader copied out are processed. The kernel
+/// side never wakes us, so this bounds the latency of the live view; the ring itself is
+/// emptied more often, on a thread of its own (see [`crate::ring_reader`]).
 const DRAIN_EVERY: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Default)]
@@ -190,7 +190,7 @@ impl Tracer {
                 let Some(item) = self.probes.events.next() else {
                     break;
                 };
-                self.decoder.decode(&item)
+                self.decoder.decode(item)
             };
             let Ok(mut ev) = decoded else {
                 self.undecodable += 1;
@@ -431,6 +431,7 @@ impl Tracer {
         }
         // What the kernel sent before we were told to stop, a last snapshot, and (in text)
         // what this kernel let the trace see, so the last summary is read for what it is.
+        self.probes.events.finish();
         match self
             .drain()
             .and_then(|_| self.snapshot())
