@@ -74,7 +74,14 @@ fn permission_hint(e: &aya::EbpfError) -> &'static str {
 impl Probes {
     /// Loads and verifies the programs the attach plan chooses for this kernel, runs
     /// `before_attach`, then attaches them.
-    pub fn attach(cfg: &TraceConfig, btf: &Btf, before_attach: impl FnOnce()) -> Result<Self> {
+    /// Takes the kernel's parsed BTF to drop it once read: it was ~20 MB held for the
+    /// whole trace, and with aya's own copy and the census it set the peak RSS.
+    pub fn attach(
+        cfg: &TraceConfig,
+        kernel_btf: Btf,
+        before_attach: impl FnOnce(),
+    ) -> Result<Self> {
+        let btf = &kernel_btf;
         let (offsets, missing) = offsets::resolve(btf);
         let mut warnings = Vec::new();
         if !missing.is_empty() {
@@ -175,6 +182,7 @@ impl Probes {
 
         // Verify everything first, then let the caller do its slow start-up work (the
         // census), then attach: records start flowing only once the drain loop is near.
+        drop(kernel_btf);
         let aya_btf = aya::Btf::from_sys_fs().context("aya cannot read the kernel's BTF")?;
         let mut outcomes = Vec::new();
         let mut verifier_logs = Vec::new();
@@ -214,6 +222,7 @@ impl Probes {
             }
             outcomes.push(outcome);
         }
+        drop(aya_btf);
         before_attach();
         for outcome in &mut outcomes {
             let Some((v, twin)) = outcome.loaded else {

@@ -521,6 +521,7 @@ struct Census {
 /// one), so gauges are right from the first second.
 fn take_census(
     cfg: &TraceConfig,
+    keep_sockets: bool,
     spaces: &[(u32, Option<std::path::PathBuf>)],
     agg: &mut Aggregator,
     owners: &mut IdMap<u64, Owner>,
@@ -567,10 +568,12 @@ fn take_census(
                         existing(s, owners.get(&s.cookie).cloned(), cgroup)
                     }),
                 );
-                found.extend(socks.into_iter().map(|s| {
-                    let owner = owners.get(&s.cookie).cloned();
-                    (s, owner)
-                }));
+                if keep_sockets {
+                    found.extend(socks.into_iter().map(|s| {
+                        let owner = owners.get(&s.cookie).cloned();
+                        (s, owner)
+                    }));
+                }
             }
             Err(e) => warnings.push(format!(
                 "census of existing sockets failed ({e:#}); counts start from zero"
@@ -834,11 +837,14 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
     // The census runs after the programs are verified and before they attach, so that the
     // ring buffer does not fill while it walks a large socket table; the counters'
     // baseline is taken then too, so nothing that happens after the attach is lost in it.
-    let probes = Probes::attach(&cfg, &btf, || {
+    let probes = Probes::attach(&cfg, btf, || {
         // Without --netns, every namespace found: their sockets' census and their counters'
         // baseline before the attach, as our own's.
         let spaces = traced_spaces(&cfg);
-        found = take_census(&cfg, &spaces, &mut agg, &mut owners, &mut cgroups);
+        // The sockets themselves are kept only for the JSON records they become; the live
+        // views need just the engine's seed (131k of them at a full TIME_WAIT table).
+        let json = cfg.output.is_some() || cfg.view == View::Events;
+        found = take_census(&cfg, json, &spaces, &mut agg, &mut owners, &mut cgroups);
         env = Some(EnvSource::new(spaces));
     })?;
     let env = env.context("the programs were never attached")?;

@@ -345,14 +345,19 @@ impl Aggregator {
     /// Seeds the live mirror with the sockets that existed at start (the census). Sockets
     /// in SYN_RECV are request sockets, counted by `set_queues`: their end is reported
     /// under the child's cookie, so a mirror entry would never leave.
-    pub fn seed(&mut self, now_ns: u64, sockets: impl IntoIterator<Item = Existing>) {
-        let sockets: Vec<Existing> = sockets
-            .into_iter()
-            .filter(|s| s.state != state::SYN_RECV)
-            .collect();
-        for s in sockets.iter().filter(|s| s.state == state::LISTEN) {
+    /// Takes the sockets twice (listeners first, since they decide every other socket's
+    /// service port) rather than collecting them: at a full TIME_WAIT table the census is
+    /// netwatch's peak memory, and a copy of it was 10 MB of that.
+    pub fn seed<I>(&mut self, now_ns: u64, sockets: I)
+    where
+        I: IntoIterator<Item = Existing>,
+        I::IntoIter: Clone,
+    {
+        let sockets = sockets.into_iter().filter(|s| s.state != state::SYN_RECV);
+        for s in sockets.clone().filter(|s| s.state == state::LISTEN) {
             *self.listening.entry(s.sport).or_default() += 1;
         }
+        self.live.reserve(sockets.size_hint().0);
         for s in sockets {
             let live = Live {
                 state: s.state,
