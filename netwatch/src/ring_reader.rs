@@ -13,7 +13,7 @@
 use std::{
     io,
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         mpsc::{self, Receiver},
         Arc,
     },
@@ -32,6 +32,8 @@ const MAX_QUEUED: usize = 64 << 20;
 /// A chunk is sent on when it reaches this size, so the trace loop can start on a long
 /// read before it ends.
 const CHUNK_BYTES: usize = 1 << 20;
+/// How long [`RingReader::sync`] waits for the thread at most.
+const SYNC_LIMIT: Duration = Duration::from_secs(1);
 /// Each record in a chunk is preceded by its length, as a little-endian u32.
 const LEN_BYTES: usize = 4;
 
@@ -41,6 +43,8 @@ pub struct RingReader {
     chunk: Vec<u8>,
     pos: usize,
     queued: Arc<AtomicUsize>,
+    /// Reads of the ring the thread has completed.
+    reads: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -49,16 +53,18 @@ impl RingReader {
     pub fn spawn(ring: RingBuf<MapData>) -> io::Result<Self> {
         let (tx, chunks) = mpsc::channel();
         let queued = Arc::new(AtomicUsize::new(0));
+        let reads = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (q, s) = (Arc::clone(&queued), Arc::clone(&stop));
+        let (q, r, s) = (Arc::clone(&queued), Arc::clone(&reads), Arc::clone(&stop));
         let thread = thread::Builder::new()
             .name("netwatch-ring".into())
-            .spawn(move || copy_out(ring, &tx, &q, &s))?;
+            .spawn(move || copy_out(ring, &tx, &q, &r, &s))?;
         Ok(Self {
             chunks,
             chunk: Vec::new(),
             pos: 0,
             queued,
+            reads,
             stop,
             thread: Some(thread),
         })
@@ -77,6 +83,25 @@ impl RingReader {
         let start = at + LEN_BYTES;
         self.pos = start + len as usize;
         self.chunk.get(start..self.pos)
+    }
+
+    /// Returns once the thread has read the ring through at least once since the call (or
+    /// after [`SYNC_LIMIT`]), so [`Self::next`] hands out everything sent before it. The
+    /// thread keeps reading afterwards: stopped at the end of a trace, it would leave the
+    /// ring to fill with records nobody asked for (timewait sockets keep dying after the
+    /// load stops) while the last summary is written, and count them as lost.
+    pub fn sync(&self) {
+        let Some(t) = &self.thread else { return };
+        // The read in progress may have started before the call: wait for the next one.
+        let target = self.reads.load(Ordering::Acquire) + 2;
+        let deadline = std::time::Instant::now() + SYNC_LIMIT;
+        while self.reads.load(Ordering::Acquire) < target
+            && !t.is_finished()
+            && std::time::Instant::now() < deadline
+        {
+            t.thread().unpark();
+            thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Stops the thread after one last read of the ring; what it read is still handed out
@@ -101,6 +126,7 @@ fn copy_out(
     mut ring: RingBuf<MapData>,
     tx: &mpsc::Sender<Vec<u8>>,
     queued: &AtomicUsize,
+    reads: &AtomicU64,
     stop: &AtomicBool,
 ) {
     loop {
@@ -123,6 +149,7 @@ fn copy_out(
         if !chunk.is_empty() && !send(chunk) {
             return;
         }
+        reads.fetch_add(1, Ordering::Release);
         if last {
             return;
         }
@@ -147,6 +174,7 @@ mod tests {
             chunk: Vec::new(),
             pos: 0,
             queued,
+            reads: Arc::new(AtomicU64::new(0)),
             stop: Arc::new(AtomicBool::new(false)),
             thread: None,
         }
