@@ -153,6 +153,10 @@ impl Probes {
             ct_alloc_lo,
             ct_alloc_hi,
         };
+        // One parsed copy of the kernel's BTF at a time: ours is done with, EbpfLoader::new
+        // parses aya's own (~15 MB) and keeps it until the loader goes, and the program
+        // loads below parse another. Overlapping, they set netwatch's peak RSS.
+        drop(kernel_btf);
         let mut loader = EbpfLoader::new();
         loader
             .override_global(global::FILTERS, &filters, true)
@@ -164,6 +168,7 @@ impl Probes {
             let hint = permission_hint(&e);
             anyhow::Error::new(e).context(format!("loading netwatch's eBPF object failed{hint}"))
         })?;
+        drop(loader);
 
         let mut netns: HashMap<_, u32, u8> = HashMap::try_from(
             ebpf.map_mut(map::FILTER_NETNS)
@@ -182,7 +187,6 @@ impl Probes {
 
         // Verify everything first, then let the caller do its slow start-up work (the
         // census), then attach: records start flowing only once the drain loop is near.
-        drop(kernel_btf);
         let aya_btf = aya::Btf::from_sys_fs().context("aya cannot read the kernel's BTF")?;
         let mut outcomes = Vec::new();
         let mut verifier_logs = Vec::new();
