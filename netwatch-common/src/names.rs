@@ -80,9 +80,13 @@ pub mod global {
 pub mod limits {
     /// Sockets whose state-entry time is tracked at once (LRU beyond this).
     pub const SOCK_STATE_ENTRIES: u32 = 1 << 18;
-    /// Ring buffer size: ~160k records of ~104 B, about 0.4 s of the highest churn measured
-    /// here (~400k records/s): headroom for a tracer that the load starves of CPU.
-    pub const EVENTS_BYTES: u32 = 16 << 20;
+    /// Ring buffer size: ~40k records of ~104 B, about 80 ms of the highest churn measured
+    /// here (~500k records/s). Userspace empties it every 5 ms on a thread that does nothing
+    /// else (netwatch's ring_reader), so this is headroom for that thread being kept off a
+    /// CPU, not for the trace loop's pauses (measured up to 0.6 s under load, which needed
+    /// 16 MiB when the loop read the ring itself). VmHWM counts it twice: its pages are
+    /// mapped twice.
+    pub const EVENTS_BYTES: u32 = 4 << 20;
     pub const FILTER_ENTRIES: u32 = 64;
     /// Timewait sockets tracked at once; the default `tcp_max_tw_buckets` is 262144 on
     /// large machines.

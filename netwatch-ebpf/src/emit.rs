@@ -5,8 +5,7 @@ use netwatch_common::{counter, kind, offsets::KernelOffsets, RecordHeader, Trans
 
 use crate::{bump, filters, read, EVENTS, FILTER_NETNS, FILTER_PORTS};
 
-/// What a transition record says beyond the socket's addresses, which
-/// [`transition`] reads itself.
+/// What a transition record says.
 pub struct Change {
     pub now: u64,
     pub sock_id: u64,
@@ -18,44 +17,53 @@ pub struct Change {
     pub old: u8,
     pub new: u8,
     pub flags: u8,
-    /// (tgid, comm) when the caller runs in the owner's context.
-    pub task: Option<(u32, [u8; 16])>,
+    /// (tgid, comm) when the caller runs in the owner's context, else zeros. Not an
+    /// `Option`: its payload would be uninitialised stack when None, which verifiers
+    /// before 6.3 refuse to see read (and the record copies it either way).
+    pub task: (u32, [u8; 16]),
     /// The socket's cgroup id (0: unknown).
     pub cgroup: u64,
+    /// (local, remote) addresses, network order, IPv4 in the first 4 bytes.
+    pub addresses: ([u8; 16], [u8; 16]),
 }
 
-/// Sends the transition of `sock` (a `sock`, timewait or request socket: all start with
-/// `sock_common`, where the addresses are).
+/// Sends a transition, written straight into a reserved slot of the ring buffer: built on
+/// the stack and copied (`bpf_ringbuf_output`), the record cost `set_state` 104 bytes of a
+/// stack that its socket head copy also needs (the 512-byte limit).
 #[inline(always)]
-pub fn transition(sock: *const u8, off: &KernelOffsets, c: Change) {
-    let (pid, comm) = c.task.unwrap_or((0, [0; 16]));
-    let mut rec = Transition {
-        header: RecordHeader {
+pub fn transition(c: Change) {
+    let Some(mut slot) = EVENTS.reserve::<Transition>(0) else {
+        bump(counter::LOST_RECORDS);
+        return;
+    };
+    let (pid, comm) = c.task;
+    let rec = slot.as_mut_ptr();
+    // SAFETY: `rec` points to a reserved slot of `Transition::SIZE` bytes, 8-aligned, ours
+    // until submitted; every field is written before that.
+    unsafe {
+        (*rec).header = RecordHeader {
             kind: kind::TRANSITION,
             size: Transition::SIZE as u16,
             _pad: 0,
             mono_ns: c.now,
-        },
-        sock_id: c.sock_id,
-        dwell_ns: c.dwell_ns,
-        cgroup: c.cgroup,
-        saddr: [0; 16],
-        daddr: [0; 16],
-        netns: c.netns,
-        sport: c.sport,
-        dport: c.dport,
+        };
+        (*rec).sock_id = c.sock_id;
+        (*rec).dwell_ns = c.dwell_ns;
+        (*rec).cgroup = c.cgroup;
+        (*rec).saddr = c.addresses.0;
+        (*rec).daddr = c.addresses.1;
+        (*rec).netns = c.netns;
+        (*rec).sport = c.sport;
+        (*rec).dport = c.dport;
         // AF_INET and AF_INET6 fit a byte; the caller sends no other family.
-        family: c.family as u8,
-        old: c.old,
-        new: c.new,
-        flags: c.flags,
-        pid,
-        comm,
-    };
-    if !read::addresses(sock, off, c.family, &mut rec.saddr, &mut rec.daddr) {
-        bump(counter::READ_ERRORS);
+        (*rec).family = c.family as u8;
+        (*rec).old = c.old;
+        (*rec).new = c.new;
+        (*rec).flags = c.flags;
+        (*rec).pid = pid;
+        (*rec).comm = comm;
     }
-    send(&rec);
+    slot.submit(BPF_RB_NO_WAKEUP as u64);
 }
 
 /// Whether a socket with these fields passes the load-time filters.
@@ -98,23 +106,25 @@ pub fn timewait_transition(
     if !wanted(netns, sport, dport) {
         return;
     }
-    transition(
-        tw,
-        off,
-        Change {
-            now,
-            sock_id,
-            dwell_ns,
-            netns,
-            sport,
-            dport,
-            family: read::family(tw, off),
-            old,
-            new,
-            flags,
-            task: None,
-            // A timewait socket has no cgroup; userspace keeps its full socket's.
-            cgroup: 0,
-        },
-    );
+    let family = read::family(tw, off);
+    let mut addresses = ([0; 16], [0; 16]);
+    if !read::addresses(tw, off, family, &mut addresses.0, &mut addresses.1) {
+        bump(counter::READ_ERRORS);
+    }
+    transition(Change {
+        now,
+        sock_id,
+        dwell_ns,
+        netns,
+        sport,
+        dport,
+        family,
+        old,
+        new,
+        flags,
+        task: (0, [0; 16]),
+        // A timewait socket has no cgroup; userspace keeps its full socket's.
+        cgroup: 0,
+        addresses,
+    });
 }

@@ -3,7 +3,9 @@
 //! Every read goes through `bpf_probe_read_kernel`, so a wrong offset yields a wrong value,
 //! never a verifier rejection or a fault; an offset BTF did not have reads as zero.
 
-use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel};
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel, generated,
+};
 use netwatch_common::{offsets::KernelOffsets, AF_INET6};
 
 #[inline(always)]
@@ -14,6 +16,95 @@ pub fn at<T: Default>(base: *const u8, off: u32) -> T {
     // SAFETY: probe_read tolerates any address; `base` is a kernel object pointer.
     unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize) as *const T) }
         .unwrap_or_default()
+}
+
+/// Bytes of a socket copied by [`Head::read`]: all of `sock_common` up to the IPv6
+/// addresses on the kernels netwatch runs on (`skc_v6_rcv_saddr` ends at 88 on x86_64 6.x).
+const HEAD_BYTES: usize = 96;
+
+/// The start of a socket (`sock_common`) copied with one `bpf_probe_read_kernel`, so a
+/// transition's family, remote port, namespace pointer and addresses cost one helper call
+/// instead of six; each helper call is a function call with its own fault handling, the
+/// bulk of what `set_state` spent per run. A field the loader found outside these bytes (a
+/// kernel with another layout) is read on its own, as before.
+pub struct Head {
+    sk: *const u8,
+    bytes: [u64; HEAD_BYTES / 8],
+}
+
+impl Head {
+    #[inline(always)]
+    pub fn read(sk: *const u8) -> Head {
+        let mut bytes = core::mem::MaybeUninit::<[u64; HEAD_BYTES / 8]>::uninit();
+        // SAFETY: probe_read tolerates any address and fills all HEAD_BYTES: with the
+        // socket's bytes, or with zeros when the read fails (which the family check of every
+        // caller then refuses). Read in place: a returned copy would double the stack.
+        let bytes = unsafe {
+            generated::bpf_probe_read_kernel(
+                bytes.as_mut_ptr().cast(),
+                HEAD_BYTES as u32,
+                sk.cast(),
+            );
+            bytes.assume_init()
+        };
+        Head { sk, bytes }
+    }
+
+    /// The field at `off`, from the copy when it lies within it (naturally aligned, as
+    /// every kernel field is), else read from the socket.
+    #[inline(always)]
+    pub fn get<T: Default + Copy>(&self, off: u32) -> T {
+        let o = off as usize;
+        if off != KernelOffsets::MISSING
+            && o + core::mem::size_of::<T>() <= HEAD_BYTES
+            && o.is_multiple_of(core::mem::align_of::<T>())
+        {
+            // SAFETY: in bounds (checked above) and aligned for T within an 8-aligned
+            // buffer; T is plain data.
+            unsafe { *((self.bytes.as_ptr() as *const u8).add(o) as *const T) }
+        } else {
+            at(self.sk, off)
+        }
+    }
+
+    #[inline(always)]
+    pub fn family(&self, off: &KernelOffsets) -> u16 {
+        self.get(off.skc_family)
+    }
+
+    /// As [`netns`].
+    #[inline(always)]
+    pub fn netns(&self, off: &KernelOffsets) -> u32 {
+        let net: u64 = self.get(off.skc_net);
+        if net == 0 {
+            return 0;
+        }
+        at(net as *const u8, off.net_ns_inum)
+    }
+
+    /// As [`ports`]: the local port still needs its own read (`inet_sport` lies beyond
+    /// `sock_common`).
+    #[inline(always)]
+    pub fn ports(&self, off: &KernelOffsets) -> (u16, u16) {
+        let sport: u16 = at(self.sk, off.inet_sport);
+        let dport: u16 = self.get(off.skc_dport);
+        (u16::from_be(sport), u16::from_be(dport))
+    }
+
+    /// As [`addresses`], from the copy.
+    #[inline(always)]
+    pub fn addresses(&self, off: &KernelOffsets, family: u16) -> ([u8; 16], [u8; 16]) {
+        let mut saddr = [0u8; 16];
+        let mut daddr = [0u8; 16];
+        if family == AF_INET6 {
+            saddr = self.get(off.skc_v6_rcv_saddr);
+            daddr = self.get(off.skc_v6_daddr);
+        } else {
+            saddr[..4].copy_from_slice(&self.get::<[u8; 4]>(off.skc_rcv_saddr));
+            daddr[..4].copy_from_slice(&self.get::<[u8; 4]>(off.skc_daddr));
+        }
+        (saddr, daddr)
+    }
 }
 
 #[inline(always)]

@@ -149,7 +149,8 @@ pub fn try_set_state<K: SocketIds>(ctx: &BtfTracePointContext, twin: Twin) {
     if read::protocol(sk, off) != IPPROTO_TCP {
         return;
     }
-    let family = read::family(sk, off);
+    let head = read::Head::read(sk);
+    let family = head.family(off);
     if family != AF_INET && family != AF_INET6 {
         return;
     }
@@ -205,36 +206,60 @@ pub fn try_set_state<K: SocketIds>(ctx: &BtfTracePointContext, twin: Twin) {
         }
     }
 
-    let netns = read::netns(sk, off);
-    let (sport, dport) = read::ports(sk, off);
+    let netns = head.netns(off);
+    let (sport, dport) = head.ports(off);
     if !emit::wanted(netns, sport, dport) {
         return;
     }
     // connect() and listen() run in the caller's context.
-    let task = (old == state::CLOSE).then(read::current_task);
-    // The socket's cgroup; where it cannot tell, the caller's in that context.
-    let cgroup = match read::cgroup(sk, off) {
-        0 if task.is_some() => unsafe { aya_ebpf::helpers::bpf_get_current_cgroup_id() },
-        c => c,
+    let in_owner = old == state::CLOSE;
+    let task = if in_owner {
+        read::current_task()
+    } else {
+        (0, [0; 16])
     };
-    emit::transition(
-        sk,
-        off,
-        emit::Change {
-            now,
-            sock_id: id,
-            dwell_ns,
-            netns,
-            sport,
-            dport,
-            family,
+    let cgroup = if cgroup_may_be_news(old, since) {
+        // The socket's cgroup; where it cannot tell, the caller's in that context.
+        match read::cgroup(sk, off) {
+            0 if in_owner => unsafe { aya_ebpf::helpers::bpf_get_current_cgroup_id() },
+            c => c,
+        }
+    } else {
+        0
+    };
+    emit::transition(emit::Change {
+        now,
+        sock_id: id,
+        dwell_ns,
+        netns,
+        sport,
+        dport,
+        family,
+        old,
+        new: shown_new,
+        flags: 0,
+        task,
+        cgroup,
+        addresses: head.addresses(off, family),
+    });
+}
+
+/// Whether this transition's record must carry the socket's cgroup: a socket's cgroup is
+/// fixed when it is created, and userspace keeps the id from a socket's earlier records for
+/// those that carry none (as for timewait sockets). So it is read (three dependent kernel
+/// reads) only on the records that can be a socket's first: leaving CLOSE, LISTEN,
+/// SYN_SENT, SYN_RECV or ESTABLISHED (a server's child shows first when it leaves
+/// ESTABLISHED, its earlier changes being covered by its request socket's record), or any
+/// change of a socket netwatch has no entry for (opened before the trace, or evicted). The
+/// closing states (FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING) come only after an
+/// ESTABLISHED whose record carried it.
+#[inline(always)]
+fn cgroup_may_be_news(old: u8, since: Option<u64>) -> bool {
+    since.is_none()
+        || matches!(
             old,
-            new: shown_new,
-            flags: 0,
-            task,
-            cgroup,
-        },
-    );
+            state::CLOSE | state::LISTEN | state::SYN_SENT | state::SYN_RECV | state::ESTABLISHED
+        )
 }
 
 /// The timewait socket allocated for `sk` on this CPU just before, if any, and its

@@ -10,6 +10,8 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+
+use crate::core::fasthash::IdMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -183,10 +185,12 @@ const RESCAN_AFTER: Duration = Duration::from_secs(5);
 pub struct Resolver {
     root: PathBuf,
     pods_dir: PathBuf,
-    paths: HashMap<u64, String>,
+    paths: IdMap<u64, String>,
     pods: HashMap<String, PodName>,
     last_scan: Option<Instant>,
-    resolved: HashMap<u64, Option<Resolved>>,
+    /// Asked for every record the trace shows (`container`): keyed by the kernel's
+    /// cgroup ids with the cheap hasher, SipHash was 6 % of a live view's CPU.
+    resolved: IdMap<u64, Option<Resolved>>,
 }
 
 impl Resolver {
@@ -202,10 +206,10 @@ impl Resolver {
         Self {
             root: root.into(),
             pods_dir: pods_dir.into(),
-            paths: HashMap::new(),
+            paths: IdMap::default(),
             pods: HashMap::new(),
             last_scan: None,
-            resolved: HashMap::new(),
+            resolved: IdMap::default(),
         }
     }
 

@@ -3,7 +3,7 @@
 
 use anyhow::{anyhow, Context, Result};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, FEntry, FExit, ProgramError},
     Ebpf, EbpfLoader,
 };
@@ -20,6 +20,7 @@ use crate::{
     features::KernelFeatures,
     offsets,
     plan::{self, Attach, KernelFacts, StepOutcome},
+    ring_reader::RingReader,
 };
 
 /// The kernel object built by build.rs from netwatch-ebpf.
@@ -28,7 +29,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ne
 /// Attached programs and the maps userspace reads; dropping it detaches everything.
 pub struct Probes {
     ebpf: Ebpf,
-    pub events: RingBuf<MapData>,
+    /// The ring buffer's records, copied out by a thread of their own.
+    pub events: RingReader,
     /// Things worth telling the user about how this kernel limited the trace.
     pub warnings: Vec<String>,
     /// This kernel's drop-reason numbers for the reasons netwatch reports.
@@ -74,7 +76,14 @@ fn permission_hint(e: &aya::EbpfError) -> &'static str {
 impl Probes {
     /// Loads and verifies the programs the attach plan chooses for this kernel, runs
     /// `before_attach`, then attaches them.
-    pub fn attach(cfg: &TraceConfig, btf: &Btf, before_attach: impl FnOnce()) -> Result<Self> {
+    /// Takes the kernel's parsed BTF to drop it once read: it was ~20 MB held for the
+    /// whole trace, and with aya's own copy and the census it set the peak RSS.
+    pub fn attach(
+        cfg: &TraceConfig,
+        kernel_btf: Btf,
+        before_attach: impl FnOnce(),
+    ) -> Result<Self> {
+        let btf = &kernel_btf;
         let (offsets, missing) = offsets::resolve(btf);
         let mut warnings = Vec::new();
         if !missing.is_empty() {
@@ -146,6 +155,10 @@ impl Probes {
             ct_alloc_lo,
             ct_alloc_hi,
         };
+        // One parsed copy of the kernel's BTF at a time: ours is done with, EbpfLoader::new
+        // parses aya's own (~15 MB) and keeps it until the loader goes, and the program
+        // loads below parse another. Overlapping, they set netwatch's peak RSS.
+        drop(kernel_btf);
         let mut loader = EbpfLoader::new();
         loader
             .override_global(global::FILTERS, &filters, true)
@@ -157,6 +170,7 @@ impl Probes {
             let hint = permission_hint(&e);
             anyhow::Error::new(e).context(format!("loading netwatch's eBPF object failed{hint}"))
         })?;
+        drop(loader);
 
         let mut netns: HashMap<_, u32, u8> = HashMap::try_from(
             ebpf.map_mut(map::FILTER_NETNS)
@@ -214,6 +228,7 @@ impl Probes {
             }
             outcomes.push(outcome);
         }
+        drop(aya_btf);
         before_attach();
         for outcome in &mut outcomes {
             let Some((v, twin)) = outcome.loaded else {
@@ -247,10 +262,11 @@ impl Probes {
             Vec::new()
         });
 
-        let events = RingBuf::try_from(
+        let events = RingReader::spawn(RingBuf::try_from(
             ebpf.take_map(map::EVENTS)
                 .ok_or_else(|| anyhow!("object lacks map {}", map::EVENTS))?,
-        )?;
+        )?)
+        .context("could not start the thread that reads the ring buffer")?;
         Ok(Self {
             ebpf,
             events,

@@ -20,6 +20,7 @@ mod plan;
 mod preflight;
 mod procfs;
 mod report;
+mod ring_reader;
 mod serve;
 mod sink;
 mod stop_signals;

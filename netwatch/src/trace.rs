@@ -41,9 +41,12 @@ use crate::stop_signals;
 use crate::ui;
 use crate::writer::queue;
 
-/// How often the ring buffer is drained. The kernel side never wakes us, so this bounds the
-/// latency of the live view; 8 MiB holds ~100k records, far more than 20 ms of any churn
-/// this has been measured at.
+/// Census records handed to the trace file's writer at a time (~2.5 MB of JSON).
+const CENSUS_BATCH: usize = 8192;
+
+/// How often the records the ring buffer's reader copied out are processed. The kernel
+/// side never wakes us, so this bounds the latency of the live view; the ring itself is
+/// emptied more often, on a thread of its own (see [`crate::ring_reader`]).
 const DRAIN_EVERY: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Default)]
@@ -189,7 +192,7 @@ impl Tracer {
                 let Some(item) = self.probes.events.next() else {
                     break;
                 };
-                self.decoder.decode(&item)
+                self.decoder.decode(item)
             };
             let Ok(mut ev) = decoded else {
                 self.undecodable += 1;
@@ -430,6 +433,7 @@ impl Tracer {
         }
         // What the kernel sent before we were told to stop, a last snapshot, and (in text)
         // what this kernel let the trace see, so the last summary is read for what it is.
+        self.probes.events.sync();
         match self
             .drain()
             .and_then(|_| self.snapshot())
@@ -519,6 +523,7 @@ struct Census {
 /// one), so gauges are right from the first second.
 fn take_census(
     cfg: &TraceConfig,
+    keep_sockets: bool,
     spaces: &[(u32, Option<std::path::PathBuf>)],
     agg: &mut Aggregator,
     owners: &mut IdMap<u64, Owner>,
@@ -565,10 +570,12 @@ fn take_census(
                         existing(s, owners.get(&s.cookie).cloned(), cgroup)
                     }),
                 );
-                found.extend(socks.into_iter().map(|s| {
-                    let owner = owners.get(&s.cookie).cloned();
-                    (s, owner)
-                }));
+                if keep_sockets {
+                    found.extend(socks.into_iter().map(|s| {
+                        let owner = owners.get(&s.cookie).cloned();
+                        (s, owner)
+                    }));
+                }
             }
             Err(e) => warnings.push(format!(
                 "census of existing sockets failed ({e:#}); counts start from zero"
@@ -833,11 +840,14 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
     // The census runs after the programs are verified and before they attach, so that the
     // ring buffer does not fill while it walks a large socket table; the counters'
     // baseline is taken then too, so nothing that happens after the attach is lost in it.
-    let probes = Probes::attach(&cfg, &btf, || {
+    let probes = Probes::attach(&cfg, btf, || {
         // Without --netns, every namespace found: their sockets' census and their counters'
         // baseline before the attach, as our own's.
         let spaces = traced_spaces(&cfg);
-        found = take_census(&cfg, &spaces, &mut agg, &mut owners, &mut cgroups);
+        // The sockets themselves are kept only for the JSON records they become; the live
+        // views need just the engine's seed (131k of them at a full TIME_WAIT table).
+        let json = cfg.output.is_some() || cfg.view == View::Events;
+        found = take_census(&cfg, json, &spaces, &mut agg, &mut owners, &mut cgroups);
         env = Some(EnvSource::new(spaces));
     })?;
     let env = env.context("the programs were never attached")?;
@@ -861,8 +871,17 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         cfg.output.take(),
         header,
     )?;
-    for (s, owner) in &found.sockets {
+    for (i, (s, owner)) in found.sockets.iter().enumerate() {
         sinks.census(census_json(s, owner.as_ref(), start_mono, clock));
+        // Handed to the writer as it goes: formatted whole, a full TIME_WAIT table's census
+        // was ~40 MB of JSON in memory at once, the peak RSS of a trace to a file.
+        if i % CENSUS_BATCH == CENSUS_BATCH - 1 {
+            match sinks.flush() {
+                // A closed stdout ends the trace at its first drain, as it would have here.
+                Ok(()) | Err(SinkError::ClosedPipe) => {}
+                Err(SinkError::Io(e)) => return Err(e.context("writing the census")),
+            }
+        }
     }
     drop(found);
     // The trace exists: a signal from now on ends it with its summary.

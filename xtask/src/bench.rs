@@ -5,14 +5,17 @@
 //! Part 1 runs every mode once per round and reports the connection rate (median, min-max,
 //! ratio to no tracer), the tracer's CPU over the load window and its peak RSS, records
 //! against lost, and the time to attach and to the first record. Part 2 (the sweep) raises
-//! the load generator's clients with netwatch writing JSON until records are lost, with
-//! `kernel.bpf_stats_enabled` on, for the records per second netwatch sustains and the
-//! kernel time per record. Everything it changes on the machine (a sysctl, a tracefs mount)
-//! is put back, and every child process is stopped on any exit path.
+//! the load generator's clients with netwatch writing JSON until records are lost, with the
+//! kernel's run-time statistics on (a `BPF_ENABLE_STATS` descriptor the bench holds), for the
+//! records per second netwatch sustains and the kernel time per record and per connection.
+//! Everything it changes on the machine (a sysctl, a tracefs mount) is put back, and every
+//! child process is stopped on any exit path. `--quick` (or `NETWATCH_BENCH_QUICK=1`) is a
+//! shorter run for comparing one change with another, not for BENCHMARKS.md.
 
 mod measure;
 mod procs;
 mod report;
+mod targets;
 
 use std::{
     fs,
@@ -33,17 +36,22 @@ use crate::{
     build, say, setup,
     util::{cargo, command, is_root, run_checked, which, workspace_root},
 };
-use measure::{BpfHoldings, SysctlGuard, TracefsGuard};
+use measure::{BpfHoldings, RunTimeStats, SysctlGuard, TracefsGuard};
 use procs::{guarded, Proc, TempDir};
 
 #[derive(Debug, clap::Args)]
 pub struct Opts {
-    /// Interleaved rounds; each runs every mode once
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=50))]
-    rounds: u32,
-    /// Seconds of load per run
-    #[arg(long, default_value_t = 6.0)]
-    seconds: f64,
+    /// Interleaved rounds; each runs every mode once [default: 5; 2 with --quick]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=50))]
+    rounds: Option<u32>,
+    /// Seconds of load per run [default: 6; 3 with --quick]
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// A short run for measuring one change against another: 2 rounds of 3 s after a 3 s
+    /// warm-up, the sweep at `--clients` only, no million-socket part. Also
+    /// NETWATCH_BENCH_QUICK=1. Not for `--write`.
+    #[arg(long, conflicts_with = "write")]
+    quick: bool,
     /// Load generator client threads
     #[arg(long, default_value_t = 4)]
     clients: u32,
@@ -54,8 +62,8 @@ pub struct Opts {
     /// Load generator server threads (one listener each)
     #[arg(long, default_value_t = 2)]
     servers: u32,
-    /// Only these modes, comma-separated: none, netwatch-json, netwatch-dashboard, tcpstates,
-    /// tcplife
+    /// Only these modes, comma-separated: none, netwatch-json, netwatch-dashboard,
+    /// netwatch-plain, netwatch-serve, tcpstates, tcplife
     #[arg(long, value_delimiter = ',')]
     modes: Vec<String>,
     /// Also write the results to BENCHMARKS.md at the workspace root
@@ -85,15 +93,21 @@ pub enum Mode {
     None,
     NetwatchJson,
     NetwatchDashboard,
+    /// `trace --plain`: text summaries every interval, no per-record output.
+    NetwatchPlain,
+    /// `serve`: Prometheus metrics, no terminal, no file.
+    NetwatchServe,
     Tcpstates,
     Tcplife,
 }
 
 impl Mode {
-    const ALL: [Mode; 5] = [
+    const ALL: [Mode; 7] = [
         Mode::None,
         Mode::NetwatchJson,
         Mode::NetwatchDashboard,
+        Mode::NetwatchPlain,
+        Mode::NetwatchServe,
         Mode::Tcpstates,
         Mode::Tcplife,
     ];
@@ -103,13 +117,27 @@ impl Mode {
             Mode::None => "none",
             Mode::NetwatchJson => "netwatch-json",
             Mode::NetwatchDashboard => "netwatch-dashboard",
+            Mode::NetwatchPlain => "netwatch-plain",
+            Mode::NetwatchServe => "netwatch-serve",
             Mode::Tcpstates => "tcpstates",
             Mode::Tcplife => "tcplife",
         }
     }
 
     pub fn is_netwatch(self) -> bool {
-        matches!(self, Mode::NetwatchJson | Mode::NetwatchDashboard)
+        matches!(
+            self,
+            Mode::NetwatchJson
+                | Mode::NetwatchDashboard
+                | Mode::NetwatchPlain
+                | Mode::NetwatchServe
+        )
+    }
+
+    /// A live view: summaries, a dashboard or metrics, nothing per transition (issue 14
+    /// holds these to a tighter ratio than `--output`).
+    pub fn is_live(self) -> bool {
+        self.is_netwatch() && self != Mode::NetwatchJson
     }
 
     fn is_peer(self) -> bool {
@@ -128,6 +156,7 @@ const PEER_SETTLE: Duration = Duration::from_millis(1000);
 /// Pause between runs so one tracer's teardown does not overlap the next run.
 const SETTLE: Duration = Duration::from_millis(700);
 const WARMUP_SECONDS: f64 = 10.0;
+const QUICK_WARMUP_SECONDS: f64 = 3.0;
 /// The byte sequence a full-screen TUI sends first (switch to the alternate screen).
 const ALT_SCREEN: &[u8] = b"\x1b[?1049h";
 
@@ -142,6 +171,8 @@ struct NwFlags {
     /// `--plain` text summaries (what the million-socket part runs) and their `--interval`.
     plain: bool,
     interval: bool,
+    /// Whether this netwatch has the `serve` command.
+    serve: bool,
 }
 
 impl NwFlags {
@@ -164,7 +195,23 @@ impl NwFlags {
             dashboard: ["--dashboard", "--tui"].into_iter().find(|f| has(f)),
             plain: has("--plain"),
             interval: has("--interval"),
+            serve: command(netwatch)
+                .args(["serve", "--help"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success()),
         })
+    }
+
+    /// Text summaries at netwatch's default interval, as a person runs it.
+    fn plain_args(&self) -> Vec<String> {
+        vec!["trace".into(), "--plain".into()]
+    }
+
+    /// Metrics on a port the kernel picks (nothing scrapes them during the run).
+    fn serve_args(&self) -> Vec<String> {
+        vec!["serve".into(), "--listen".into(), "127.0.0.1:0".into()]
     }
 
     fn json_args(&self, out: &Path) -> Vec<String> {
@@ -258,7 +305,24 @@ pub fn bench(opts: Opts) -> Result<ExitCode> {
              as root (e.g. `sudo -E env PATH=$PATH cargo xtask bench`)"
         );
     }
-    if !(opts.seconds >= 1.0 && opts.seconds <= 600.0) {
+    let quick = opts.quick
+        || std::env::var_os("NETWATCH_BENCH_QUICK").is_some_and(|v| !v.is_empty() && v != "0");
+    if quick && opts.write {
+        bail!("NETWATCH_BENCH_QUICK is set: a quick run is not written to BENCHMARKS.md");
+    }
+    let rounds = opts.rounds.unwrap_or(if quick { 2 } else { 5 });
+    let seconds = opts.seconds.unwrap_or(if quick { 3.0 } else { 6.0 });
+    let warmup_s = if quick {
+        QUICK_WARMUP_SECONDS
+    } else {
+        WARMUP_SECONDS
+    };
+    let sweep_clients = if quick && opts.sweep_clients == [1, 2, 4, 8, 16] {
+        vec![opts.clients]
+    } else {
+        opts.sweep_clients.clone()
+    };
+    if !(1.0..=600.0).contains(&seconds) {
         bail!("--seconds must be between 1 and 600");
     }
     if opts.clients == 0 || opts.servers == 0 || opts.servers > 250 {
@@ -317,6 +381,18 @@ pub fn bench(opts: Opts) -> Result<ExitCode> {
         }
     }
     let script = which("script");
+    if modes.contains(&Mode::NetwatchPlain) && !flags.plain {
+        let msg = "netwatch-plain skipped: this netwatch has no `trace --plain`";
+        say!("{msg}");
+        notes.push(msg.into());
+        modes.retain(|m| *m != Mode::NetwatchPlain);
+    }
+    if modes.contains(&Mode::NetwatchServe) && !flags.serve {
+        let msg = "netwatch-serve skipped: this netwatch has no `serve`";
+        say!("{msg}");
+        notes.push(msg.into());
+        modes.retain(|m| *m != Mode::NetwatchServe);
+    }
     if modes.contains(&Mode::NetwatchDashboard) && script.is_none() {
         let msg = "netwatch-dashboard skipped: no `script` (util-linux) to give it a terminal";
         say!("{msg}");
@@ -354,9 +430,11 @@ pub fn bench(opts: Opts) -> Result<ExitCode> {
     );
     let dash_cmd = format!("netwatch {}", env.flags.dashboard_args().join(" "));
     let summary_cmd = env.flags.summary_args("2s").join(" ");
+    let plain_cmd = format!("netwatch {}", env.flags.plain_args().join(" "));
+    let serve_cmd = format!("netwatch {}", env.flags.serve_args().join(" "));
 
-    say!("warm-up  {WARMUP_SECONDS} s of load, so every run starts with the TIME_WAIT table as full as it stays");
-    let warm = run_loadgen(&env, opts.clients, WARMUP_SECONDS, 0)?;
+    say!("warm-up  {warmup_s} s of load, so every run starts with the TIME_WAIT table as full as it stays");
+    let warm = run_loadgen(&env, opts.clients, warmup_s, 0)?;
     say!(
         "warm-up  {:.0} conn/s, {} TIME_WAIT overflows",
         warm.conn_per_s,
@@ -365,15 +443,15 @@ pub fn bench(opts: Opts) -> Result<ExitCode> {
 
     let mut runs: Vec<Run> = Vec::new();
     let mut failed: Vec<(Mode, String)> = Vec::new();
-    for round in 1..=opts.rounds {
+    for round in 1..=rounds {
         for &mode in &modes {
             if failed.iter().any(|(m, _)| *m == mode) {
                 continue;
             }
             thread::sleep(SETTLE);
-            match run_mode(&env, mode, opts.clients, opts.seconds, opts.rate) {
+            match run_mode(&env, mode, opts.clients, seconds, opts.rate) {
                 Ok(run) => {
-                    say!("round {round}/{}: {}", opts.rounds, report::one_line(&run));
+                    say!("round {round}/{rounds}: {}", report::one_line(&run));
                     runs.push(run);
                 }
                 Err(e) => {
@@ -387,9 +465,9 @@ pub fn bench(opts: Opts) -> Result<ExitCode> {
     let sweep = if opts.no_sweep {
         Vec::new()
     } else {
-        run_sweep(&env, &opts, &mut notes)?
+        run_sweep(&env, &sweep_clients, seconds, &mut notes)?
     };
-    let million = if opts.no_million {
+    let million = if opts.no_million || quick {
         None
     } else {
         thread::sleep(SETTLE);
@@ -410,9 +488,11 @@ pub fn bench(opts: Opts) -> Result<ExitCode> {
     let rep = report::Report {
         machine,
         revision,
-        rounds: opts.rounds,
+        rounds,
         rate: opts.rate,
-        seconds: opts.seconds,
+        seconds,
+        warmup_s,
+        quick,
         clients: opts.clients,
         servers: opts.servers,
         modes,
@@ -422,6 +502,8 @@ pub fn bench(opts: Opts) -> Result<ExitCode> {
         notes,
         json_cmd,
         dash_cmd,
+        plain_cmd,
+        serve_cmd,
         summary_cmd,
         warmup: warm,
     };
@@ -732,15 +814,22 @@ fn start_tracer(env: &Env, mode: Mode) -> Result<Option<Tracer>> {
     let _ = fs::remove_file(&out);
     match mode {
         Mode::None => Ok(None),
-        Mode::NetwatchJson => {
+        Mode::NetwatchJson | Mode::NetwatchPlain | Mode::NetwatchServe => {
+            // JSON goes to the file `out` (watched for its first record); the text summaries
+            // of --plain to `out` as stdout; serve writes nothing there.
+            let (args, stdout) = match mode {
+                Mode::NetwatchJson => (env.flags.json_args(&out), Stdio::null()),
+                Mode::NetwatchPlain => (env.flags.plain_args(), fs::File::create(&out)?.into()),
+                _ => (env.flags.serve_args(), Stdio::null()),
+            };
             let mut cmd = guarded(&env.netwatch);
-            cmd.args(env.flags.json_args(&out))
+            cmd.args(args)
                 .stdin(Stdio::null())
-                .stdout(Stdio::null())
+                .stdout(stdout)
                 .stderr(fs::File::create(&stderr)?);
             let mut proc = Proc::spawn(&mut cmd, "netwatch")?;
             let started = proc.started;
-            let first = FirstEvent::watch(out.clone());
+            let first = (mode == Mode::NetwatchJson).then(|| FirstEvent::watch(out.clone()));
             let (_, at) =
                 procs::wait_for_line(&stderr, "netwatch: attached", &mut proc, ATTACH_TIMEOUT)?;
             Ok(Some(Tracer {
@@ -750,7 +839,7 @@ fn start_tracer(env: &Env, mode: Mode) -> Result<Option<Tracer>> {
                 stderr,
                 stdout: None,
                 attach_s: (at - started).as_secs_f64(),
-                first_event: Some(first),
+                first_event: first,
                 tty: None,
                 started,
             }))
@@ -987,21 +1076,24 @@ fn count_lines(path: &Path) -> Result<u64> {
 }
 
 /// Part 2: more clients until netwatch loses records, with BPF run-time stats on.
-fn run_sweep(env: &Env, opts: &Opts, notes: &mut Vec<String>) -> Result<Vec<Run>> {
+fn run_sweep(
+    env: &Env,
+    clients: &[u32],
+    seconds: f64,
+    notes: &mut Vec<String>,
+) -> Result<Vec<Run>> {
     ensure_bpftool();
-    let stats = match SysctlGuard::set("kernel.bpf_stats_enabled", "1") {
+    let stats = match RunTimeStats::enable() {
         Ok(g) => Some(g),
         Err(e) => {
-            notes.push(format!(
-                "kernel cost per record not measured: {e:#} (needs kernel.bpf_stats_enabled)"
-            ));
+            notes.push(format!("kernel cost per record not measured: {e:#}"));
             None
         }
     };
     let mut runs = Vec::new();
-    for &clients in &opts.sweep_clients {
+    for &clients in clients {
         thread::sleep(SETTLE);
-        let run = match run_mode(env, Mode::NetwatchJson, clients, opts.seconds, 0) {
+        let run = match run_mode(env, Mode::NetwatchJson, clients, seconds, 0) {
             Ok(r) => r,
             Err(e) => {
                 notes.push(format!("sweep at {clients} clients failed: {e:#}"));

@@ -345,14 +345,21 @@ impl Aggregator {
     /// Seeds the live mirror with the sockets that existed at start (the census). Sockets
     /// in SYN_RECV are request sockets, counted by `set_queues`: their end is reported
     /// under the child's cookie, so a mirror entry would never leave.
-    pub fn seed(&mut self, now_ns: u64, sockets: impl IntoIterator<Item = Existing>) {
-        let sockets: Vec<Existing> = sockets
-            .into_iter()
-            .filter(|s| s.state != state::SYN_RECV)
-            .collect();
-        for s in sockets.iter().filter(|s| s.state == state::LISTEN) {
+    /// Takes the sockets twice (listeners first, since they decide every other socket's
+    /// service port) rather than collecting them: at a full TIME_WAIT table the census is
+    /// netwatch's peak memory, and a copy of it was 10 MB of that.
+    pub fn seed<I>(&mut self, now_ns: u64, sockets: I)
+    where
+        I: IntoIterator<Item = Existing>,
+        I::IntoIter: Clone,
+    {
+        let sockets = sockets.into_iter().filter(|s| s.state != state::SYN_RECV);
+        for s in sockets.clone().filter(|s| s.state == state::LISTEN) {
             *self.listening.entry(s.sport).or_default() += 1;
         }
+        // Sized once: grown by doubling, the map's last resize held both tables (25 MB of
+        // reallocations at 131k sockets, the largest part of the start-up peak).
+        self.live.reserve(sockets.clone().count());
         for s in sockets {
             let live = Live {
                 state: s.state,
@@ -418,9 +425,13 @@ impl Aggregator {
         let accepted = t.synack_retransmits.is_some()
             || cur.is_some_and(|l| l.service_port == t.sport && t.sport != 0);
         // Records made in softirq context name no process: the socket keeps the one it had.
-        let process = match &t.owner {
-            Some(o) => self.processes.id(Some(o)),
-            None => cur.map_or(NO_PROCESS, |c| c.process),
+        // The tracer copies a socket's owner onto each of its records: the one the socket
+        // already names is found by comparing, not by hashing it again (Processes::id and its
+        // SipHash were ~3 % of a live view's CPU).
+        let process = match (&t.owner, cur) {
+            (Some(o), Some(c)) if self.processes.get(c.process) == Some(o) => c.process,
+            (Some(o), _) => self.processes.id(Some(o)),
+            (None, _) => cur.map_or(NO_PROCESS, |c| c.process),
         };
         // Timewait sockets carry no cgroup: the socket keeps the one its full socket had.
         let cgroup = match t.cgroup {
@@ -534,10 +545,12 @@ impl Aggregator {
         snap.handshakes = self.handshakes;
 
         let mut ages: Vec<Histogram<u64>> = (0..state::COUNT).map(|_| new_histogram()).collect();
-        let mut by_port: Vec<HashMap<u16, u64>> = vec![HashMap::new(); state::COUNT];
-        let mut by_local: Vec<HashMap<u16, u64>> = vec![HashMap::new(); state::COUNT];
-        let mut by_remote: Vec<HashMap<IpAddr, u64>> = vec![HashMap::new(); state::COUNT];
-        let mut by_process: Vec<HashMap<u32, u64>> = vec![HashMap::new(); state::COUNT];
+        // Rebuilt from every live socket at each snapshot (131k at a full TIME_WAIT table),
+        // so with the cheap hasher: SipHash made this pass most of an interval's CPU.
+        let mut by_port: Vec<IdMap<u16, u64>> = vec![IdMap::default(); state::COUNT];
+        let mut by_local: Vec<IdMap<u16, u64>> = vec![IdMap::default(); state::COUNT];
+        let mut by_remote: Vec<IdMap<IpAddr, u64>> = vec![IdMap::default(); state::COUNT];
+        let mut by_process: Vec<IdMap<u32, u64>> = vec![IdMap::default(); state::COUNT];
         for l in self.live.values() {
             let i = l.state as usize;
             snap.per_netns.entry(l.netns).or_insert([0; state::COUNT])[i] += 1;
@@ -562,7 +575,7 @@ impl Aggregator {
                 .iter()
                 .filter(|(_, c)| c[i] > 0)
                 .map(|(ns, c)| (*ns, c[i]))
-                .collect());
+                .collect::<HashMap<_, _>>());
             let requests = self
                 .requests
                 .as_ref()
@@ -619,13 +632,19 @@ impl super::signals::SocketView for Aggregator {
     }
 }
 
-fn top<K: Ord + Copy>(counts: HashMap<K, u64>) -> Vec<Talker<K>> {
+/// The `TOP_N` largest counts, largest first (ties by key). Selects before sorting: a
+/// state's local ports number in the tens of thousands under client churn.
+fn top<K: Ord + Copy, S>(counts: HashMap<K, u64, S>) -> Vec<Talker<K>> {
     let mut v: Vec<Talker<K>> = counts
         .into_iter()
         .map(|(key, count)| Talker { key, count })
         .collect();
-    v.sort_by(|a, b| b.count.cmp(&a.count).then(a.key.cmp(&b.key)));
-    v.truncate(TOP_N);
+    let order = |a: &Talker<K>, b: &Talker<K>| b.count.cmp(&a.count).then(a.key.cmp(&b.key));
+    if v.len() > TOP_N {
+        v.select_nth_unstable_by(TOP_N, order);
+        v.truncate(TOP_N);
+    }
+    v.sort_by(order);
     v
 }
 

@@ -1,8 +1,13 @@
 //! What the benchmark reads from /proc: a process's CPU time and peak RSS, the BPF programs
-//! and maps it holds (run time per program when `kernel.bpf_stats_enabled` is on), sysctls
-//! (changed only through a guard that restores them), and the machine's description.
+//! and maps it holds (run time per program while a [`RunTimeStats`] descriptor is held),
+//! sysctls (changed only through a guard that restores them), and the machine's description.
 
-use std::{collections::BTreeMap, fs, path::Path};
+use std::{
+    collections::BTreeMap,
+    fs,
+    os::fd::{FromRawFd as _, OwnedFd},
+    path::Path,
+};
 
 use anyhow::{Context as _, Result};
 
@@ -62,6 +67,19 @@ impl BpfHoldings {
     pub fn run_time_ns(&self) -> u64 {
         self.progs.iter().map(|p| p.run_time_ns).sum()
     }
+
+    /// Run time of the programs that are not a hook's nested twin (`*_nested`, which only
+    /// act while their first program runs on the CPU); None when a program has no name
+    /// (no bpftool to name them).
+    pub fn run_time_ns_without_twins(&self) -> Option<u64> {
+        let mut sum = 0;
+        for p in &self.progs {
+            if !p.name.as_deref()?.ends_with("_nested") {
+                sum += p.run_time_ns;
+            }
+        }
+        Some(sum)
+    }
 }
 
 /// The BPF programs and maps behind `pid`'s descriptors, each counted once.
@@ -110,6 +128,52 @@ pub fn bpf_holdings(pid: u32) -> BpfHoldings {
         progs: progs.into_values().collect(),
         maps: maps.len(),
         maps_memlock: maps.values().sum(),
+    }
+}
+
+/// The kernel's per-program run-time accounting (`run_time_ns`, `run_cnt` in fdinfo), on
+/// while this is alive. Taken with `bpf(BPF_ENABLE_STATS, BPF_STATS_RUN_TIME)` rather than
+/// by writing `kernel.bpf_stats_enabled`: the kernel counts holders of such descriptors, so
+/// the accounting stops when the bench exits however it exits (even SIGKILL), and it leaves
+/// a sysctl someone else set alone.
+pub struct RunTimeStats {
+    _fd: OwnedFd,
+}
+
+impl RunTimeStats {
+    pub fn enable() -> Result<RunTimeStats> {
+        /// `enum bpf_cmd` and `enum bpf_stats_type` in include/uapi/linux/bpf.h (5.8+).
+        const BPF_ENABLE_STATS: libc::c_long = 32;
+        const BPF_STATS_RUN_TIME: u32 = 0;
+        /// `union bpf_attr`'s `enable_stats` member; the kernel zero-checks the rest of
+        /// the size we pass.
+        #[repr(C)]
+        struct EnableStats {
+            stats_type: u32,
+        }
+        let attr = EnableStats {
+            stats_type: BPF_STATS_RUN_TIME,
+        };
+        // SAFETY: a valid attr pointer and its size; the result is a new descriptor or -1.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_ENABLE_STATS,
+                &attr as *const EnableStats,
+                std::mem::size_of::<EnableStats>() as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error())
+                .context("bpf(BPF_ENABLE_STATS, BPF_STATS_RUN_TIME) failed (kernel 5.8+, root)");
+        }
+        say!(
+            "bpf      run-time statistics on while the bench holds its BPF_ENABLE_STATS descriptor"
+        );
+        // SAFETY: a descriptor the kernel just gave us, owned by nobody else.
+        Ok(RunTimeStats {
+            _fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
+        })
     }
 }
 
@@ -300,5 +364,37 @@ impl Machine {
             tw_buckets: read_sysctl("net.ipv4.tcp_max_tw_buckets").unwrap_or_else(|| "?".into()),
             port_range: read_sysctl("net.ipv4.ip_local_port_range").unwrap_or_else(|| "?".into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prog(name: Option<&str>, ns: u64) -> ProgStat {
+        ProgStat {
+            name: name.map(str::to_string),
+            run_time_ns: ns,
+            ..ProgStat::default()
+        }
+    }
+
+    #[test]
+    fn run_time_without_the_nested_twins() {
+        let b = BpfHoldings {
+            progs: vec![
+                prog(Some("set_state"), 300),
+                prog(Some("set_state_nested"), 30),
+                prog(Some("slab_free"), 70),
+            ],
+            ..BpfHoldings::default()
+        };
+        assert_eq!(b.run_time_ns(), 400);
+        assert_eq!(b.run_time_ns_without_twins(), Some(370));
+        let unnamed = BpfHoldings {
+            progs: vec![prog(None, 5)],
+            ..BpfHoldings::default()
+        };
+        assert_eq!(unnamed.run_time_ns_without_twins(), None);
     }
 }

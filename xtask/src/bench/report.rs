@@ -9,18 +9,15 @@ use super::{measure::Machine, Load, Million, MillionNetwatch, Mode, Run};
 const NOTES_BEGIN: &str = "<!-- notes:begin (kept by `cargo xtask bench --write`) -->";
 const NOTES_END: &str = "<!-- notes:end -->";
 
-/// Issue 7's targets.
-const TARGET_RATIO: f64 = 0.95;
-const TARGET_CPU_PCT: f64 = 25.0;
-const TARGET_RSS_MB: f64 = 64.0;
-const TARGET_FIRST_EVENT_S: f64 = 1.0;
-
 pub struct Report {
     pub machine: Machine,
     pub revision: String,
     pub rounds: u32,
     pub rate: u32,
     pub seconds: f64,
+    pub warmup_s: f64,
+    /// `--quick`: fewer, shorter runs; said at the top so nobody takes it for the real one.
+    pub quick: bool,
     pub clients: u32,
     pub servers: u32,
     pub modes: Vec<Mode>,
@@ -30,11 +27,13 @@ pub struct Report {
     pub notes: Vec<String>,
     pub json_cmd: String,
     pub dash_cmd: String,
+    pub plain_cmd: String,
+    pub serve_cmd: String,
     pub summary_cmd: String,
     pub warmup: Load,
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
+pub fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
@@ -47,12 +46,12 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     })
 }
 
-fn opt(v: Option<f64>, digits: usize) -> String {
+pub fn opt(v: Option<f64>, digits: usize) -> String {
     v.map(|x| format!("{x:.digits$}"))
         .unwrap_or_else(|| "–".into())
 }
 
-fn records_per_s(r: &Run) -> Option<f64> {
+pub fn records_per_s(r: &Run) -> Option<f64> {
     r.records.map(|n| n as f64 / r.load.seconds.max(1e-9))
 }
 
@@ -168,7 +167,18 @@ pub fn one_line(r: &Run) -> String {
     s
 }
 
-fn verdict(met: bool, detail: String) -> String {
+/// Kernel ns per loadgen connection of all netwatch's programs, and of those without the
+/// nested twins (None without program names); None without run-time statistics.
+pub fn kernel_ns_per_conn(r: &Run) -> Option<(f64, Option<f64>)> {
+    let b = r.bpf.as_ref().filter(|b| b.run_time_ns() > 0)?;
+    let conns = r.load.connections.max(1) as f64;
+    Some((
+        b.run_time_ns() as f64 / conns,
+        b.run_time_ns_without_twins().map(|ns| ns as f64 / conns),
+    ))
+}
+
+pub fn verdict(met: bool, detail: String) -> String {
     if met {
         format!("met ({detail})")
     } else {
@@ -177,7 +187,7 @@ fn verdict(met: bool, detail: String) -> String {
 }
 
 impl Report {
-    fn summaries(&self) -> Vec<Summary> {
+    pub fn summaries(&self) -> Vec<Summary> {
         self.modes
             .iter()
             .filter_map(|&m| {
@@ -199,6 +209,13 @@ impl Report {
                  its output; run it again (as root) rather than editing them. Only the notes \
                  section at the end is written by people.\n",
                 m.date
+            );
+        }
+        if self.quick {
+            let _ = writeln!(
+                o,
+                "**Quick run** (`--quick`): few short rounds, for comparing changes; not the \
+                 benchmark.\n"
             );
         }
         let _ = writeln!(o, "## Machine\n");
@@ -242,15 +259,17 @@ impl Report {
                 .map(|m| m.name())
                 .collect::<Vec<_>>()
                 .join(", "),
-            super::WARMUP_SECONDS
+            self.warmup_s
         );
         let _ = writeln!(
             o,
             "- Modes: `none`; `netwatch-json`: `{}` (JSON Lines to a file in /tmp, deleted \
              after the run); `netwatch-dashboard`: `{}` under a pseudo-terminal (`script`, \
-             TERM=xterm, 24x80) whose output xtask reads as a terminal would; `tcpstates`, \
-             `tcplife`: Debian's libbpf-tools, output to a file.",
-            self.json_cmd, self.dash_cmd
+             TERM=xterm, 24x80) whose output xtask reads as a terminal would; \
+             `netwatch-plain`: `{}` (text summaries to a file); `netwatch-serve`: `{}` \
+             (Prometheus metrics, not scraped during the run); `tcpstates`, `tcplife`: \
+             Debian's libbpf-tools, output to a file.",
+            self.json_cmd, self.dash_cmd, self.plain_cmd, self.serve_cmd
         );
         let _ = writeln!(
             o,
@@ -306,68 +325,7 @@ impl Report {
         // Targets, for the netwatch modes.
         let nw: Vec<&Summary> = sums.iter().filter(|s| s.mode.is_netwatch()).collect();
         if !nw.is_empty() {
-            let _ = writeln!(o, "## Targets (issue 7)\n");
-            let _ = write!(o, "| target |");
-            for s in &nw {
-                let _ = write!(o, " {} |", s.mode.name());
-            }
-            o.push_str("\n| --- |");
-            for _ in &nw {
-                o.push_str(" --- |");
-            }
-            o.push('\n');
-            let row = |o: &mut String, name: &str, f: &dyn Fn(&Summary) -> String| {
-                let _ = write!(o, "| {name} |");
-                for s in &nw {
-                    let _ = write!(o, " {} |", f(s));
-                }
-                o.push('\n');
-            };
-            row(&mut o, "conn/s ratio to none >= 0.95", &|s| match none
-                .filter(|n| *n > 0.0)
-                .map(|n| s.median / n)
-            {
-                Some(r) if r >= TARGET_RATIO => verdict(true, format!("{r:.2}")),
-                Some(r) => verdict(false, format!("{r:.2}, {:.2} short", TARGET_RATIO - r)),
-                None => "not measured (no `none` runs)".into(),
-            });
-            row(&mut o, "no lost records", &|s| match s.lost {
-                Some(0) => verdict(true, format!("0 of {}", s.records)),
-                Some(l) => verdict(
-                    false,
-                    format!(
-                        "{l} lost, {:.1} % of {}",
-                        l as f64 * 100.0 / (s.records + l).max(1) as f64,
-                        s.records + l
-                    ),
-                ),
-                None => "not measured".into(),
-            });
-            row(&mut o, "userspace <= 25 % of one core", &|s| match s.cpu {
-                Some(c) if c <= TARGET_CPU_PCT => verdict(true, format!("{c:.1} %")),
-                Some(c) => verdict(
-                    false,
-                    format!("{c:.1} %, {:.1} points over", c - TARGET_CPU_PCT),
-                ),
-                None => "not measured".into(),
-            });
-            row(&mut o, "peak RSS <= 64 MB", &|s| match s.rss_mb {
-                Some(r) if r <= TARGET_RSS_MB => verdict(true, format!("{r:.1} MB")),
-                Some(r) => verdict(
-                    false,
-                    format!("{r:.1} MB, {:.1} MB over", r - TARGET_RSS_MB),
-                ),
-                None => "not measured".into(),
-            });
-            row(&mut o, "first event within 1 s of start", &|s| {
-                let (v, what) = match (s.first_event, s.attach) {
-                    (Some(f), _) => (f, "first record"),
-                    (None, Some(a)) => (a, "attached; no file to watch"),
-                    _ => return "not measured".into(),
-                };
-                verdict(v <= TARGET_FIRST_EVENT_S, format!("{v:.2} s, {what}"))
-            });
-            o.push('\n');
+            super::targets::section(&mut o, self, &sums);
             if let Some(d) = nw.iter().find(|s| s.mode == Mode::NetwatchDashboard) {
                 let _ = writeln!(
                     o,
@@ -431,32 +389,40 @@ impl Report {
         let _ = writeln!(
             o,
             "`netwatch-json` with more loadgen clients per run ({} s each) until a run loses \
-             records, with `kernel.bpf_stats_enabled` = 1 (restored afterwards), which adds \
-             the kernel's own accounting to every program run. Kernel ns per record = the sum \
-             of netwatch's programs' `run_time_ns` (from /proc/PID/fdinfo) over records \
-             emitted + lost; BPF CPU = that time as % of one core over the load window.\n",
+             records, with the kernel's run-time statistics on while the bench holds a \
+             `BPF_ENABLE_STATS` descriptor (they add the kernel's own accounting to every \
+             program run, so part 1 runs without them). Kernel ns per record and per \
+             connection = the sum of netwatch's programs' `run_time_ns` (from \
+             /proc/PID/fdinfo) over records emitted + lost, and over loadgen's connections \
+             (hooks also run for the machine's other work, which this charges to the \
+             connections); without twins = leaving out the `*_nested` programs; BPF CPU = \
+             that time as % of one core over the load window.\n",
             self.seconds
         );
         o.push_str(
-            "| clients | conn/s | records/s | lost | tracer CPU % | kernel ns / record | BPF \
-             CPU % of a core | programs: runs/s, ns/run |\n",
+            "| clients | conn/s | records/s | lost | tracer CPU % | kernel ns / record | \
+             kernel ns / conn | without nested twins | BPF CPU % of a core | programs: runs \
+             per conn, ns/run |\n",
         );
-        o.push_str("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n");
+        o.push_str("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n");
         for r in &self.sweep {
             let emitted = r.records.unwrap_or(0) + r.lost.unwrap_or(0);
+            let conns = r.load.connections.max(1) as f64;
+            let (per_conn, per_conn_first) = kernel_ns_per_conn(r).unzip();
             let (per, bpf_pct, progs) = match &r.bpf {
                 Some(b) if b.run_time_ns() > 0 => (
                     Some(b.run_time_ns() as f64 / emitted.max(1) as f64),
                     Some(b.run_time_ns() as f64 / 1e9 / r.load.seconds * 100.0),
                     b.progs
                         .iter()
+                        .filter(|p| p.run_cnt > 0)
                         .map(|p| {
                             format!(
-                                "{} {:.0}/s {:.0} ns{}",
+                                "{} {:.2}/conn {:.0} ns{}",
                                 p.name
                                     .clone()
                                     .unwrap_or_else(|| format!("#{} (type {})", p.id, p.prog_type)),
-                                p.run_cnt as f64 / r.load.seconds,
+                                p.run_cnt as f64 / conns,
                                 p.run_time_ns as f64 / p.run_cnt.max(1) as f64,
                                 if p.recursion_misses > 0 {
                                     format!(" ({} recursion misses)", p.recursion_misses)
@@ -472,13 +438,15 @@ impl Report {
             };
             let _ = writeln!(
                 o,
-                "| {} | {:.0} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.clients,
                 r.load.conn_per_s,
                 opt(records_per_s(r), 0),
                 r.lost.map(|l| l.to_string()).unwrap_or_else(|| "–".into()),
                 opt(r.cpu_pct, 1),
                 opt(per, 0),
+                opt(per_conn, 0),
+                opt(per_conn_first.flatten(), 0),
                 opt(bpf_pct, 1),
                 progs
             );
