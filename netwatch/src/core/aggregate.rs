@@ -160,6 +160,10 @@ pub struct Aggregator {
     requests: Option<Requests>,
     /// Accepted children in listeners' queues: ESTABLISHED, but announced only at accept().
     accept_queued: u64,
+    /// Children followed by their own records while still in their listener's queue: seen
+    /// leaving ESTABLISHED (the client closed, say) before the request socket's record that
+    /// accept() brings. The queue's length counts them too, so they are not ESTABLISHED.
+    unaccepted: IdMap<u64, ()>,
     /// Server-side handshakes that ended, by outcome, since the start.
     handshakes: Handshakes,
     /// Listeners' accept queues, as last listed.
@@ -222,6 +226,7 @@ impl Aggregator {
             last_snapshot_ns: None,
             requests: None,
             accept_queued: 0,
+            unaccepted: IdMap::default(),
             handshakes: Handshakes::default(),
             listeners: Vec::new(),
             peaks: [Peak::default(); state::COUNT],
@@ -255,6 +260,7 @@ impl Aggregator {
     }
 
     fn remove(&mut self, sock_id: u64) -> Option<Live> {
+        self.unaccepted.remove(&sock_id);
         let old = self.live.remove(&sock_id)?;
         self.count_out(&old);
         Some(old)
@@ -398,9 +404,23 @@ impl Aggregator {
         }
         // One lookup for everything below: this runs for every record.
         let cur = self.live.get(&t.sock_id).copied();
+        if t.synack_retransmits.is_some() {
+            self.unaccepted.remove(&t.sock_id);
+        } else if cur.is_none()
+            && t.old == state::ESTABLISHED
+            && t.new != state::CLOSE
+            && self.listening.contains_key(&t.sport)
+        {
+            self.unaccepted.insert(t.sock_id, ());
+        }
         // A request socket's record arrives at accept(), stamped with the child's creation;
-        // the child may have moved on since. Only the newest news updates the mirror.
-        if cur.is_some_and(|c| c.since.is_some_and(|s| s > t.mono_ns)) {
+        // the child may have moved on since. Only the newest news updates the mirror, but
+        // the owner it names is news (accept() is the first the process touches it).
+        if let Some(c) = cur.filter(|c| c.since.is_some_and(|s| s > t.mono_ns)) {
+            if let (Some(o), NO_PROCESS) = (&t.owner, c.process) {
+                let process = self.processes.id(Some(o));
+                self.insert(t.sock_id, Live { process, ..c });
+            }
             return;
         }
         if (t.new as usize) < state::COUNT && t.new != state::CLOSE {
@@ -582,7 +602,10 @@ impl Aggregator {
                 .filter(|_| i == state::SYN_RECV as usize);
             let now = match requests {
                 Some(r) => r.now,
-                None if i == state::ESTABLISHED as usize => self.counts[i] + self.accept_queued,
+                None if i == state::ESTABLISHED as usize => {
+                    let queued = self.accept_queued;
+                    self.counts[i] + queued.saturating_sub(self.unaccepted.len() as u64)
+                }
                 None => self.counts[i],
             };
             snap.states[i] = StateStats {
@@ -854,6 +877,33 @@ mod tests {
         assert_eq!(snap.state(SYN_RECV).peak, Peak { max: 20, at: 6 * S });
     }
 
+    /// A child whose client closed while it waited in the accept queue is CLOSE_WAIT, and
+    /// the queue's length counts it too: it is not also ESTABLISHED (as `ss` agrees).
+    #[test]
+    fn queued_children_followed_already_are_not_counted_twice() {
+        let mut a = Aggregator::new();
+        let mut listener = t(1, S, CLOSE, LISTEN, None);
+        listener.sport = 80;
+        a.apply(&listener);
+        let mut child = t(7, 2 * S, ESTABLISHED, CLOSE_WAIT, Some(S));
+        child.sport = 80;
+        a.apply(&child);
+        // Two children queued: this one, and one that made no record yet.
+        a.set_recorded_queues(3 * S, 0, Percentiles::default(), 2);
+        let snap = a.snapshot(3 * S, 0);
+        assert_eq!(snap.state(ESTABLISHED).now, 1);
+        assert_eq!(snap.state(CLOSE_WAIT).now, 1);
+        // accept() takes it: its request socket's record comes, the queue holds one.
+        let mut req = t(7, S, SYN_RECV, ESTABLISHED, Some(S));
+        req.sport = 80;
+        req.synack_retransmits = Some(0);
+        a.apply(&req);
+        a.set_recorded_queues(4 * S, 0, Percentiles::default(), 1);
+        let snap = a.snapshot(4 * S, 0);
+        assert_eq!(snap.state(ESTABLISHED).now, 1);
+        assert_eq!(snap.state(CLOSE_WAIT).now, 1);
+    }
+
     #[test]
     fn late_request_record_does_not_rewind_the_socket() {
         let mut a = Aggregator::new();
@@ -865,6 +915,13 @@ mod tests {
         assert_eq!(a.count(CLOSE_WAIT), 1);
         assert_eq!(a.count(ESTABLISHED), 0);
         assert_eq!(a.snapshot(6 * S, 0).state(SYN_RECV).dwell.count, 1);
+        // The accept()ing process it names owns the CLOSE_WAIT socket from then on.
+        let mut accepted = req.clone();
+        accepted.owner = Some(owner(42, "python3"));
+        a.apply(&accepted);
+        let snap = a.snapshot(7 * S, 0);
+        assert_eq!(a.count(CLOSE_WAIT), 1);
+        assert_eq!(snap.top_processes[CLOSE_WAIT as usize][0].count, 1);
     }
 
     #[test]
