@@ -290,7 +290,7 @@ fn the_banner_keeps_the_latest_alerts_and_says_how_many_are_hidden() {
         "{out}"
     );
     assert!(
-        lines[1].contains("Listen queue overflow port 8080"),
+        lines[1].contains("Listen queue overflow netns 9"),
         "{out}"
     );
     assert!(lines[1].ends_with("(+1 more: a)"), "{out}");
