@@ -294,7 +294,8 @@ impl Tracer {
             // TIME_WAIT table here): keep it under 2 % of the time, however big that gets.
             self.syn_recv_next = std::time::Instant::now() + started.elapsed() * 50;
         }
-        let ended = self.signals.end_interval(&env, &self.agg);
+        let mut ended = self.signals.end_interval(&env, &self.agg);
+        ended.extend(self.signals.lingering(&self.agg, mono_now_ns()));
         self.publish(ended);
         let lost = self.lost();
         let mut snap = self.agg.snapshot(mono_now_ns(), lost);

@@ -328,3 +328,65 @@ fn an_alert_shows_with_its_count_evidence_and_advice_in_every_view() -> Result<(
     )?;
     Ok(())
 }
+
+/// CLOSE_WAIT held for long is an alert while it happens, not only a finding afterwards: a
+/// server that accepts and never closes, clients that close. Ground truth: [`LEAKED`]
+/// sockets in CLOSE_WAIT in the server's namespace, held by this process (the thread that
+/// called accept(), with this pid), kept past the 10 s netwatch calls a leak.
+#[test]
+fn a_close_wait_leak_is_alerted_live_naming_the_holder() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    const LEAKED: u64 = 5;
+    let net = TestNet::new("cwleak")?;
+    let server = SocketAddr::new(net.server_v4().into(), PORT + 1);
+    let mut args = vec!["--interval".to_owned(), "1s".to_owned()];
+    args.extend(netns_args(&net));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let tracer = Tracer::start(&args)?;
+    let listener = in_netns(&net.server, || std::net::TcpListener::bind(server))??;
+    let mut held = Vec::new();
+    let mut holder = String::new();
+    for i in 0..LEAKED {
+        let c = in_netns(&net.client, || connect_timeout(server, IO_TIMEOUT))?
+            .with_context(|| format!("connection {i}"))?;
+        let (comm, accepted) = in_netns(&net.server, || {
+            (thread_comm(), accept_timeout(&listener, IO_TIMEOUT))
+        })?;
+        holder = format!("{}[{}]", comm?, std::process::id());
+        held.push(accepted?.0);
+        drop(c);
+    }
+    let server_ns = net.server.inode();
+    let leak = |r: &[Value]| {
+        r.iter()
+            .find(|v| {
+                v.get("kind").and_then(Value::as_str) == Some("close_wait_leak")
+                    && v.get("netns").and_then(Value::as_u64) == Some(server_ns)
+            })
+            .cloned()
+    };
+    // 10 s of CLOSE_WAIT, then the interval that notices it.
+    tracer.wait_for(Duration::from_secs(20), |r| leak(r).is_some());
+    let out = tracer.stop()?;
+    drop(held);
+    let Some(alert) = leak(&out.records) else {
+        bail!("no close_wait_leak alert about the server's namespace in 20 s");
+    };
+    eprintln!("{alert}");
+    ensure!(
+        alert.get("sockets").and_then(Value::as_u64) == Some(LEAKED),
+        "the alert should count the {LEAKED} sockets: {alert}"
+    );
+    ensure!(
+        alert["processes"] == serde_json::json!([holder]),
+        "the alert should name {holder} as the holder: {alert}"
+    );
+    let message = alert["message"].as_str().unwrap_or_default();
+    ensure!(
+        message.contains(&format!("{LEAKED} sockets in CLOSE_WAIT")) && message.contains(&holder),
+        "the message should say how many and who: {message}"
+    );
+    Ok(())
+}

@@ -12,6 +12,7 @@ use super::early_ends::{Classifier, EarlyEnds};
 use super::event::{Owner, TimewaitReset, Transition};
 use super::fasthash::IdMap;
 use super::requests::{ListenerQueue, Queues};
+use super::signals::Lingering;
 use super::snapshot::{Bucket, Handshakes, Peak, Percentiles, Snapshot, StateStats, Talker};
 
 /// Longest dwell a histogram records exactly (ten days); longer ones are clamped, so a
@@ -521,6 +522,40 @@ impl Aggregator {
         out
     }
 
+    /// Per namespace, the sockets in `st` for `min_age_ns` or more at `now_ns` (those whose
+    /// entry netwatch saw, or the census aged), with the processes holding them.
+    pub fn lingering(&self, st: u8, min_age_ns: u64, now_ns: u64) -> Vec<Lingering> {
+        // netns -> (sockets, oldest, sockets per process)
+        let mut by_ns: std::collections::BTreeMap<u32, (u64, u64, HashMap<u32, u64>)> =
+            std::collections::BTreeMap::new();
+        for l in self.live.values().filter(|l| l.state == st) {
+            let Some(age) = l.since.map(|s| now_ns.saturating_sub(s)) else {
+                continue;
+            };
+            if age < min_age_ns {
+                continue;
+            }
+            let e = by_ns.entry(l.netns).or_default();
+            e.0 += 1;
+            e.1 = e.1.max(age);
+            if l.process != NO_PROCESS {
+                *e.2.entry(l.process).or_default() += 1;
+            }
+        }
+        by_ns
+            .into_iter()
+            .map(|(netns, (sockets, oldest_ns, holders))| Lingering {
+                netns,
+                sockets,
+                oldest_ns,
+                processes: top(holders)
+                    .into_iter()
+                    .filter_map(|t| Some(self.processes.get(t.key)?.to_string()))
+                    .collect(),
+            })
+            .collect()
+    }
+
     /// Client sockets of namespace `netns` towards `daddr:dport` now that hold a local port
     /// for it, and how many of those are in TIME_WAIT. A connect() still choosing its port
     /// (the one failing with EADDRNOTAVAIL, say) holds none: counted, the range's 200 ports
@@ -653,6 +688,9 @@ impl super::signals::SocketView for Aggregator {
     fn listeners(&self, netns: u32) -> Vec<(ListenerQueue, Option<String>)> {
         Aggregator::listeners(self, netns)
     }
+    fn lingering(&self, st: u8, min_age_ns: u64, now_ns: u64) -> Vec<Lingering> {
+        Aggregator::lingering(self, st, min_age_ns, now_ns)
+    }
 }
 
 /// The `TOP_N` largest counts, largest first (ties by key). Selects before sorting: a
@@ -702,6 +740,38 @@ mod tests {
             comm: comm.into(),
             container: None,
         }
+    }
+
+    /// CLOSE_WAIT held for long is listed per namespace with its holders; young sockets
+    /// are not.
+    #[test]
+    fn sockets_lingering_in_a_state_are_listed_per_namespace_with_holders() {
+        let mut a = Aggregator::new();
+        let mut old = t(1, S, ESTABLISHED, CLOSE_WAIT, Some(S));
+        old.owner = Some(owner(8286, "python3"));
+        a.apply(&old);
+        a.apply(&t(2, 12 * S, ESTABLISHED, CLOSE_WAIT, Some(S)));
+        let mut elsewhere = t(3, 2 * S, ESTABLISHED, CLOSE_WAIT, Some(S));
+        elsewhere.netns = 2;
+        a.apply(&elsewhere);
+        let got = a.lingering(CLOSE_WAIT, 10 * S, 15 * S);
+        assert_eq!(
+            got,
+            [
+                Lingering {
+                    netns: 1,
+                    sockets: 1,
+                    oldest_ns: 14 * S,
+                    processes: vec!["python3[8286]".into()],
+                },
+                Lingering {
+                    netns: 2,
+                    sockets: 1,
+                    oldest_ns: 13 * S,
+                    processes: Vec::new(),
+                },
+            ]
+        );
     }
 
     /// Ports in use towards a destination are those sockets hold: not a connect() still

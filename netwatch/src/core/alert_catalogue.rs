@@ -248,6 +248,33 @@ pub const TIMEWAIT_OVERFLOW: AlertKind = AlertKind {
           connections on the same ports.",
 };
 
+pub const CLOSE_WAIT_LEAK: AlertKind = AlertKind {
+    name: "close_wait_leak",
+    severity: Severity::Warning,
+    colour: "#fdae6b",
+    title: "CLOSE_WAIT piling up",
+    advice: "The peer closed and the application has not called close(): a code path that \
+             forgets to close (a leak), or workers stuck before they get to it. Look at the \
+             process named: its sockets stay until it closes them or exits.",
+    evidence: &[
+        ("netns", "namespace inode"),
+        (
+            "sockets",
+            "sockets in CLOSE_WAIT for 10 s or more at the end of the interval",
+        ),
+        ("oldest_ns", "how long the oldest has been in CLOSE_WAIT"),
+        (
+            "processes",
+            "the processes holding them, `comm[pid]`, most sockets first (at most 5)",
+        ),
+    ],
+    // A count of sockets now, not of events: adding it up over intervals means nothing.
+    counted: &[],
+    subject: &["processes"],
+    doc: "Raised at the end of every interval in which sockets have sat in CLOSE_WAIT for 10 s \
+          or more, per namespace: the peer closed long ago and the application has not.",
+};
+
 pub const PORT_EXHAUSTION: AlertKind = AlertKind {
     name: "port_exhaustion",
     severity: Severity::Critical,
@@ -321,11 +348,12 @@ pub const CONNTRACK_FULL: AlertKind = AlertKind {
 };
 
 /// Every kind, most urgent first.
-pub const CATALOGUE: [&AlertKind; 7] = [
+pub const CATALOGUE: [&AlertKind; 8] = [
     &PORT_EXHAUSTION,
     &LISTEN_OVERFLOW,
     &CONNTRACK_FULL,
     &TIMEWAIT_OVERFLOW,
+    &CLOSE_WAIT_LEAK,
     &SYNACK_RETRANSMITS,
     &NAT_SUSPECTED,
     &PAWS_REJECT,

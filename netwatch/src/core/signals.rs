@@ -137,6 +137,13 @@ pub enum Alert {
         dropped_from: Vec<String>,
         knobs: BTreeMap<&'static str, String>,
     },
+    /// Sockets sit in CLOSE_WAIT: the peer closed long ago and the application has not.
+    CloseWaitLeak {
+        netns: u32,
+        sockets: u64,
+        oldest_ns: u64,
+        processes: Vec<String>,
+    },
     /// connect() failed for want of a free local port (EADDRNOTAVAIL).
     PortExhaustion {
         netns: u32,
@@ -165,6 +172,7 @@ impl Alert {
             Alert::TimewaitOverflow { .. } => &catalogue::TIMEWAIT_OVERFLOW,
             Alert::ConntrackFull { .. } => &catalogue::CONNTRACK_FULL,
             Alert::PortExhaustion { .. } => &catalogue::PORT_EXHAUSTION,
+            Alert::CloseWaitLeak { .. } => &catalogue::CLOSE_WAIT_LEAK,
         }
     }
 
@@ -318,6 +326,21 @@ impl Alert {
                 count.map_or("?".to_owned(), |c| c.to_string()),
                 max.map_or("?".to_owned(), |m| m.to_string()),
             ),
+            Alert::CloseWaitLeak {
+                sockets,
+                oldest_ns,
+                processes,
+                ..
+            } => format!(
+                "{sockets} sockets in CLOSE_WAIT for 10 s or more, the oldest for {}{}: the \
+                 peer closed and the application has not",
+                crate::core::text::duration(Some(*oldest_ns)),
+                if processes.is_empty() {
+                    String::new()
+                } else {
+                    format!(", held by {}", processes.join(", "))
+                },
+            ),
             Alert::PortExhaustion {
                 daddr,
                 dport,
@@ -465,10 +488,28 @@ pub fn overflowing_listeners(
         .collect()
 }
 
+/// How long a socket sits in CLOSE_WAIT before that is called a leak: far longer than any
+/// application takes to close() after reading EOF, shorter than an engineer's patience.
+pub const CLOSE_WAIT_LEAK_NS: u64 = 10_000_000_000;
+
+/// Sockets of one namespace that have sat in one state for long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lingering {
+    pub netns: u32,
+    pub sockets: u64,
+    pub oldest_ns: u64,
+    /// `comm[pid]` of the holders, most sockets first.
+    pub processes: Vec<String>,
+}
+
 pub trait SocketView {
     /// Sockets towards `daddr:dport` now, and how many of them are in TIME_WAIT.
     fn towards(&self, netns: u32, daddr: IpAddr, dport: u16) -> (u64, u64);
     fn count(&self, state: u8) -> u64;
+    /// Per namespace, the sockets in `state` for `min_age_ns` or more at `now_ns`.
+    fn lingering(&self, _state: u8, _min_age_ns: u64, _now_ns: u64) -> Vec<Lingering> {
+        Vec::new()
+    }
     /// Listeners of `netns` and their accept queues as last listed, with the process.
     fn listeners(&self, _netns: u32) -> Vec<(ListenerQueue, Option<String>)> {
         Vec::new()
@@ -580,6 +621,21 @@ impl Signals {
     }
 
     /// Ends the interval: the alerts its evidence and counter deltas support.
+    /// Alerts on what sockets are doing at the end of an interval rather than on what
+    /// happened in it: CLOSE_WAIT held for long.
+    pub fn lingering(&self, sockets: &dyn SocketView, now_ns: u64) -> Vec<Alert> {
+        sockets
+            .lingering(state::CLOSE_WAIT, CLOSE_WAIT_LEAK_NS, now_ns)
+            .into_iter()
+            .map(|l| Alert::CloseWaitLeak {
+                netns: l.netns,
+                sockets: l.sockets,
+                oldest_ns: l.oldest_ns,
+                processes: l.processes,
+            })
+            .collect()
+    }
+
     pub fn end_interval(
         &mut self,
         env: &HashMap<u32, Environment>,
@@ -738,6 +794,36 @@ pub(crate) mod tests {
 
     /// An alert of every kind, as the engine raises them: what the catalogue and the views
     /// are tested against.
+    #[test]
+    fn close_wait_held_for_long_is_an_alert_naming_the_holder() {
+        struct Held;
+        impl SocketView for Held {
+            fn towards(&self, _: u32, _: IpAddr, _: u16) -> (u64, u64) {
+                (0, 0)
+            }
+            fn count(&self, _: u8) -> u64 {
+                0
+            }
+            fn lingering(&self, st: u8, min_age_ns: u64, _: u64) -> Vec<Lingering> {
+                assert_eq!((st, min_age_ns), (state::CLOSE_WAIT, CLOSE_WAIT_LEAK_NS));
+                vec![Lingering {
+                    netns: 9,
+                    sockets: 200,
+                    oldest_ns: 27_000_000_000,
+                    processes: vec!["python3[8286]".into()],
+                }]
+            }
+        }
+        let alerts = Signals::default().lingering(&Held, 0);
+        assert_eq!(alerts.len(), 1);
+        let text = alerts[0].text();
+        assert!(
+            text.contains("200 sockets in CLOSE_WAIT for 10 s or more")
+                && text.contains("held by python3[8286]"),
+            "{text}"
+        );
+    }
+
     pub(crate) fn one_of_each() -> Vec<Alert> {
         let knobs = |pairs: &[(&'static str, &str)]| {
             pairs
@@ -811,6 +897,12 @@ pub(crate) mod tests {
                 ports_in_use: 28000,
                 time_wait_to_destination: Some(27990),
                 knobs: knobs(&[("net.ipv4.ip_local_port_range", "32768\t61000")]),
+            },
+            Alert::CloseWaitLeak {
+                netns: 9,
+                sockets: 200,
+                oldest_ns: 27_000_000_000,
+                processes: vec!["python3[8286]".into()],
             },
         ]
     }

@@ -337,8 +337,11 @@ pub fn findings(r: &Report) -> Vec<Finding> {
     for scope in limit_scopes(r) {
         out.extend(timewait_limits(&scope));
     }
-    if let Some(a) = r.age.get("CLOSE_WAIT") {
-        if a.max >= 10_000_000_000 {
+    // Where the tracer raised close_wait_leak, its finding (above) says it, with the worst
+    // interval; this rule is for traces that have no such alert (recorded before it was).
+    let alerted = r.alert_counts.contains_key(catalogue::CLOSE_WAIT_LEAK.name);
+    if let Some(a) = r.age.get("CLOSE_WAIT").filter(|_| !alerted) {
+        if a.max >= crate::core::signals::CLOSE_WAIT_LEAK_NS {
             out.push(finding(
                 Severity::Warning,
                 "close_wait_leak",

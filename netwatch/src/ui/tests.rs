@@ -289,10 +289,7 @@ fn the_banner_keeps_the_latest_alerts_and_says_how_many_are_hidden() {
         lines[0].starts_with("! CRIT Ephemeral ports exhausted 10.0.0.2:5774 x3, last 2.000s ago"),
         "{out}"
     );
-    assert!(
-        lines[1].contains("Listen queue overflow netns 9"),
-        "{out}"
-    );
+    assert!(lines[1].contains("Listen queue overflow netns 9"), "{out}");
     assert!(lines[1].ends_with("(+1 more: a)"), "{out}");
     assert!(
         out.contains("alerts 3") && out.contains("a alerts"),
