@@ -306,11 +306,17 @@ pub fn render(r: &Report) -> String {
 
     breakdowns(&mut o, r);
 
+    let shown = r.gauges.len().min(GAUGE_ROWS);
     let _ = writeln!(
         o,
-        "\nGAUGES OVER TIME ({} snapshots, every {})",
+        "\nGAUGES OVER TIME ({} snapshots, every {}{})",
         r.gauges.len(),
-        duration(Some(r.trace.interval_ns))
+        duration(Some(r.trace.interval_ns)),
+        if shown < r.gauges.len() {
+            format!("; {shown} rows shown, spread over the trace, peaks included")
+        } else {
+            String::new()
+        }
     );
     if let Some(g0) = r.gauges.first() {
         let cols: Vec<&str> = g0.states.keys().copied().collect();

@@ -452,10 +452,11 @@ fn peak_line(peak: Peak, now_ns: u64) -> Line<'static> {
         return Line::styled("peak 0", dim());
     }
     let ago = now_ns.saturating_sub(peak.at);
+    // "reached": the peak may still hold; "6s ago" alone read as if it were over.
     let when = if ago == 0 {
-        "now".to_owned()
+        "reached now".to_owned()
     } else {
-        format!("{} ago", duration(Some(ago)))
+        format!("reached {} ago", duration(Some(ago)))
     };
     Line::from(vec![
         Span::styled("peak ", heading()),

@@ -229,7 +229,7 @@ fn selected_state_is_highlighted_and_drives_the_detail_panels() {
     assert!(out.contains("CLOSE_WAIT by process"), "{out}");
     assert!(out.contains("python3[6345]      310  100%"), "{out}");
     // Its peak and when, in the panel of the selected state.
-    assert!(out.contains("peak 400 10.0s ago"), "{out}");
+    assert!(out.contains("peak 400 reached 10.0s ago"), "{out}");
     dash.handle_key(press(KeyCode::Char('b')));
     let out = screen(80, 24, &dash, &incident(0));
     assert!(out.contains(">7 CLOSE_WAIT"), "{out}");
