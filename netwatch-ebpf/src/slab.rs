@@ -174,7 +174,14 @@ fn request_record(req: *const u8, record_kind: u16, syn_ns: u64, child: u64) {
     let off = offsets();
     let (child_ns, sock_id) = if child != 0 {
         let born = unsafe { CHILD_BORN.get(child) }.copied().unwrap_or(0);
-        let _ = CHILD_BORN.remove(child);
+        if read::at::<u8>(child as *const u8, off.skc_state) == state::SYN_RECV {
+            // accept() took the child off its queue before the final ACK's processing made
+            // it ESTABLISHED (the child is queued first): that change is still to come and
+            // this record covers it. A 0 birth tells `set_state` so.
+            let _ = CHILD_BORN.insert(child, 0, 0);
+        } else {
+            let _ = CHILD_BORN.remove(child);
+        }
         (born, transition::child_id(child as *const u8, off))
     } else {
         (0, 0)

@@ -197,12 +197,15 @@ pub fn try_set_state<K: SocketIds>(ctx: &BtfTracePointContext, twin: Twin) {
         if new == state::LISTEN {
             learn_caches(sk, family, off);
         }
-        if old == state::SYN_RECV
-            && new == state::ESTABLISHED
-            && unsafe { CHILD_BORN.get(sk as u64) }.is_some()
-        {
-            // The child's µs-long SYN_RECV: the request socket's record covers it.
-            return;
+        if old == state::SYN_RECV && new == state::ESTABLISHED {
+            if let Some(&born) = unsafe { CHILD_BORN.get(sk as u64) } {
+                // The child's µs-long SYN_RECV: the request socket's record covers it,
+                // made already where the birth reads 0 (see `request_record`).
+                if born == 0 {
+                    let _ = CHILD_BORN.remove(sk as u64);
+                }
+                return;
+            }
         }
     }
 
