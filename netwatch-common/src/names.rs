@@ -82,11 +82,11 @@ pub mod limits {
     pub const SOCK_STATE_ENTRIES: u32 = 1 << 18;
     /// Ring buffer size: ~40k records of ~104 B, about 80 ms of the highest churn measured
     /// here (~500k records/s). Userspace empties it every 5 ms on a thread that does nothing
-    /// else (netwatch's ring_reader), so this is headroom for that thread being kept off a
-    /// CPU, not for the trace loop's pauses (measured up to 0.6 s under load, which needed
-    /// 16 MiB when the loop read the ring itself). VmHWM counts it twice: its pages are
-    /// mapped twice.
-    pub const EVENTS_BYTES: u32 = 4 << 20;
+    /// else (netwatch's ring_reader). 4 MiB was tried: the bench then lost records in three
+    /// modes of four at saturation on a 2-core machine (up to 32k in a 6 s run), where 16
+    /// MiB had lost none; losing nothing comes before the 24 MB of VmHWM it costs (its
+    /// pages are mapped twice and counted twice).
+    pub const EVENTS_BYTES: u32 = 16 << 20;
     pub const FILTER_ENTRIES: u32 = 64;
     /// Timewait sockets tracked at once; the default `tcp_max_tw_buckets` is 262144 on
     /// large machines.
