@@ -241,18 +241,6 @@ pub struct KnownCaches {
     pub conntrack: u64,
 }
 
-/// Timewait sockets allocated lately on one CPU: the state change that follows the
-/// allocation (`FIN_WAIT2 -> CLOSE` of the socket it replaces) runs on the same CPU right
-/// after, and finds its timewait socket here (by cookie, or by ports and address where the
-/// kernel gave the socket no cookie).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RecentTimewaits {
-    pub ptrs: [u64; names::limits::RECENT_TW_SLOTS],
-    pub next: u32,
-    pub _pad: u32,
-}
-
 /// What a timewait socket is known by while it lives (keyed by its address in `TW_STATE`,
 /// which needs no cookie, so the same map works on every kernel).
 #[repr(C)]

@@ -11,9 +11,7 @@ pub mod map {
     pub const FILTER_NETNS: &str = "FILTER_NETNS";
     pub const FILTER_PORTS: &str = "FILTER_PORTS";
     pub const CACHES: &str = "CACHES";
-    pub const RECENT_TW: &str = "RECENT_TW";
     pub const TW_STATE: &str = "TW_STATE";
-    pub const REQ_BORN: &str = "REQ_BORN";
     pub const CHILD_BORN: &str = "CHILD_BORN";
     pub const CT_BORN: &str = "CT_BORN";
     pub const CLAIMS: &str = "CLAIMS";
@@ -91,13 +89,10 @@ pub mod limits {
     /// Timewait sockets tracked at once; the default `tcp_max_tw_buckets` is 262144 on
     /// large machines.
     pub const TW_ENTRIES: u32 = 1 << 18;
-    /// Request sockets and just-born children tracked at once (SYN floods beyond this
-    /// lose SYN_RECV dwell, counted in `counter::STATE_MAP_FULL`).
+    /// Just-born children tracked at once (floods of completed handshakes beyond this
+    /// lose their birth, counted in `counter::STATE_MAP_FULL`).
     pub const REQ_ENTRIES: u32 = 1 << 16;
     /// Conntrack entries whose allocation time is kept (the default nf_conntrack_max is
     /// 262144 on this class of machine; beyond, lifetimes of the oldest are unknown).
     pub const CT_ENTRIES: u32 = 1 << 18;
-    /// Timewait sockets remembered per CPU between their allocation and the state change
-    /// that follows it.
-    pub const RECENT_TW_SLOTS: usize = 4;
 }

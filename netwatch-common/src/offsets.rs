@@ -86,6 +86,25 @@ pub struct KernelOffsets {
     pub cgroup_kn: u32,
     /// `kernfs_node.id`: the cgroup id, the inode of the cgroup's directory.
     pub kn_id: u32,
+    /// `sock_common.skc_hash`: the connection's hash, which picks its established-table
+    /// bucket (a timewait socket keeps its full socket's).
+    pub skc_hash: u32,
+    /// `sock_common.skc_nulls_node`: the link in that bucket's chain.
+    pub skc_nulls_node: u32,
+    /// `net.ipv4.tcp_death_row`: embedded before 6.1, a pointer since
+    /// (`death_row_deref` says which).
+    pub net_death_row: u32,
+    /// 1 when `net_death_row` holds a pointer to the `inet_timewait_death_row`.
+    pub death_row_deref: u32,
+    /// `inet_timewait_death_row.hashinfo`
+    pub death_row_hashinfo: u32,
+    /// `inet_hashinfo.ehash`: the established table's buckets (one chain head each).
+    pub hashinfo_ehash: u32,
+    /// `inet_hashinfo.ehash_mask`
+    pub hashinfo_ehash_mask: u32,
+    /// `tcp_request_sock.snt_synack`: when its first SYN-ACK went out (µs of the
+    /// monotonic clock `bpf_ktime_get_ns` reads), i.e. the request socket's birth.
+    pub req_snt_synack: u32,
     pub _pad: u32,
 }
 
@@ -137,6 +156,14 @@ impl KernelOffsets {
             sk_cgroup: Self::MISSING,
             cgroup_kn: Self::MISSING,
             kn_id: Self::MISSING,
+            skc_hash: Self::MISSING,
+            skc_nulls_node: Self::MISSING,
+            net_death_row: Self::MISSING,
+            death_row_deref: 0,
+            death_row_hashinfo: Self::MISSING,
+            hashinfo_ehash: Self::MISSING,
+            hashinfo_ehash_mask: Self::MISSING,
+            req_snt_synack: Self::MISSING,
             _pad: 0,
         }
     }

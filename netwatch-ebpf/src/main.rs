@@ -24,7 +24,7 @@ use aya_ebpf::{
 };
 use netwatch_common::{
     counter, names::limits, offsets::KernelOffsets, Filters, KnownCaches, PointerEntry,
-    RecentTimewaits, TimewaitEntry,
+    TimewaitEntry,
 };
 use transition::{ByCookie, ByPointer};
 use twins::Twin;
@@ -57,17 +57,10 @@ static FILTER_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(limits::FILTER
 #[map(name = "CACHES")]
 static CACHES: Array<KnownCaches> = Array::with_max_entries(1, 0);
 
-#[map(name = "RECENT_TW")]
-static RECENT_TW: PerCpuArray<RecentTimewaits> = PerCpuArray::with_max_entries(1, 0);
-
 /// Timewait socket address -> its state, since when, and the id of the socket it replaced.
 #[map(name = "TW_STATE")]
 static TW_STATE: LruHashMap<u64, TimewaitEntry> =
     LruHashMap::with_max_entries(limits::TW_ENTRIES, 0);
-
-/// Request socket pointer -> when its SYN arrived.
-#[map(name = "REQ_BORN")]
-static REQ_BORN: LruHashMap<u64, u64> = LruHashMap::with_max_entries(limits::REQ_ENTRIES, 0);
 
 /// Child socket pointer -> when the final ACK created it.
 #[map(name = "CHILD_BORN")]

@@ -1,7 +1,12 @@
-//! `kmem_cache_alloc` / `kmem_cache_free`: births and deaths of timewait and request
-//! sockets, which `inet_sock_set_state` never reports. These hooks fire for every slab
-//! object in the kernel, so each starts with a pointer compare against the learned caches
-//! and leaves at once for anything else.
+//! `kmem_cache_free`: deaths of timewait and request sockets, which `inet_sock_set_state`
+//! never reports, and of conntrack entries; `kmem_cache_alloc`: births of conntrack
+//! entries. These hooks fire for every slab object in the kernel, so each starts with a
+//! pointer compare against the learned caches and leaves at once for anything else.
+//!
+//! Timewait and request sockets need no allocation hook: a timewait socket is found in the
+//! established table when its full socket closes (transition.rs), and a request socket
+//! carries its birth (the first SYN-ACK's time). So the allocation hook, which runs ~32
+//! times a connection for other caches, is attached only once conntrack is in use.
 //!
 //! The same functions serve every kernel: the programs in main.rs read the cache and the
 //! object from the tracepoint (6.0+) or from fentry/fexit on the allocator (older kernels,
@@ -16,7 +21,7 @@ use netwatch_common::{
 
 use crate::{
     bump, conntrack, emit, filters, offsets, read, transition, twins::Twin, CACHES, CHILD_BORN,
-    RECENT_TW, REQ_BORN, TW_STATE,
+    TW_STATE,
 };
 
 enum Cache {
@@ -63,42 +68,15 @@ pub fn alloc(twin: Twin, call_site: u64, cache: u64, obj: impl FnOnce() -> u64) 
     if call_site >= f.ct_alloc_lo && call_site < f.ct_alloc_hi {
         conntrack::learn_cache(cache);
     }
-    let Some((class, obj)) = taken(twin, cache, obj) else {
+    // Only conntrack's births are wanted here (see the module's doc).
+    let conntrack = CACHES.get(0).map_or(0, |c: &KnownCaches| c.conntrack);
+    if cache != conntrack || conntrack == 0 {
         return;
-    };
-    match class {
-        Cache::Timewait => remember_allocated_timewait(obj),
-        Cache::Request => {
-            let now = unsafe { bpf_ktime_get_ns() };
-            if REQ_BORN.insert(obj, now, 0).is_err() {
-                bump(counter::STATE_MAP_FULL);
-            }
-        }
-        Cache::Conntrack => conntrack::born(obj),
-        Cache::Other => {}
     }
-}
-
-/// Keeps a new timewait socket for the `set_state` run that closes its full socket, in a
-/// free slot: a softirq batch of other hand-overs may run between the two (the kernel
-/// enables bottom halves in between), and overwriting by position would lose this one.
-#[inline(always)]
-fn remember_allocated_timewait(tw: u64) {
-    let Some(recent) = RECENT_TW.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: per-CPU value, only touched by programs on this CPU.
-    let recent = unsafe { &mut *recent };
-    for slot in recent.ptrs.iter_mut() {
-        if *slot == 0 {
-            *slot = tw;
-            return;
-        }
+    let obj = obj();
+    if twin.takes(obj) {
+        conntrack::born(obj);
     }
-    // All taken (by timewait sockets whose close was never seen): replace the oldest.
-    let i = (recent.next as usize) % recent.ptrs.len();
-    recent.ptrs[i] = tw;
-    recent.next = recent.next.wrapping_add(1);
 }
 
 /// A free of an object of `cache`; `obj` fetches the object.
@@ -153,19 +131,24 @@ fn timewait_died(tw: *const u8) {
 #[inline(always)]
 pub fn try_synack_retransmit(ctx: &BtfTracePointContext) {
     let req: *const u8 = ctx.arg(1);
-    let key = req as u64;
-    let syn_ns = unsafe { REQ_BORN.get(key) }.copied().unwrap_or(0);
-    request_record(req, kind::SYNACK_RETRANSMIT, syn_ns, 0);
+    request_record(req, kind::SYNACK_RETRANSMIT, request_born(req), 0);
 }
 
 #[inline(always)]
 fn request_died(req: *const u8) {
-    let key = req as u64;
-    let syn_ns = unsafe { REQ_BORN.get(key) }.copied().unwrap_or(0);
-    let _ = REQ_BORN.remove(key);
+    let syn_ns = request_born(req);
     let off = offsets();
     let child: u64 = read::at(req, off.req_sk);
     request_record(req, kind::REQUEST_END, syn_ns, child);
+}
+
+/// When a request socket was born (0: unknown): its first SYN-ACK's time, which the kernel
+/// keeps in µs of the monotonic clock (`tcp_clock_us`), taken microseconds after the SYN
+/// made the socket.
+#[inline(always)]
+fn request_born(req: *const u8) -> u64 {
+    let us: u64 = read::at(req, offsets().req_snt_synack);
+    us.wrapping_mul(1_000)
 }
 
 #[inline(always)]

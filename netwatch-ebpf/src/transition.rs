@@ -12,7 +12,7 @@ use netwatch_common::{
 };
 
 use crate::{
-    bump, emit, offsets, read, twins::Twin, CACHES, CHILD_BORN, RECENT_TW, SOCK_PTR, SOCK_STATE,
+    bump, emit, offsets, read, twins::Twin, CACHES, CHILD_BORN, SOCK_PTR, SOCK_STATE,
     TW_STATE,
 };
 
@@ -265,13 +265,20 @@ fn cgroup_may_be_news(old: u8, since: Option<u64>) -> bool {
         )
 }
 
-/// The timewait socket allocated for `sk` on this CPU just before, if any, and its
-/// substate (see `RecentTimewaits`).
+/// How many sockets of `sk`'s established-table chain are looked at for its timewait
+/// socket: the kernel puts it at the head, and another socket can get in front of it only
+/// by hashing to the same bucket in the microseconds before `tcp_done`.
+const CHAIN_LOOK: usize = 4;
+
+/// The timewait socket that just replaced `sk` (the kernel hashes it into `sk`'s bucket of
+/// the established table before it closes `sk`), and its substate; None when the kernel
+/// made none (`tcp_max_tw_buckets` reached, or no memory).
+///
+/// This used to be learnt from the timewait socket's allocation, which took a hook on every
+/// slab allocation of the kernel (~32 runs a connection, twice with the nested twin): the
+/// chain costs a few reads once per close instead.
 #[inline(always)]
 fn handed_to_timewait(sk: *const u8, off: &KernelOffsets) -> Option<(*const u8, u8)> {
-    let recent = RECENT_TW.get_ptr_mut(0)?;
-    // SAFETY: per-CPU value, only touched by programs on this CPU.
-    let recent = unsafe { &mut *recent };
     // The kernel copies the socket's cookie into its timewait socket; a socket that never
     // had one (no cookie helper on this kernel) is matched by its connection instead.
     let cookie = read::cookie(sk, off);
@@ -281,24 +288,57 @@ fn handed_to_timewait(sk: *const u8, off: &KernelOffsets) -> Option<(*const u8, 
     } else {
         (0, 0)
     };
-    for i in 0..recent.ptrs.len() {
-        let tw = recent.ptrs[i] as *const u8;
-        if tw.is_null() {
-            continue;
+    let mut node = chain_head(sk, off);
+    for _ in 0..CHAIN_LOOK {
+        // A chain ends in a "nulls" marker: an odd value.
+        if node == 0 || node & 1 != 0 {
+            return None;
         }
-        let same = if cookie != 0 {
-            read::cookie(tw, off) == cookie
-        } else {
-            read::mini_ports(tw, off) == ports
-                && read::at::<u32>(tw, off.skc_daddr) == read::at::<u32>(sk, off.skc_daddr)
-                && read::at::<u64>(tw, off.skc_net) == read::at::<u64>(sk, off.skc_net)
-        };
-        if same {
-            recent.ptrs[i] = 0;
-            return Some((tw, read::at::<u8>(tw, off.tw_substate)));
+        let tw = node.wrapping_sub(u64::from(off.skc_nulls_node)) as *const u8;
+        if read::at::<u8>(tw, off.skc_state) == state::TIME_WAIT {
+            let same = if cookie != 0 {
+                read::cookie(tw, off) == cookie
+            } else {
+                read::mini_ports(tw, off) == ports
+                    && read::at::<u32>(tw, off.skc_daddr) == read::at::<u32>(sk, off.skc_daddr)
+                    && read::at::<u64>(tw, off.skc_net) == read::at::<u64>(sk, off.skc_net)
+            };
+            if same {
+                return Some((tw, read::at::<u8>(tw, off.tw_substate)));
+            }
         }
+        // `next` is the node's first field.
+        node = read::at::<u64>(node as *const u8, 0);
     }
     None
+}
+
+/// The first node of the established-table chain `sk` hashes to (0 if unreadable):
+/// `sock_net(sk)->ipv4.tcp_death_row(->)hashinfo->ehash[sk_hash & ehash_mask].chain.first`.
+#[inline(always)]
+fn chain_head(sk: *const u8, off: &KernelOffsets) -> u64 {
+    if off.skc_nulls_node == KernelOffsets::MISSING || off.net_death_row == KernelOffsets::MISSING
+    {
+        return 0;
+    }
+    let hash: u32 = read::at(sk, off.skc_hash);
+    let net: u64 = read::at(sk, off.skc_net);
+    let mut death_row = net.wrapping_add(u64::from(off.net_death_row));
+    if off.death_row_deref != 0 {
+        death_row = read::at(death_row as *const u8, 0);
+    }
+    let hashinfo: u64 = read::at(death_row as *const u8, off.death_row_hashinfo);
+    if hashinfo == 0 {
+        return 0;
+    }
+    let ehash: u64 = read::at(hashinfo as *const u8, off.hashinfo_ehash);
+    let mask: u32 = read::at(hashinfo as *const u8, off.hashinfo_ehash_mask);
+    if ehash == 0 {
+        return 0;
+    }
+    // `struct inet_ehash_bucket` is one `hlist_nulls_head`: a pointer.
+    let bucket = ehash.wrapping_add(u64::from(hash & mask) * 8);
+    read::at(bucket as *const u8, 0)
 }
 
 #[inline(always)]

@@ -60,6 +60,14 @@ pub fn resolve(btf: &Btf) -> (KernelOffsets, Vec<String>) {
         sk_cgroup: MISSING_UNTIL_BELOW,
         cgroup_kn: get("cgroup", "kn"),
         kn_id: get("kernfs_node", "id"),
+        skc_hash: get("sock_common", "skc_hash"),
+        skc_nulls_node: get("sock_common", "skc_nulls_node"),
+        net_death_row: get("net", "ipv4.tcp_death_row"),
+        death_row_deref: 0,
+        death_row_hashinfo: get("inet_timewait_death_row", "hashinfo"),
+        hashinfo_ehash: get("inet_hashinfo", "ehash"),
+        hashinfo_ehash_mask: get("inet_hashinfo", "ehash_mask"),
+        req_snt_synack: get("tcp_request_sock", "snt_synack"),
         _pad: 0,
     };
     // The original-direction tuple: `tuplehash` is an array, element 0 at its start.
@@ -88,6 +96,12 @@ pub fn resolve(btf: &Btf) -> (KernelOffsets, Vec<String>) {
             missing.push("sock.sk_cgrp_data".to_owned());
             KernelOffsets::MISSING
         });
+    // 6.1 made `tcp_death_row` a pointer (per-netns established tables): a path through
+    // it resolves only where it is still embedded.
+    offsets.death_row_deref = u32::from(
+        btf.member_offset("net", "ipv4.tcp_death_row.hashinfo")
+            .is_err(),
+    );
     (offsets, missing)
 }
 
