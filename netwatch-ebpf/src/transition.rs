@@ -12,8 +12,7 @@ use netwatch_common::{
 };
 
 use crate::{
-    bump, emit, offsets, read, twins::Twin, CACHES, CHILD_BORN, SOCK_PTR, SOCK_STATE,
-    TW_STATE,
+    bump, emit, offsets, read, twins::Twin, CACHES, CHILD_BORN, SOCK_PTR, SOCK_STATE, TW_STATE,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -317,8 +316,7 @@ fn handed_to_timewait(sk: *const u8, off: &KernelOffsets) -> Option<(*const u8, 
 /// `sock_net(sk)->ipv4.tcp_death_row(->)hashinfo->ehash[sk_hash & ehash_mask].chain.first`.
 #[inline(always)]
 fn chain_head(sk: *const u8, off: &KernelOffsets) -> u64 {
-    if off.skc_nulls_node == KernelOffsets::MISSING || off.net_death_row == KernelOffsets::MISSING
-    {
+    if off.skc_nulls_node == KernelOffsets::MISSING || off.net_death_row == KernelOffsets::MISSING {
         return 0;
     }
     let hash: u32 = read::at(sk, off.skc_hash);

@@ -19,7 +19,7 @@ use crate::{
     core::event::DropReason,
     features::KernelFeatures,
     offsets,
-    plan::{self, Attach, KernelFacts, StepOutcome},
+    plan::{self, Attach, Hook, KernelFacts, StepOutcome, Variant},
     ring_reader::RingReader,
 };
 
@@ -29,6 +29,10 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ne
 /// Attached programs and the maps userspace reads; dropping it detaches everything.
 pub struct Probes {
     ebpf: Ebpf,
+    /// The allocation hook (and whether its twin loaded), loaded and verified but not yet
+    /// attached: it serves conntrack's births only, and runs for every slab allocation of
+    /// the kernel, so it is attached once conntrack is in use ([`Probes::conntrack_in_use`]).
+    conntrack_births: Option<(Variant, bool)>,
     /// The ring buffer's records, copied out by a thread of their own.
     pub events: RingReader,
     /// Things worth telling the user about how this kernel limited the trace.
@@ -230,10 +234,16 @@ impl Probes {
         }
         drop(aya_btf);
         before_attach();
+        let mut deferred = None;
         for outcome in &mut outcomes {
             let Some((v, twin)) = outcome.loaded else {
                 continue;
             };
+            if outcome.hook == Hook::SlabAlloc {
+                // Runs ~32 times a connection for other caches; waits for conntrack.
+                deferred = Some((v, twin));
+                continue;
+            }
             let first = attach_loaded(&mut ebpf, v.program, v.attach);
             if let Err(e) = first {
                 if plan
@@ -269,6 +279,7 @@ impl Probes {
         .context("could not start the thread that reads the ring buffer")?;
         Ok(Self {
             ebpf,
+            conntrack_births: deferred,
             events,
             warnings,
             reasons,
@@ -276,6 +287,23 @@ impl Probes {
             features,
             verifier_logs,
         })
+    }
+
+    /// Conntrack is in use in a namespace netwatch watches: attaches the allocation hook
+    /// (once), so entries allocated from now on have a known lifetime. Those allocated
+    /// before end with an unknown one, as entries older than the trace do. Err (once) if
+    /// the kernel refused the attach, for the user to be told.
+    pub fn conntrack_in_use(&mut self) -> Result<()> {
+        let Some((v, twin)) = self.conntrack_births.take() else {
+            return Ok(());
+        };
+        attach_loaded(&mut self.ebpf, v.program, v.attach)
+            .context("conntrack lifetimes are not followed")?;
+        if let (true, Some(second)) = (twin, v.nested()) {
+            // Without its twin, an allocation nested in another counts as a skipped run.
+            let _ = attach_loaded(&mut self.ebpf, second, v.attach);
+        }
+        Ok(())
     }
 
     /// Events the kernel kept from netwatch's programs and nobody saw. The kernel skips a

@@ -238,11 +238,9 @@ pub fn plan(facts: &KernelFacts) -> Result<AttachPlan, String> {
             attach: Attach::TpBtf(tp::SLAB_FREE),
         });
     }
-    if let (Some(a), Some(f)) = (alloc_fn, free_fn) {
-        alloc.push(Variant {
-            program: program::SLAB_ALLOC_FEXIT,
-            attach: Attach::FExit(a),
-        });
+    // The allocation hook is for conntrack's births only (timewait and request sockets are
+    // known without it, see slab.rs), which fexit cannot tell from other allocations.
+    if let (Some(_), Some(f)) = (alloc_fn, free_fn) {
         free.push(Variant {
             program: program::SLAB_FREE_FENTRY,
             attach: Attach::FEntry(f),
@@ -259,9 +257,9 @@ pub fn plan(facts: &KernelFacts) -> Result<AttachPlan, String> {
         ] {
             unavailable.push((f, why.clone()));
         }
-    } else if alloc.is_empty() || free.is_empty() {
-        let why = "this kernel's kmem_cache_alloc/free tracepoints carry no slab cache \
-                   (6.0+) and its BTF has no kmem_cache_alloc/free functions for fentry";
+    } else if free.is_empty() {
+        let why = "this kernel's kmem_cache_free tracepoint carries no slab cache (6.0+) \
+                   and its BTF has no kmem_cache_alloc/free functions for fentry";
         for f in [
             Feature::TimeWait,
             Feature::SynRecv,
@@ -270,19 +268,27 @@ pub fn plan(facts: &KernelFacts) -> Result<AttachPlan, String> {
             unavailable.push((f, why.to_owned()));
         }
     } else {
-        steps.push(Step {
-            hook: Hook::SlabAlloc,
-            required: false,
-            variants: alloc,
-        });
+        if let Some(why) = &facts.conntrack_blocked {
+            unavailable.push((Feature::ConntrackLifetimes, why.clone()));
+        } else if alloc.is_empty() {
+            unavailable.push((
+                Feature::ConntrackLifetimes,
+                "the allocator is watched by fexit here, which does not see which function \
+                 allocated (conntrack's entries are recognised by that)"
+                    .to_owned(),
+            ));
+        } else {
+            steps.push(Step {
+                hook: Hook::SlabAlloc,
+                required: false,
+                variants: alloc,
+            });
+        }
         steps.push(Step {
             hook: Hook::SlabFree,
             required: false,
             variants: free,
         });
-        if let Some(why) = &facts.conntrack_blocked {
-            unavailable.push((Feature::ConntrackLifetimes, why.clone()));
-        }
     }
 
     // Drops with a reason, and the segments timewait sockets handle.
@@ -456,24 +462,21 @@ pub fn features(plan: &AttachPlan, outcomes: &[StepOutcome]) -> KernelFeatures {
             None => Err(why_not(Hook::SetState)),
         },
     );
-    let slab = match (loaded(Hook::SlabAlloc), loaded(Hook::SlabFree)) {
-        (Some((a, _)), Some((f, _))) => Ok((a, f)),
-        (None, _) => Err(why_not(Hook::SlabAlloc)),
-        (_, None) => Err(why_not(Hook::SlabFree)),
-    };
-    let slab_via = slab.clone().map(|(a, f)| via(&[a, f]));
-    put(Feature::TimeWait, slab_via.clone());
-    put(Feature::SynRecv, slab_via.clone());
+    let free = loaded(Hook::SlabFree).map(|(f, _)| f);
+    let free_via = free
+        .map(|f| via(&[f]))
+        .ok_or_else(|| why_not(Hook::SlabFree));
+    put(Feature::TimeWait, free_via.clone());
+    put(Feature::SynRecv, free_via);
     put(
         Feature::ConntrackLifetimes,
-        match slab {
-            Ok((a, _)) if matches!(a.attach, Attach::TpBtf(_)) => slab_via,
-            Ok(_) => Err(
-                "the allocator is watched by fexit here, which does not see which function \
-                 allocated (conntrack's entries are recognised by that)"
-                    .to_owned(),
-            ),
-            Err(e) => Err(e),
+        match (loaded(Hook::SlabAlloc), free) {
+            (Some((a, _)), Some(f)) => Ok(format!(
+                "{} (the allocations attached once conntrack is in use)",
+                via(&[a, f])
+            )),
+            (None, _) => Err(why_not(Hook::SlabAlloc)),
+            (_, None) => Err(why_not(Hook::SlabFree)),
         },
     );
     let drops = loaded(Hook::Drops);

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 
 use crate::census;
 use crate::config::{TraceConfig, View};
-use crate::core::conntrack::ConntrackTracker;
+use crate::core::conntrack::{ConntrackEnv, ConntrackTracker};
 use crate::core::fasthash::IdMap;
 use crate::environment::{kernel_hz, EnvSource};
 use crate::trace_size::{self, SizeWatch};
@@ -278,6 +278,16 @@ impl Tracer {
     fn snapshot(&mut self) -> Result<(), SinkError> {
         self.discover_namespaces();
         let env = self.environment();
+        if env
+            .values()
+            .any(|e| e.conntrack.as_ref().is_some_and(ConntrackEnv::in_use))
+        {
+            if let Err(e) = self.probes.conntrack_in_use() {
+                if self.cfg.view != View::Dashboard {
+                    eprintln!("netwatch: {e:#}");
+                }
+            }
+        }
         // Events up to the moment the counters were read belong to this interval too, so
         // a drop and the counter it bumped land in the same alert.
         self.drain()?;

@@ -859,6 +859,12 @@ fn time_wait_entry_lifetime_ends_at_expiry_not_at_free() -> Result<()> {
     // Listening before the flow exists: entries made with no listener carry no event cache
     // and never report their DESTROY.
     let events = CtEvents::start(&net.router)?;
+    // The router's table in use before the trace, as on a NAT gateway: netwatch follows
+    // conntrack's births from its first snapshot that sees a table in use (their hook runs
+    // for every slab allocation of the kernel, so it waits for conntrack). This connection
+    // stays open, so it never ends a lifetime of its own.
+    let warm_client = connect_from(&net.clients[0], server_addr)?;
+    let (warm_server, _) = accept_timeout(&listener, IO_TIMEOUT).context("accept warm-up")?;
     thread::sleep(Duration::from_millis(500));
     let spaces = net.all();
     let tracer = start_tracer(&spaces, LIFE_INTERVAL)?;
@@ -912,6 +918,7 @@ fn time_wait_entry_lifetime_ends_at_expiry_not_at_free() -> Result<()> {
     );
     thread::sleep(Duration::from_millis(300));
     let f = finish(tracer, &spaces, INTERVAL_DUR)?;
+    drop((warm_client, warm_server));
     let flow = events.of_flow(client_local, PORT);
     drop(events);
 

@@ -25,6 +25,14 @@ pub struct ConntrackEnv {
     pub timeout_time_wait_s: Option<u64>,
 }
 
+impl ConntrackEnv {
+    /// Whether the table holds or took entries: what makes netwatch show it, and attach
+    /// the hook that follows its entries' births.
+    pub fn in_use(&self) -> bool {
+        self.count.unwrap_or(0) > 0 || self.inserted > 0
+    }
+}
+
 pub struct ConntrackTracker {
     hz: u64,
     lifetimes: BTreeMap<&'static str, Histogram<u64>>,
@@ -97,7 +105,7 @@ impl ConntrackTracker {
             _ => 0,
         };
         self.last_count = e.count.or(self.last_count);
-        let in_use = self.seen || e.count.unwrap_or(0) > 0 || e.inserted > 0;
+        let in_use = self.seen || e.in_use();
         if !in_use {
             return None;
         }
