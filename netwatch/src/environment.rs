@@ -86,6 +86,16 @@ impl EnvSource {
         self.spaces = spaces;
     }
 
+    /// Whether a sampled namespace's conntrack table holds entries now (its count only:
+    /// cheap enough for the start of a trace, before the first interval's sample).
+    pub fn conntrack_in_use(&self) -> bool {
+        self.spaces.iter().any(|(_, path)| {
+            procfs::read_sysctls(path.as_deref())
+                .nf_conntrack_count
+                .is_some_and(|c| c > 0)
+        })
+    }
+
     /// The namespaces sampled, each with its file to enter it by (None for ours).
     pub fn spaces(&self) -> &[(u32, Option<PathBuf>)] {
         &self.spaces

@@ -260,6 +260,16 @@ impl Tracer {
         self.env.sample()
     }
 
+    /// Conntrack is in use: its entries' births are followed from now on.
+    fn follow_conntrack(&mut self) {
+        if let Err(e) = self.probes.conntrack_in_use() {
+            // Not under the dashboard: stderr shares its terminal.
+            if self.cfg.view != View::Dashboard {
+                eprintln!("netwatch: {e:#}");
+            }
+        }
+    }
+
     fn lost(&self) -> u64 {
         self.probes.counters().map(|c| c.lost_records).unwrap_or(0) + self.undecodable
     }
@@ -282,11 +292,7 @@ impl Tracer {
             .values()
             .any(|e| e.conntrack.as_ref().is_some_and(ConntrackEnv::in_use))
         {
-            if let Err(e) = self.probes.conntrack_in_use() {
-                if self.cfg.view != View::Dashboard {
-                    eprintln!("netwatch: {e:#}");
-                }
-            }
+            self.follow_conntrack();
         }
         // Events up to the moment the counters were read belong to this interval too, so
         // a drop and the counter it bumped land in the same alert.
@@ -400,6 +406,11 @@ impl Tracer {
     /// signals stay taken after the loop, so a second Ctrl-C while the trace is being
     /// finished does not cut it short.
     async fn run(&mut self, duration: Option<Duration>) -> (Stop, Result<(), SinkError>) {
+        // A table in use now gets its births followed from the start, not from the first
+        // interval on.
+        if self.env.conntrack_in_use() {
+            self.follow_conntrack();
+        }
         let mut tick = tokio::time::interval(DRAIN_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut every = tokio::time::interval(self.cfg.interval);

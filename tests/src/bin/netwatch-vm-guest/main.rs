@@ -95,6 +95,9 @@ fn run(log: &mut Log) -> Result<Option<i32>> {
         setup.elapsed().as_secs_f64()
     ));
     log.say(conntrack_visibility());
+    let _table_in_use = netfilter::table_in_use()
+        .map_err(|e| log.say(format!("warning: conntrack connection held: {e:#}")))
+        .ok();
     if let Err(e) = warm_up() {
         log.say(format!("warning: warm-up connection: {e:#}"));
     }

@@ -6,7 +6,13 @@
 //! snapshots, and netfilter drops (`kfree_skb` with NETFILTER_DROP) among the senders of a
 //! `conntrack_full` alert, the one record that names them.
 
-use std::{fs, process::Command, thread, time::Duration};
+use std::{
+    fs,
+    net::{TcpListener, TcpStream},
+    process::Command,
+    thread,
+    time::Duration,
+};
 
 use anyhow::{bail, Context as _, Result};
 use netwatch_tests::{
@@ -24,6 +30,8 @@ const TRACKED_LAST: u16 = 7119;
 const LIFETIMES: u16 = 7110;
 /// The connection that keeps one entry in the table while it is full.
 const HELD: u16 = 7111;
+/// A connection opened before netwatch starts and held to the end.
+const IN_USE: u16 = 7113;
 /// A listener whose client's SYN finds the table full: conntrack itself drops it.
 const TABLE_FULL: u16 = 7112;
 const TABLE_FULL_CLIENT: u16 = 7212;
@@ -91,6 +99,16 @@ pub fn setup() -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// One connection through conntrack, opened before netwatch starts and kept open to the
+/// end, as a NAT gateway's table always holds some: netwatch follows conntrack's births
+/// once it sees a table in use (that hook runs for every slab allocation of the kernel).
+/// Open, it never ends a lifetime of its own.
+pub fn table_in_use() -> Result<(TcpListener, TcpStream, TcpStream)> {
+    let listener = listen_backlog(local(IN_USE), 1)?;
+    let (client, server) = connection(&listener, IN_USE)?;
+    Ok((listener, client, server))
 }
 
 /// Whether /proc/kallsyms shows `symbol` with an address, as netwatch needs for
