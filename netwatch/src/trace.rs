@@ -406,11 +406,6 @@ impl Tracer {
     /// signals stay taken after the loop, so a second Ctrl-C while the trace is being
     /// finished does not cut it short.
     async fn run(&mut self, duration: Option<Duration>) -> (Stop, Result<(), SinkError>) {
-        // A table in use now gets its births followed from the start, not from the first
-        // interval on.
-        if self.env.conntrack_in_use() {
-            self.follow_conntrack();
-        }
         let mut tick = tokio::time::interval(DRAIN_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut every = tokio::time::interval(self.cfg.interval);
@@ -862,7 +857,7 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
     // The census runs after the programs are verified and before they attach, so that the
     // ring buffer does not fill while it walks a large socket table; the counters'
     // baseline is taken then too, so nothing that happens after the attach is lost in it.
-    let probes = Probes::attach(&cfg, btf, || {
+    let mut probes = Probes::attach(&cfg, btf, || {
         // Without --netns, every namespace found: their sockets' census and their counters'
         // baseline before the attach, as our own's.
         let spaces = traced_spaces(&cfg);
@@ -874,6 +869,13 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
     })?;
     let env = env.context("the programs were never attached")?;
     let mut warnings = probes.warnings.clone();
+    // A table in use now gets its births followed before netwatch says it is attached,
+    // not from the first interval on.
+    if env.conntrack_in_use() {
+        if let Err(e) = probes.conntrack_in_use() {
+            warnings.push(format!("{e:#}"));
+        }
+    }
     warnings.extend(std::mem::take(&mut found.warnings));
     for w in &warnings {
         eprintln!("netwatch: warning: {w}");
