@@ -204,7 +204,11 @@ impl Classifier {
             self.death(Tuple::of(t), t.mono_ns);
         } else if t.old == state::CLOSE && t.new == state::SYN_SENT {
             // A bound socket's connect(): the port is known already, and the death follows.
-            self.evidence(Tuple::of(t), t.mono_ns, Cause::TwReuse, true);
+            // An unbound one's port is still 0 here (it shows below): no death has that
+            // tuple, so keeping it would only cost a map entry per connection.
+            if t.sport != 0 {
+                self.evidence(Tuple::of(t), t.mono_ns, Cause::TwReuse, true);
+            }
         } else if t.old == state::SYN_SENT {
             // An unbound socket enters SYN_SENT before connect() picks its port (the reused
             // one): its tuple shows when it leaves, with the start `dwell` before.

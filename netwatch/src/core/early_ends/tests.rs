@@ -93,6 +93,7 @@ fn an_unbound_connect_shows_its_reused_port_when_it_leaves_syn_sent() {
         sport: 0,
         ..tr(10 * S, state::CLOSE, state::SYN_SENT, None)
     });
+    assert!(c.seen.is_empty(), "port 0 is no evidence: {:?}", c.seen);
     c.transition(&death(10 * S + 30_000, 2 * S));
     assert_eq!(c.counts().pending, 1);
     // Established 1 ms later: its SYN_SENT began at the death.
