@@ -23,14 +23,13 @@ pub mod program {
     /// The same keyed by socket address, for kernels whose tracing programs cannot call
     /// `bpf_get_socket_cookie` (5.10, 5.11).
     pub const SET_STATE_PTR: &str = "set_state_ptr";
-    /// tp_btf on `kmem_cache_alloc`: births of timewait and request sockets.
+    /// tp_btf on `kmem_cache_alloc`: births of conntrack entries (6.0+; fexit, without the
+    /// allocation's caller, cannot tell them apart).
     pub const SLAB_ALLOC: &str = "slab_alloc";
     /// tp_btf on `kmem_cache_free`: deaths of timewait and request sockets.
     pub const SLAB_FREE: &str = "slab_free";
-    /// fexit on the slab allocator function, for kernels whose slab tracepoints carry no
-    /// cache (before 6.0).
-    pub const SLAB_ALLOC_FEXIT: &str = "slab_alloc_fexit";
-    /// fentry on `kmem_cache_free`, likewise.
+    /// fentry on `kmem_cache_free`, for kernels whose slab tracepoints carry no cache
+    /// (before 6.0).
     pub const SLAB_FREE_FENTRY: &str = "slab_free_fentry";
     /// tp_btf on `kfree_skb` with `rx_sk` (6.8+): drops with a reason (PAWS, listen
     /// overflow, netfilter) and segments handled by timewait sockets.
@@ -44,12 +43,11 @@ pub mod program {
     pub const SYNACK_RETRANSMIT: &str = "synack_retransmit";
     /// The second program of a hook, which handles the events the kernel kept from the
     /// first because they arrived nested in it on one CPU: (first, second).
-    pub const NESTED: [(&str, &str); 8] = [
+    pub const NESTED: [(&str, &str); 7] = [
         (SET_STATE, "set_state_nested"),
         (SET_STATE_PTR, "set_state_ptr_nested"),
         (SLAB_ALLOC, "slab_alloc_nested"),
         (SLAB_FREE, "slab_free_nested"),
-        (SLAB_ALLOC_FEXIT, "slab_alloc_fexit_nested"),
         (SLAB_FREE_FENTRY, "slab_free_fentry_nested"),
         (DROPS, "drops_nested"),
         (DROPS_NO_RX_SK, "drops_no_rx_sk_nested"),
@@ -64,7 +62,6 @@ pub mod hook {
     pub const DROPS: &str = "kfree_skb";
     pub const SYNACK_RETRANSMIT: &str = "tcp_retransmit_synack";
     /// Kernel functions for fentry/fexit variants (tried where tracepoints fall short).
-    pub const FN_SLAB_ALLOC: [&str; 2] = ["kmem_cache_alloc_noprof", "kmem_cache_alloc"];
     pub const FN_SLAB_FREE: &str = "kmem_cache_free";
     pub const FN_TW_SEGMENT: &str = "tcp_timewait_state_process";
 }

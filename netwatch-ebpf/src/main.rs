@@ -180,17 +180,6 @@ twins!(
 );
 
 twins!(
-    /// Return of `kmem_cache_alloc(s, gfpflags)`: the object is the slot after the two
-    /// arguments. No call site here, so conntrack is not followed this way.
-    #[fexit(function = "kmem_cache_alloc")]
-    slab_alloc_fexit,
-    slab_alloc_fexit_nested,
-    twins::SLAB_ALLOC,
-    FExitContext,
-    |ctx: &FExitContext, twin| slab::alloc(twin, 0, ctx.arg(0), || arg_copy(ctx, 2))
-);
-
-twins!(
     /// Entry of `kmem_cache_free(s, x)`.
     #[fentry(function = "kmem_cache_free")]
     slab_free_fentry,

@@ -571,7 +571,6 @@ mod tests {
             program::SET_STATE_PTR,
             program::SLAB_ALLOC,
             program::SLAB_FREE,
-            program::SLAB_ALLOC_FEXIT,
             program::SLAB_FREE_FENTRY,
             program::DROPS,
             program::DROPS_NO_RX_SK,

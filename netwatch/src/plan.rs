@@ -61,10 +61,7 @@ impl KernelFacts {
     /// Reads the facts the plan needs from the kernel's BTF; the rest comes from the loader.
     pub fn from_btf(btf: &Btf) -> Self {
         let mut functions = BTreeMap::new();
-        for f in tp::FN_SLAB_ALLOC
-            .into_iter()
-            .chain([tp::FN_SLAB_FREE, tp::FN_TW_SEGMENT])
-        {
+        for f in [tp::FN_SLAB_FREE, tp::FN_TW_SEGMENT] {
             if let Some(args) = btf.function_args(f) {
                 functions.insert(f, args);
             }
@@ -213,12 +210,8 @@ pub fn plan(facts: &KernelFacts) -> Result<AttachPlan, String> {
         }],
     });
 
-    // Timewait and request sockets: births and deaths through their slab caches.
-    let alloc_fn = tp::FN_SLAB_ALLOC.into_iter().find(|f| {
-        facts.functions.get(f).is_some_and(|a| {
-            a.len() == 2 && is_struct(a.first(), "kmem_cache") && a[1] == ArgKind::Scalar
-        })
-    });
+    // Timewait and request sockets' deaths, conntrack's births and deaths, through their
+    // slab caches.
     let free_fn = facts
         .functions
         .get(tp::FN_SLAB_FREE)
@@ -240,7 +233,7 @@ pub fn plan(facts: &KernelFacts) -> Result<AttachPlan, String> {
     }
     // The allocation hook is for conntrack's births only (timewait and request sockets are
     // known without it, see slab.rs), which fexit cannot tell from other allocations.
-    if let (Some(_), Some(f)) = (alloc_fn, free_fn) {
+    if let Some(f) = free_fn {
         free.push(Variant {
             program: program::SLAB_FREE_FENTRY,
             attach: Attach::FEntry(f),
@@ -259,7 +252,7 @@ pub fn plan(facts: &KernelFacts) -> Result<AttachPlan, String> {
         }
     } else if free.is_empty() {
         let why = "this kernel's kmem_cache_free tracepoint carries no slab cache (6.0+) \
-                   and its BTF has no kmem_cache_alloc/free functions for fentry";
+                   and its BTF has no kmem_cache_free function for fentry";
         for f in [
             Feature::TimeWait,
             Feature::SynRecv,
@@ -273,8 +266,9 @@ pub fn plan(facts: &KernelFacts) -> Result<AttachPlan, String> {
         } else if alloc.is_empty() {
             unavailable.push((
                 Feature::ConntrackLifetimes,
-                "the allocator is watched by fexit here, which does not see which function \
-                 allocated (conntrack's entries are recognised by that)"
+                "this kernel's kmem_cache_alloc tracepoint carries no slab cache (6.0+), and \
+                 fexit on the allocator would not see which function allocated (conntrack's \
+                 entries are recognised by that)"
                     .to_owned(),
             ));
         } else {

@@ -39,12 +39,6 @@ fn facts(k: K) -> KernelFacts {
             },
         );
     }
-    let alloc = if matches!(k, K::V5_10 | K::V6_1) {
-        "kmem_cache_alloc"
-    } else {
-        "kmem_cache_alloc_noprof"
-    };
-    f.functions.insert(alloc, vec![s("kmem_cache"), N]);
     f.functions
         .insert(tp::FN_SLAB_FREE, vec![s("kmem_cache"), P]);
     f.functions.insert(
