@@ -105,7 +105,9 @@ pub struct KernelOffsets {
     /// `tcp_request_sock.snt_synack`: when its first SYN-ACK went out (µs of the
     /// monotonic clock `bpf_ktime_get_ns` reads), i.e. the request socket's birth.
     pub req_snt_synack: u32,
-    pub _pad: u32,
+    /// 1 when `sk_cgroup` is `sk_cgrp_data.cgroup`, a typed pointer the programs follow
+    /// with plain loads (5.15+); 0 when it is the older integer `val`.
+    pub sk_cgroup_is_ptr: u32,
 }
 
 impl KernelOffsets {
@@ -164,7 +166,7 @@ impl KernelOffsets {
             hashinfo_ehash: Self::MISSING,
             hashinfo_ehash_mask: Self::MISSING,
             req_snt_synack: Self::MISSING,
-            _pad: 0,
+            sk_cgroup_is_ptr: 0,
         }
     }
 }

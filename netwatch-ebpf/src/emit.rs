@@ -1,6 +1,6 @@
 //! Filtering and sending of records: the only place that touches the ring buffer.
 
-use aya_ebpf::bindings::BPF_RB_NO_WAKEUP;
+use aya_ebpf::{bindings::BPF_RB_NO_WAKEUP, maps::ring_buf::RingBufEntry};
 use netwatch_common::{counter, kind, offsets::KernelOffsets, RecordHeader, Transition};
 
 use crate::{bump, filters, read, EVENTS, FILTER_NETNS, FILTER_PORTS};
@@ -27,13 +27,11 @@ pub struct Change {
     pub addresses: ([u8; 16], [u8; 16]),
 }
 
-/// Sends a transition, written straight into a reserved slot of the ring buffer: built on
-/// the stack and copied (`bpf_ringbuf_output`), the record cost `set_state` 104 bytes of a
-/// stack that its socket head copy also needs (the 512-byte limit).
+/// Sends a transition, written straight into a reserved slot of the ring buffer (see
+/// [`fill`]).
 #[inline(always)]
 pub fn transition(c: Change) {
-    let Some(mut slot) = EVENTS.reserve::<Transition>(0) else {
-        bump(counter::LOST_RECORDS);
+    let Some(mut slot) = slot::<Transition>() else {
         return;
     };
     let (pid, comm) = c.task;
@@ -63,6 +61,27 @@ pub fn transition(c: Change) {
         (*rec).pid = pid;
         (*rec).comm = comm;
     }
+    submit(slot);
+}
+
+/// A reserved slot of the ring buffer for one record, to be written in place and then
+/// given to [`submit`]; None (counted lost) when the ring is full. Built on the stack and
+/// copied (`bpf_ringbuf_output`), a record costs its size of a stack that the 512-byte
+/// limit shares between a program's calls: 5.10 and 6.1 refused the slab hook for 32
+/// bytes.
+#[inline(always)]
+pub fn slot<T: 'static>() -> Option<RingBufEntry<T>> {
+    let slot = EVENTS.reserve::<T>(0);
+    if slot.is_none() {
+        bump(counter::LOST_RECORDS);
+    }
+    slot
+}
+
+/// Sends a slot from [`slot`], every field of which has been written, without waking
+/// userspace.
+#[inline(always)]
+pub fn submit<T: 'static>(slot: RingBufEntry<T>) {
     slot.submit(BPF_RB_NO_WAKEUP as u64);
 }
 
@@ -90,27 +109,26 @@ pub fn send<T: 'static>(rec: &T) {
     }
 }
 
-/// Sends a transition of a timewait socket, whose ports sit in `sock_common` (host-order
-/// `skc_num`), after the load-time filters.
+/// Sends a transition of a timewait socket (copied: its ports sit in `sock_common`, the
+/// local one as host-order `skc_num`), after the load-time filters.
 #[inline(always)]
 pub fn timewait_transition(
-    tw: *const u8,
+    tw: &read::Copied,
     off: &KernelOffsets,
     now: u64,
     sock_id: u64,
     dwell_ns: u64,
     (old, new, flags): (u8, u8, u8),
 ) {
-    let netns = read::netns(tw, off);
-    let (sport, dport) = read::mini_ports(tw, off);
+    let netns = tw.netns(off);
+    let (sport, dport) = tw.mini_ports(off);
     if !wanted(netns, sport, dport) {
         return;
     }
-    let family = read::family(tw, off);
-    let mut addresses = ([0; 16], [0; 16]);
-    if !read::addresses(tw, off, family, &mut addresses.0, &mut addresses.1) {
+    if !tw.ok {
         bump(counter::READ_ERRORS);
     }
+    let family = tw.family(off);
     transition(Change {
         now,
         sock_id,
@@ -125,6 +143,6 @@ pub fn timewait_transition(
         task: (0, [0; 16]),
         // A timewait socket has no cgroup; userspace keeps its full socket's.
         cgroup: 0,
-        addresses,
+        addresses: tw.addresses(off, family),
     });
 }

@@ -98,7 +98,8 @@ pub fn free(twin: Twin, cache: u64, obj: impl FnOnce() -> u64) {
 fn timewait_died(tw: *const u8) {
     let now = unsafe { bpf_ktime_get_ns() };
     let off = offsets();
-    let substate: u8 = read::at(tw, off.tw_substate);
+    let copy = read::Copied::read(tw);
+    let substate: u8 = copy.get(off.tw_substate);
     let entry = unsafe { TW_STATE.get(tw as u64) }.copied();
     let _ = TW_STATE.remove(tw as u64);
 
@@ -117,44 +118,46 @@ fn timewait_died(tw: *const u8) {
         ),
         Some(e) => (e.sock_id, e.state, DWELL_UNKNOWN, flag::TIMEWAIT),
         // Born before the trace: the census listed it by the cookie it carries.
-        None => (
-            read::cookie(tw, off),
-            substate,
-            DWELL_UNKNOWN,
-            flag::TIMEWAIT,
-        ),
+        None => (copy.cookie(off), substate, DWELL_UNKNOWN, flag::TIMEWAIT),
     };
-    emit::timewait_transition(tw, off, now, sock_id, dwell_ns, (old, state::CLOSE, flags));
+    emit::timewait_transition(
+        &copy,
+        off,
+        now,
+        sock_id,
+        dwell_ns,
+        (old, state::CLOSE, flags),
+    );
 }
 
 /// `tcp_retransmit_synack(listener, req)`: the final ACK of a handshake did not come.
 #[inline(always)]
 pub fn try_synack_retransmit(ctx: &BtfTracePointContext) {
     let req: *const u8 = ctx.arg(1);
-    request_record(req, kind::SYNACK_RETRANSMIT, request_born(req), 0);
+    request_record(&read::Copied::read(req), kind::SYNACK_RETRANSMIT, 0);
 }
 
 #[inline(always)]
 fn request_died(req: *const u8) {
-    let syn_ns = request_born(req);
-    let off = offsets();
-    let child: u64 = read::at(req, off.req_sk);
-    request_record(req, kind::REQUEST_END, syn_ns, child);
+    let req = read::Copied::read(req);
+    let child: u64 = req.get(offsets().req_sk);
+    request_record(&req, kind::REQUEST_END, child);
 }
 
 /// When a request socket was born (0: unknown): its first SYN-ACK's time, which the kernel
 /// keeps in µs of the monotonic clock (`tcp_clock_us`), taken microseconds after the SYN
 /// made the socket.
 #[inline(always)]
-fn request_born(req: *const u8) -> u64 {
-    let us: u64 = read::at(req, offsets().req_snt_synack);
+fn request_born(req: &read::Copied) -> u64 {
+    let us: u64 = req.get(offsets().req_snt_synack);
     us.wrapping_mul(1_000)
 }
 
 #[inline(always)]
-fn request_record(req: *const u8, record_kind: u16, syn_ns: u64, child: u64) {
+fn request_record(req: &read::Copied, record_kind: u16, child: u64) {
     let now = unsafe { bpf_ktime_get_ns() };
     let off = offsets();
+    let syn_ns = request_born(req);
     let (child_ns, sock_id) = if child != 0 {
         let born = unsafe { CHILD_BORN.get(child) }.copied().unwrap_or(0);
         if read::at::<u8>(child as *const u8, off.skc_state) == state::SYN_RECV {
@@ -169,40 +172,48 @@ fn request_record(req: *const u8, record_kind: u16, syn_ns: u64, child: u64) {
     } else {
         (0, 0)
     };
-    let family = read::family(req, off);
-    let netns = read::netns(req, off);
-    let (sport, dport) = read::mini_ports(req, off);
+    let family = req.family(off);
+    let netns = req.netns(off);
+    let (sport, dport) = req.mini_ports(off);
     if !emit::wanted(netns, sport, dport) {
         return;
     }
-    let mut rec = RequestEnd {
-        header: RecordHeader {
+    if !req.ok {
+        bump(counter::READ_ERRORS);
+    }
+    // A completed request is freed by the accept() that takes its child.
+    let (pid, comm) = if child != 0 {
+        read::current_task()
+    } else {
+        (0, [0; 16])
+    };
+    let retransmits: u8 = req.get(off.req_num_retrans);
+    let Some(mut slot) = emit::slot::<RequestEnd>() else {
+        return;
+    };
+    let rec = slot.as_mut_ptr();
+    // SAFETY: a reserved slot of `RequestEnd::SIZE` bytes, 8-aligned, ours until submitted;
+    // every field is written before that.
+    unsafe {
+        (*rec).header = RecordHeader {
             kind: record_kind,
             size: RequestEnd::SIZE as u16,
             _pad: 0,
             mono_ns: now,
-        },
-        sock_id,
-        syn_ns,
-        child_ns,
-        saddr: [0; 16],
-        daddr: [0; 16],
-        netns,
-        sport,
-        dport,
-        family,
-        synack_retransmits: read::at(req, off.req_num_retrans),
-        _pad: [0; 5],
-        pid: 0,
-        comm: [0; 16],
-        _pad2: 0,
-    };
-    if child != 0 {
-        // A completed request is freed by the accept() that takes its child.
-        (rec.pid, rec.comm) = read::current_task();
+        };
+        (*rec).sock_id = sock_id;
+        (*rec).syn_ns = syn_ns;
+        (*rec).child_ns = child_ns;
+        ((*rec).saddr, (*rec).daddr) = req.addresses(off, family);
+        (*rec).netns = netns;
+        (*rec).sport = sport;
+        (*rec).dport = dport;
+        (*rec).family = family;
+        (*rec).synack_retransmits = retransmits;
+        (*rec)._pad = [0; 5];
+        (*rec).pid = pid;
+        (*rec).comm = comm;
+        (*rec)._pad2 = 0;
     }
-    if !read::addresses(req, off, family, &mut rec.saddr, &mut rec.daddr) {
-        bump(counter::READ_ERRORS);
-    }
-    emit::send(&rec);
+    emit::submit(slot);
 }

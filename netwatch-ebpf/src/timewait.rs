@@ -44,7 +44,7 @@ pub fn segment_handled(tw: *const u8) {
         DWELL_UNKNOWN
     };
     emit::timewait_transition(
-        tw,
+        &read::Copied::read(tw),
         off,
         now,
         entry.sock_id,

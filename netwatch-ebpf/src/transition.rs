@@ -91,7 +91,7 @@ impl SocketIds for ByPointer {
                 }
             }
             None => {
-                let cookie = read::cookie(sk, off);
+                let cookie: u64 = read::Typed::new(sk).get(off.skc_cookie);
                 Found {
                     id: if cookie != 0 { cookie } else { sk as u64 },
                     since: None,
@@ -145,11 +145,11 @@ pub fn try_set_state<K: SocketIds>(ctx: &BtfTracePointContext, twin: Twin) {
         return;
     }
     let off = offsets();
-    if read::protocol(sk, off) != IPPROTO_TCP {
+    let s = read::Typed::new(sk);
+    if s.protocol(off) != IPPROTO_TCP {
         return;
     }
-    let head = read::Head::read(sk);
-    let family = head.family(off);
+    let family = s.family(off);
     if family != AF_INET && family != AF_INET6 {
         return;
     }
@@ -168,7 +168,7 @@ pub fn try_set_state<K: SocketIds>(ctx: &BtfTracePointContext, twin: Twin) {
     if new == state::CLOSE {
         K::forget(&found, sk);
         if old == state::FIN_WAIT2 || old == state::CLOSING {
-            match handed_to_timewait(sk, off) {
+            match handed_to_timewait(s, off) {
                 Some((tw, state::TIME_WAIT)) => {
                     remember_timewait(tw, now, state::TIME_WAIT, id);
                     shown_new = state::TIME_WAIT;
@@ -208,8 +208,8 @@ pub fn try_set_state<K: SocketIds>(ctx: &BtfTracePointContext, twin: Twin) {
         }
     }
 
-    let netns = head.netns(off);
-    let (sport, dport) = head.ports(off);
+    let netns = s.netns(off);
+    let (sport, dport) = s.ports(off);
     if !emit::wanted(netns, sport, dport) {
         return;
     }
@@ -222,7 +222,7 @@ pub fn try_set_state<K: SocketIds>(ctx: &BtfTracePointContext, twin: Twin) {
     };
     let cgroup = if cgroup_may_be_news(old, since) {
         // The socket's cgroup; where it cannot tell, the caller's in that context.
-        match read::cgroup(sk, off) {
+        match s.cgroup(off) {
             0 if in_owner => unsafe { aya_ebpf::helpers::bpf_get_current_cgroup_id() },
             c => c,
         }
@@ -242,7 +242,7 @@ pub fn try_set_state<K: SocketIds>(ctx: &BtfTracePointContext, twin: Twin) {
         flags: 0,
         task,
         cgroup,
-        addresses: head.addresses(off, family),
+        addresses: s.addresses(off, family),
     });
 }
 
@@ -277,37 +277,34 @@ const CHAIN_LOOK: usize = 4;
 /// slab allocation of the kernel (~32 runs a connection, twice with the nested twin): the
 /// chain costs a few reads once per close instead.
 #[inline(always)]
-fn handed_to_timewait(sk: *const u8, off: &KernelOffsets) -> Option<(*const u8, u8)> {
+fn handed_to_timewait(sk: read::Typed, off: &KernelOffsets) -> Option<(*const u8, u8)> {
     // The kernel copies the socket's cookie into its timewait socket; a socket that never
     // had one (no cookie helper on this kernel) is matched by its connection instead.
-    let cookie = read::cookie(sk, off);
+    let cookie: u64 = sk.get(off.skc_cookie);
     // The connection is read only where it is needed: a close is on the hot path.
-    let ports = if cookie == 0 {
-        read::ports(sk, off)
-    } else {
-        (0, 0)
-    };
+    let ports = if cookie == 0 { sk.ports(off) } else { (0, 0) };
     let mut node = chain_head(sk, off);
     for _ in 0..CHAIN_LOOK {
         // A chain ends in a "nulls" marker: an odd value.
         if node == 0 || node & 1 != 0 {
             return None;
         }
-        let tw = node.wrapping_sub(u64::from(off.skc_nulls_node)) as *const u8;
-        if read::at::<u8>(tw, off.skc_state) == state::TIME_WAIT {
+        // One copy of the node's `sock_common` answers every question below.
+        let tw = read::Copied::read(node.wrapping_sub(u64::from(off.skc_nulls_node)) as *const u8);
+        if tw.state(off) == state::TIME_WAIT {
             let same = if cookie != 0 {
-                read::cookie(tw, off) == cookie
+                tw.cookie(off) == cookie
             } else {
-                read::mini_ports(tw, off) == ports
-                    && read::at::<u32>(tw, off.skc_daddr) == read::at::<u32>(sk, off.skc_daddr)
-                    && read::at::<u64>(tw, off.skc_net) == read::at::<u64>(sk, off.skc_net)
+                tw.mini_ports(off) == ports
+                    && tw.get::<u32>(off.skc_daddr) == sk.get::<u32>(off.skc_daddr)
+                    && tw.netns(off) == sk.netns(off)
             };
             if same {
-                return Some((tw, read::at::<u8>(tw, off.tw_substate)));
+                return Some((tw.ptr(), tw.get::<u8>(off.tw_substate)));
             }
         }
         // `next` is the node's first field.
-        node = read::at::<u64>(node as *const u8, 0);
+        node = tw.get::<u64>(off.skc_nulls_node);
     }
     None
 }
@@ -315,22 +312,31 @@ fn handed_to_timewait(sk: *const u8, off: &KernelOffsets) -> Option<(*const u8, 
 /// The first node of the established-table chain `sk` hashes to (0 if unreadable):
 /// `sock_net(sk)->ipv4.tcp_death_row(->)hashinfo->ehash[sk_hash & ehash_mask].chain.first`.
 #[inline(always)]
-fn chain_head(sk: *const u8, off: &KernelOffsets) -> u64 {
+fn chain_head(sk: read::Typed, off: &KernelOffsets) -> u64 {
     if off.skc_nulls_node == KernelOffsets::MISSING || off.net_death_row == KernelOffsets::MISSING {
         return 0;
     }
-    let hash: u32 = read::at(sk, off.skc_hash);
-    let net: u64 = read::at(sk, off.skc_net);
-    let mut death_row = net.wrapping_add(u64::from(off.net_death_row));
-    if off.death_row_deref != 0 {
-        death_row = read::at(death_row as *const u8, 0);
-    }
-    let hashinfo: u64 = read::at(death_row as *const u8, off.death_row_hashinfo);
-    if hashinfo == 0 {
+    let hash: u32 = sk.get(off.skc_hash);
+    let net = sk.follow(off.skc_net);
+    if net.is_null() {
         return 0;
     }
-    let ehash: u64 = read::at(hashinfo as *const u8, off.hashinfo_ehash);
-    let mask: u32 = read::at(hashinfo as *const u8, off.hashinfo_ehash_mask);
+    let death_row = if off.death_row_deref != 0 {
+        net.follow(off.net_death_row)
+    } else {
+        net.inner(off.net_death_row)
+    };
+    if death_row.is_null() {
+        return 0;
+    }
+    let hashinfo = death_row.follow(off.death_row_hashinfo);
+    if hashinfo.is_null() {
+        return 0;
+    }
+    let mask: u32 = hashinfo.get(off.hashinfo_ehash_mask);
+    // Read as an integer, not followed: the bucket's address is computed from the hash,
+    // arithmetic the verifier refuses on a typed pointer.
+    let ehash: u64 = read::at(hashinfo.ptr(), off.hashinfo_ehash);
     if ehash == 0 {
         return 0;
     }

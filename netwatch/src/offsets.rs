@@ -68,7 +68,7 @@ pub fn resolve(btf: &Btf) -> (KernelOffsets, Vec<String>) {
         hashinfo_ehash: get("inet_hashinfo", "ehash"),
         hashinfo_ehash_mask: get("inet_hashinfo", "ehash_mask"),
         req_snt_synack: get("tcp_request_sock", "snt_synack"),
-        _pad: 0,
+        sk_cgroup_is_ptr: 0,
     };
     // The original-direction tuple: `tuplehash` is an array, element 0 at its start.
     let mut offsets = offsets;
@@ -89,13 +89,17 @@ pub fn resolve(btf: &Btf) -> (KernelOffsets, Vec<String>) {
     offsets.ct_protonum = in_tuple("tuple.dst.protonum");
     // 5.15 made `sk_cgrp_data` a plain cgroup pointer; before, a union whose `val` is one
     // when its low bit is clear. Either is read as one u64.
-    offsets.sk_cgroup = ["sk_cgrp_data.cgroup", "sk_cgrp_data.val"]
+    let cgroup = ["sk_cgrp_data.cgroup", "sk_cgrp_data.val"]
         .iter()
-        .find_map(|path| btf.member_offset("sock", path).ok())
-        .unwrap_or_else(|| {
+        .enumerate()
+        .find_map(|(i, path)| Some((i, btf.member_offset("sock", path).ok()?)));
+    (offsets.sk_cgroup, offsets.sk_cgroup_is_ptr) = match cgroup {
+        Some((i, at)) => (at, u32::from(i == 0)),
+        None => {
             missing.push("sock.sk_cgrp_data".to_owned());
-            KernelOffsets::MISSING
-        });
+            (KernelOffsets::MISSING, 0)
+        }
+    };
     // 6.1 made `tcp_death_row` a pointer (per-netns established tables): a path through
     // it resolves only where it is still embedded.
     offsets.death_row_deref = u32::from(
