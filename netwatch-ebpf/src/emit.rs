@@ -28,7 +28,7 @@ pub struct Change {
 }
 
 /// Sends a transition, written straight into a reserved slot of the ring buffer (see
-/// [`fill`]).
+/// [`slot`]).
 #[inline(always)]
 pub fn transition(c: Change) {
     let Some(mut slot) = slot::<Transition>() else {

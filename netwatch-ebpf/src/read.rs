@@ -118,7 +118,8 @@ impl Typed {
         (u16::from_be(at(self.0, off.inet_sport)), dport)
     }
 
-    /// As [`addresses`].
+    /// (local, remote) addresses, network order, IPv4 in the first 4 bytes; an IPv6 address
+    /// is read as four u32s (`in6_addr` is only 4-aligned).
     #[inline(always)]
     pub fn addresses(self, off: &KernelOffsets, family: u16) -> ([u8; 16], [u8; 16]) {
         let mut saddr = [0u32; 4];
