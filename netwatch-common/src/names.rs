@@ -75,13 +75,14 @@ pub mod global {
 pub mod limits {
     /// Sockets whose state-entry time is tracked at once (LRU beyond this).
     pub const SOCK_STATE_ENTRIES: u32 = 1 << 18;
-    /// Ring buffer size: ~40k records of ~104 B, about 80 ms of the highest churn measured
+    /// Ring buffer size: ~80k records of ~104 B, about 160 ms of the highest churn measured
     /// here (~500k records/s). Userspace empties it every 5 ms on a thread that does nothing
-    /// else (netwatch's ring_reader). 4 MiB was tried: the bench then lost records in three
-    /// modes of four at saturation on a 2-core machine (up to 32k in a 6 s run), where 16
-    /// MiB had lost none; losing nothing comes before the 24 MB of VmHWM it costs (its
-    /// pages are mapped twice and counted twice).
-    pub const EVENTS_BYTES: u32 = 16 << 20;
+    /// else and runs at a raised priority (netwatch's ring_reader and record_priority), so
+    /// a machine saturated at nice 0 does not keep it waiting. Measured with the bench's
+    /// JSON mode at 4 to 32 clients on a 2-core machine: 8 MiB lost nothing; 4 MiB lost
+    /// 2,500 records at 16 clients; 16 MiB (before the priority) lost nothing but cost 16
+    /// MB more of VmHWM, which counts the ring's pages twice (they are mapped twice).
+    pub const EVENTS_BYTES: u32 = 8 << 20;
     pub const FILTER_ENTRIES: u32 = 64;
     /// Timewait sockets tracked at once; the default `tcp_max_tw_buckets` is 262144 on
     /// large machines.

@@ -19,6 +19,7 @@ mod offsets;
 mod plan;
 mod preflight;
 mod procfs;
+mod record_priority;
 mod report;
 mod ring_reader;
 mod serve;

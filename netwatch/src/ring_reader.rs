@@ -129,6 +129,7 @@ fn copy_out(
     reads: &AtomicU64,
     stop: &AtomicBool,
 ) {
+    crate::record_priority::raise();
     loop {
         // Read once more after being told to stop: records sent before then count.
         let last = stop.load(Ordering::Relaxed);

@@ -999,6 +999,8 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
     };
 
     tracer.next_discovery = std::time::Instant::now() + DISCOVERY_EVERY;
+    // The trace loop decodes and aggregates what the ring reader copied out.
+    crate::record_priority::raise();
     let (stop, stopped) = rt.block_on(async {
         if let Some(l) = listener {
             tokio::spawn(serve::http::serve(l, shared));

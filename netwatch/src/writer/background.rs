@@ -73,6 +73,7 @@ impl Background {
         std::thread::Builder::new()
             .name("trace-writer".into())
             .spawn(move || {
+                crate::record_priority::raise();
                 let writer = open()
                     .map_err(|error| WriteError::Create { path, error })
                     .and_then(|file| TraceWriter::new(storage, file, opts, framing));
