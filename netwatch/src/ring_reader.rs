@@ -130,10 +130,13 @@ fn copy_out(
     stop: &AtomicBool,
 ) {
     crate::record_priority::raise();
+    // Each chunk starts at the size the last read filled, so a read does not grow it by
+    // doubling (reallocations and their copies were ~2 % of a live view's CPU).
+    let mut expect = 0;
     loop {
         // Read once more after being told to stop: records sent before then count.
         let last = stop.load(Ordering::Relaxed);
-        let mut chunk = Vec::new();
+        let mut chunk = Vec::with_capacity(expect);
         let send = |chunk: Vec<u8>| {
             queued.fetch_add(chunk.len(), Ordering::Relaxed);
             tx.send(chunk).is_ok()
@@ -147,6 +150,7 @@ fn copy_out(
                 return;
             }
         }
+        expect = chunk.len().min(CHUNK_BYTES + CHUNK_BYTES / 4);
         if !chunk.is_empty() && !send(chunk) {
             return;
         }
