@@ -3,9 +3,8 @@
 
 pub mod map {
     pub const EVENTS: &str = "EVENTS";
-    pub const SOCK_STATE: &str = "SOCK_STATE";
-    /// Pointer-keyed twin of `SOCK_STATE` for kernels without the cookie helper; sized to
-    /// one entry elsewhere.
+    /// Socket address -> entry time and id, for kernels without the cookie helper; sized
+    /// to one entry elsewhere.
     pub const SOCK_PTR: &str = "SOCK_PTR";
     pub const COUNTERS: &str = "COUNTERS";
     pub const FILTER_NETNS: &str = "FILTER_NETNS";
@@ -73,7 +72,8 @@ pub mod global {
 
 /// Bounds of the kernel maps, shared so userspace can report fill levels against them.
 pub mod limits {
-    /// Sockets whose state-entry time is tracked at once (LRU beyond this).
+    /// Sockets whose id and state-entry time are tracked at once by address, on kernels
+    /// without the cookie helper (LRU beyond this).
     pub const SOCK_STATE_ENTRIES: u32 = 1 << 18;
     /// Ring buffer size: ~80k records of ~104 B, about 160 ms of the highest churn measured
     /// here (~500k records/s). Userspace empties it every 5 ms on a thread that does nothing

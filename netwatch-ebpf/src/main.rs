@@ -32,14 +32,10 @@ use twins::Twin;
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(limits::EVENTS_BYTES, 0);
 
-/// Socket cookie -> when it entered its current state. LRU so that sockets netwatch never
-/// sees close (it started after they opened, or their CLOSE was lost) cannot fill it.
-#[map(name = "SOCK_STATE")]
-static SOCK_STATE: LruHashMap<u64, u64> =
-    LruHashMap::with_max_entries(limits::SOCK_STATE_ENTRIES, 0);
-
 /// Socket address -> entry time and id, for `set_state_ptr` (kernels without the cookie
-/// helper); the loader shrinks it to one entry where `set_state` runs instead.
+/// helper), where the address is all a record could be keyed by; LRU so that sockets
+/// netwatch never sees close cannot fill it. The loader shrinks it to one entry where
+/// `set_state` runs instead (keyed by cookie, it keeps no per-socket entry).
 #[map(name = "SOCK_PTR")]
 static SOCK_PTR: LruHashMap<u64, PointerEntry> =
     LruHashMap::with_max_entries(limits::SOCK_STATE_ENTRIES, 0);

@@ -553,7 +553,6 @@ mod tests {
         let obj = aya_obj::Object::parse(OBJECT).expect("embedded object parses");
         for m in [
             map::EVENTS,
-            map::SOCK_STATE,
             map::SOCK_PTR,
             map::COUNTERS,
             map::FILTER_NETNS,

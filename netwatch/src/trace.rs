@@ -200,6 +200,8 @@ impl Tracer {
             }
             match &mut ev {
                 Event::Transition(t) => {
+                    // Before anything reads it: the sinks write the dwell as filled in.
+                    self.agg.time(t);
                     attribute(&mut self.known, &mut self.cgroups, t);
                     self.agg.apply(t);
                 }

@@ -52,6 +52,9 @@ struct Live {
     /// Non-zero, so the option costs no tag: the mirror holds one of these per socket (131k
     /// at a full TIME_WAIT table), and 8 bytes of each are 2 MB of the trace's peak RSS.
     since: Option<NonZeroU64>,
+    /// `since` is a record's kernel timestamp, not the census's estimate: only then does
+    /// it time the state (see [`Aggregator::time`]).
+    timed: bool,
     /// The port that names the service: the local port of accepted sockets, the remote
     /// port of connecting ones.
     service_port: u16,
@@ -376,6 +379,7 @@ impl Aggregator {
                 since: s
                     .age_ns
                     .and_then(|a| NonZeroU64::new(now_ns.saturating_sub(a))),
+                timed: false,
                 service_port: self.service_port(s.state, s.sport, s.dport, false),
                 local_port: s.sport,
                 remote: s.daddr,
@@ -390,6 +394,25 @@ impl Aggregator {
             } else {
                 self.insert(s.sock_id, live);
             }
+        }
+    }
+
+    /// Fills in `t`'s dwell where the kernel left it to userspace: keyed by cookie, the
+    /// kernel side keeps no entry per socket (a hash-map update on every transition), and
+    /// the mirror holds what it would have held: when the socket entered the state it
+    /// leaves, as the record of that change stamped it. So the dwell is the same
+    /// difference of the kernel's own timestamps. Left unknown where the mirror did not see
+    /// that change (the socket predates the trace, or the record was filtered or lost), as
+    /// the kernel would have; a request socket's end carries its own.
+    pub fn time(&self, t: &mut Transition) {
+        if t.dwell_ns.is_some() || t.synack_retransmits.is_some() {
+            return;
+        }
+        let Some(c) = self.live.get(&t.sock_id) else {
+            return;
+        };
+        if let (true, true, Some(since)) = (c.timed, c.state == t.old, c.since) {
+            t.dwell_ns = t.mono_ns.checked_sub(since.get());
         }
     }
 
@@ -467,6 +490,7 @@ impl Aggregator {
         let live = Live {
             state: t.new,
             since: NonZeroU64::new(t.mono_ns),
+            timed: true,
             service_port: self.service_port(t.new, t.sport, t.dport, accepted),
             // A transition may read port 0 (before bind, at close): the socket keeps the
             // port it had.
@@ -753,12 +777,6 @@ mod tests {
 
     /// CLOSE_WAIT held for long is listed per namespace with its holders; young sockets
     /// are not.
-    #[test]
-    fn a_live_socket_costs_48_bytes_of_the_mirror() {
-        // 131k of them at a full TIME_WAIT table, in a table twice that many buckets.
-        assert!(std::mem::size_of::<Live>() <= 48);
-    }
-
     #[test]
     fn sockets_lingering_in_a_state_are_listed_per_namespace_with_holders() {
         let mut a = Aggregator::new();
@@ -1084,5 +1102,71 @@ mod tests {
         assert_eq!(top.len(), TOP_N);
         assert!(top.windows(2).all(|w| w[0].count >= w[1].count));
         assert_eq!(top[0].count, 3);
+    }
+
+    #[test]
+    fn a_live_socket_costs_48_bytes_of_the_mirror() {
+        // 131k of them at a full TIME_WAIT table, in a table twice that many buckets.
+        assert!(std::mem::size_of::<Live>() <= 48);
+    }
+
+    /// The kernel leaves dwell to userspace where it keys sockets by cookie: the record
+    /// that entered the state times it, in the kernel's own clock.
+    #[test]
+    fn a_state_is_timed_from_the_record_that_entered_it() {
+        let mut a = Aggregator::new();
+        for (at, old, new) in [(S, CLOSE, SYN_SENT), (3 * S, SYN_SENT, ESTABLISHED)] {
+            let mut x = t(1, at, old, new, None);
+            a.time(&mut x);
+            a.apply(&x);
+            if old == SYN_SENT {
+                assert_eq!(x.dwell_ns, Some(2 * S));
+            }
+        }
+        // What the kernel timed itself is kept.
+        let mut x = t(1, 10 * S, ESTABLISHED, FIN_WAIT1, Some(123));
+        a.time(&mut x);
+        assert_eq!(x.dwell_ns, Some(123));
+    }
+
+    /// Unknown stays unknown where the mirror cannot tell: a socket never seen, one
+    /// whose entry into the state left was not seen (a missed flip, a census estimate),
+    /// and a request socket's end, which carries its own.
+    #[test]
+    fn a_state_not_seen_entered_is_not_timed() {
+        let mut a = Aggregator::new();
+        let mut never = t(9, 5 * S, ESTABLISHED, CLOSE_WAIT, None);
+        a.time(&mut never);
+        assert_eq!(never.dwell_ns, None);
+
+        a.apply(&t(1, S, FIN_WAIT1, FIN_WAIT2, None));
+        // The orphan's flip to TIME_WAIT was missed: its death says TIME_WAIT.
+        let mut death = t(1, 61 * S, TIME_WAIT, CLOSE, None);
+        a.time(&mut death);
+        assert_eq!(death.dwell_ns, None);
+
+        a.seed(
+            100 * S,
+            [Existing {
+                sock_id: 2,
+                state: TIME_WAIT,
+                sport: 80,
+                daddr: "192.0.2.9".parse().unwrap(),
+                dport: 5555,
+                age_ns: Some(S),
+                owner: None,
+                netns: 1,
+                cgroup: 0,
+            }],
+        );
+        let mut seeded = t(2, 130 * S, TIME_WAIT, CLOSE, None);
+        a.time(&mut seeded);
+        assert_eq!(seeded.dwell_ns, None);
+
+        a.apply(&t(3, S, LISTEN, SYN_RECV, None));
+        let mut request = t(3, 2 * S, SYN_RECV, ESTABLISHED, None);
+        request.synack_retransmits = Some(0);
+        a.time(&mut request);
+        assert_eq!(request.dwell_ns, None);
     }
 }
