@@ -67,8 +67,6 @@ struct Tracer {
     agg: Aggregator,
     clock: WallClock,
     dashboard: Option<(ui::Tui, ui::Dashboard)>,
-    /// Socket -> its process and cgroup, for the records that do not carry them.
-    known: IdMap<u64, Known>,
     decoder: Decoder,
     signals: Signals,
     env: EnvSource,
@@ -200,9 +198,9 @@ impl Tracer {
             }
             match &mut ev {
                 Event::Transition(t) => {
-                    // Before anything reads it: the sinks write the dwell as filled in.
-                    self.agg.time(t);
-                    attribute(&mut self.known, &mut self.cgroups, t);
+                    // Before anything reads it: the sinks write the record as completed.
+                    self.agg.complete(t);
+                    name_container(&mut self.cgroups, t);
                     self.agg.apply(t);
                 }
                 Event::ConntrackEnd(c) => self.conntrack.apply(c),
@@ -498,54 +496,13 @@ impl Tracer {
     }
 }
 
-/// What the tracer learnt of a socket from its earlier records (or the census): records
-/// made in softirq context name no process, and timewait sockets carry no cgroup. One map
-/// for both, as it is probed for every record (two were ~15 % of a live view's CPU).
-#[derive(Debug, Default, Clone)]
-struct Known {
-    cgroup: u64,
-    owner: Option<Owner>,
-}
-
-/// Completes `t` from what its socket is known by (its cgroup, the container that names,
-/// its owner), and learns what `t` carries; forgets the socket at its close.
-fn attribute(
-    known: &mut IdMap<u64, Known>,
-    cgroups: &mut crate::cgroup::Resolver,
-    t: &mut Transition,
-) {
-    if t.new == state::CLOSE {
-        let mut k = known.remove(&t.sock_id);
-        complete(t, k.as_mut(), cgroups);
-        return;
-    }
-    // A record that carries nothing makes no entry: most sockets never have one.
-    let k = if t.cgroup != 0 || t.owner.is_some() {
-        Some(known.entry(t.sock_id).or_default())
-    } else {
-        known.get_mut(&t.sock_id)
-    };
-    complete(t, k, cgroups);
-}
-
-fn complete(t: &mut Transition, k: Option<&mut Known>, cgroups: &mut crate::cgroup::Resolver) {
-    let Some(k) = k else {
-        t.container = cgroups.container(t.cgroup);
-        return;
-    };
-    match t.cgroup {
-        0 => t.cgroup = k.cgroup,
-        c => k.cgroup = c,
-    }
+/// Names the container of `t`'s cgroup, on the record and on its owner.
+fn name_container(cgroups: &mut crate::cgroup::Resolver, t: &mut Transition) {
     t.container = cgroups.container(t.cgroup);
-    match &mut t.owner {
-        Some(o) => {
-            if o.container.is_none() {
-                o.container = t.container.clone();
-            }
-            k.owner = Some(o.clone());
+    if let Some(o) = &mut t.owner {
+        if o.container.is_none() {
+            o.container = t.container.clone();
         }
-        None => t.owner = k.owner.clone(),
     }
 }
 
@@ -564,7 +521,6 @@ fn take_census(
     keep_sockets: bool,
     spaces: &[(u32, Option<std::path::PathBuf>)],
     agg: &mut Aggregator,
-    owners: &mut IdMap<u64, Known>,
     cgroups: &mut crate::cgroup::Resolver,
 ) -> Census {
     let mut warnings = Vec::new();
@@ -586,40 +542,32 @@ fn take_census(
                     .into_iter()
                     .filter(|s| census_wanted(cfg, s))
                     .collect();
-                let mut ids = IdMap::default();
+                // Socket -> the cgroup of its process and the process. The engine keeps
+                // both for the socket's later records, which may not carry them.
+                let mut owners: IdMap<u64, (u64, Owner)> = IdMap::default();
                 for s in socks.iter().filter(|s| s.inode != 0) {
                     if let Some(o) = by_inode.get(&s.inode) {
                         let (cgroup, container) = cgroups.of_process(o.pid);
-                        ids.insert(s.cookie, cgroup);
-                        owners.insert(
-                            s.cookie,
-                            Known {
-                                // Its cgroup seeds the engine (below), not the records.
-                                cgroup: 0,
-                                owner: Some(Owner {
-                                    pid: o.pid,
-                                    comm: o.comm.as_str().into(),
-                                    container,
-                                }),
-                            },
-                        );
+                        let owner = Owner {
+                            pid: o.pid,
+                            comm: o.comm.as_str().into(),
+                            container,
+                        };
+                        owners.insert(s.cookie, (cgroup, owner));
                     }
                 }
+                let owner = |s: &census::CensusSocket| owners.get(&s.cookie).cloned();
                 agg.seed(
                     now,
                     socks.iter().map(|s| {
-                        let cgroup = ids.get(&s.cookie).copied().unwrap_or(0);
-                        existing(
-                            s,
-                            owners.get(&s.cookie).and_then(|k| k.owner.clone()),
-                            cgroup,
-                        )
+                        let (cgroup, owner) = owner(s).unzip();
+                        existing(s, owner, cgroup.unwrap_or(0))
                     }),
                 );
                 if keep_sockets {
                     found.extend(socks.into_iter().map(|s| {
-                        let owner = owners.get(&s.cookie).and_then(|k| k.owner.clone());
-                        (s, owner)
+                        let o = owner(&s).map(|(_, o)| o);
+                        (s, o)
                     }));
                 }
             }
@@ -879,7 +827,6 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
     preflight::check_privileges()?;
     let btf = preflight::kernel_btf()?;
     let mut agg = Aggregator::new();
-    let mut owners = IdMap::default();
     let mut cgroups = crate::cgroup::Resolver::system();
     let mut found = Census::default();
     let mut env = None;
@@ -893,7 +840,7 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         // The sockets themselves are kept only for the JSON records they become; the live
         // views need just the engine's seed (131k of them at a full TIME_WAIT table).
         let json = cfg.output.is_some() || cfg.view == View::Events;
-        found = take_census(&cfg, json, &spaces, &mut agg, &mut owners, &mut cgroups);
+        found = take_census(&cfg, json, &spaces, &mut agg, &mut cgroups);
         env = Some(EnvSource::new(spaces));
     })?;
     let env = env.context("the programs were never attached")?;
@@ -980,7 +927,6 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         agg,
         clock,
         dashboard,
-        known: owners,
         decoder: Decoder::new(probes_reasons),
         signals: Signals::new(&probes_features),
         env,

@@ -53,7 +53,7 @@ struct Live {
     /// at a full TIME_WAIT table), and 8 bytes of each are 2 MB of the trace's peak RSS.
     since: Option<NonZeroU64>,
     /// `since` is a record's kernel timestamp, not the census's estimate: only then does
-    /// it time the state (see [`Aggregator::time`]).
+    /// it time the state (see [`Aggregator::complete`]).
     timed: bool,
     /// The port that names the service: the local port of accepted sockets, the remote
     /// port of connecting ones.
@@ -397,22 +397,34 @@ impl Aggregator {
         }
     }
 
-    /// Fills in `t`'s dwell where the kernel left it to userspace: keyed by cookie, the
-    /// kernel side keeps no entry per socket (a hash-map update on every transition), and
-    /// the mirror holds what it would have held: when the socket entered the state it
-    /// leaves, as the record of that change stamped it. So the dwell is the same
-    /// difference of the kernel's own timestamps. Left unknown where the mirror did not see
-    /// that change (the socket predates the trace, or the record was filtered or lost), as
-    /// the kernel would have; a request socket's end carries its own.
-    pub fn time(&self, t: &mut Transition) {
-        if t.dwell_ns.is_some() || t.synack_retransmits.is_some() {
-            return;
-        }
+    /// Completes `t` from the mirror's entry for its socket, before anything reads it (the
+    /// sinks write the record as completed):
+    ///
+    /// - Its dwell, where the kernel left it to userspace: keyed by cookie, the kernel side
+    ///   keeps no entry per socket (a hash-map update on every transition), and the mirror
+    ///   holds what it would have held: when the socket entered the state it leaves, as the
+    ///   record of that change stamped it. So the dwell is the same difference of the
+    ///   kernel's own timestamps. Left unknown where the mirror did not see that change
+    ///   (the socket predates the trace, or the record was filtered or lost), as the kernel
+    ///   would have; a request socket's end carries its own.
+    /// - Its process and cgroup, where the record carries none: records made in softirq
+    ///   context name no process, and timewait sockets carry no cgroup. The mirror has them
+    ///   from the socket's earlier records or the census; a map of its own for them held
+    ///   every live socket a second time (15 MB at a full TIME_WAIT table).
+    pub fn complete(&self, t: &mut Transition) {
         let Some(c) = self.live.get(&t.sock_id) else {
             return;
         };
-        if let (true, true, Some(since)) = (c.timed, c.state == t.old, c.since) {
-            t.dwell_ns = t.mono_ns.checked_sub(since.get());
+        if t.dwell_ns.is_none() && t.synack_retransmits.is_none() && c.timed && c.state == t.old {
+            if let Some(since) = c.since {
+                t.dwell_ns = t.mono_ns.checked_sub(since.get());
+            }
+        }
+        if t.cgroup == 0 {
+            t.cgroup = c.cgroup;
+        }
+        if t.owner.is_none() {
+            t.owner = self.processes.get(c.process).cloned();
         }
     }
 
@@ -1117,7 +1129,7 @@ mod tests {
         let mut a = Aggregator::new();
         for (at, old, new) in [(S, CLOSE, SYN_SENT), (3 * S, SYN_SENT, ESTABLISHED)] {
             let mut x = t(1, at, old, new, None);
-            a.time(&mut x);
+            a.complete(&mut x);
             a.apply(&x);
             if old == SYN_SENT {
                 assert_eq!(x.dwell_ns, Some(2 * S));
@@ -1125,7 +1137,7 @@ mod tests {
         }
         // What the kernel timed itself is kept.
         let mut x = t(1, 10 * S, ESTABLISHED, FIN_WAIT1, Some(123));
-        a.time(&mut x);
+        a.complete(&mut x);
         assert_eq!(x.dwell_ns, Some(123));
     }
 
@@ -1136,13 +1148,13 @@ mod tests {
     fn a_state_not_seen_entered_is_not_timed() {
         let mut a = Aggregator::new();
         let mut never = t(9, 5 * S, ESTABLISHED, CLOSE_WAIT, None);
-        a.time(&mut never);
+        a.complete(&mut never);
         assert_eq!(never.dwell_ns, None);
 
         a.apply(&t(1, S, FIN_WAIT1, FIN_WAIT2, None));
         // The orphan's flip to TIME_WAIT was missed: its death says TIME_WAIT.
         let mut death = t(1, 61 * S, TIME_WAIT, CLOSE, None);
-        a.time(&mut death);
+        a.complete(&mut death);
         assert_eq!(death.dwell_ns, None);
 
         a.seed(
@@ -1160,13 +1172,36 @@ mod tests {
             }],
         );
         let mut seeded = t(2, 130 * S, TIME_WAIT, CLOSE, None);
-        a.time(&mut seeded);
+        a.complete(&mut seeded);
         assert_eq!(seeded.dwell_ns, None);
 
         a.apply(&t(3, S, LISTEN, SYN_RECV, None));
         let mut request = t(3, 2 * S, SYN_RECV, ESTABLISHED, None);
         request.synack_retransmits = Some(0);
-        a.time(&mut request);
+        a.complete(&mut request);
         assert_eq!(request.dwell_ns, None);
+    }
+
+    /// A record made in softirq context names no process, and a timewait socket's carries
+    /// no cgroup: they are the socket's from its earlier records.
+    #[test]
+    fn records_carrying_no_process_or_cgroup_get_their_sockets() {
+        let mut a = Aggregator::new();
+        let mut connect = t(1, S, CLOSE, SYN_SENT, None);
+        connect.owner = Some(owner(4242, "curl"));
+        connect.cgroup = 77;
+        a.apply(&connect);
+        let mut later = t(1, 2 * S, SYN_SENT, ESTABLISHED, None);
+        a.complete(&mut later);
+        assert_eq!(later.owner, Some(owner(4242, "curl")));
+        assert_eq!(later.cgroup, 77);
+        // What a record carries is its own.
+        let mut own = t(1, 3 * S, SYN_SENT, ESTABLISHED, None);
+        own.cgroup = 78;
+        a.complete(&mut own);
+        assert_eq!(own.cgroup, 78);
+        let mut stranger = t(2, 3 * S, ESTABLISHED, CLOSE_WAIT, None);
+        a.complete(&mut stranger);
+        assert_eq!((stranger.owner, stranger.cgroup), (None, 0));
     }
 }
