@@ -255,6 +255,21 @@ pub struct TimewaitEntry {
     pub _pad: [u8; 7],
 }
 
+/// A server's child socket, from its listener cloning it until both its request socket's
+/// end (accept) and its leaving ESTABLISHED have been seen, whichever comes last (keyed by
+/// its address in `CHILD_BORN`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChildEntry {
+    /// When the final ACK created it: the start of its ESTABLISHED.
+    pub born_ns: u64,
+    /// The id its records carry: a stale entry left at a reused address is not its.
+    pub sock_id: u64,
+    /// Non-zero once accept() has read `born_ns` for the request socket's record.
+    pub accepted: u8,
+    pub _pad: [u8; 7],
+}
+
 /// A full socket known by its address, on kernels whose tracing programs cannot ask for a
 /// socket cookie (before 5.12): when it entered its state, and the id its records carry.
 #[repr(C)]

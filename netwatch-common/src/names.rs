@@ -87,8 +87,9 @@ pub mod limits {
     /// Timewait sockets tracked at once; the default `tcp_max_tw_buckets` is 262144 on
     /// large machines.
     pub const TW_ENTRIES: u32 = 1 << 18;
-    /// Just-born children tracked at once (floods of completed handshakes beyond this
-    /// lose their birth, counted in `counter::STATE_MAP_FULL`).
+    /// Children tracked at once from their birth until they leave ESTABLISHED (LRU: the
+    /// oldest go first, long-lived connections whose request socket's record has long
+    /// told userspace their birth; floods of completed handshakes beyond this lose theirs).
     pub const REQ_ENTRIES: u32 = 1 << 16;
     /// Conntrack entries whose allocation time is kept (the default nf_conntrack_max is
     /// 262144 on this class of machine; beyond, lifetimes of the oldest are unknown).

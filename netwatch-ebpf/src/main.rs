@@ -23,7 +23,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use netwatch_common::{
-    counter, names::limits, offsets::KernelOffsets, Filters, KnownCaches, PointerEntry,
+    counter, names::limits, offsets::KernelOffsets, ChildEntry, Filters, KnownCaches, PointerEntry,
     TimewaitEntry,
 };
 use transition::{ByCookie, ByPointer};
@@ -58,9 +58,11 @@ static CACHES: Array<KnownCaches> = Array::with_max_entries(1, 0);
 static TW_STATE: LruHashMap<u64, TimewaitEntry> =
     LruHashMap::with_max_entries(limits::TW_ENTRIES, 0);
 
-/// Child socket pointer -> when the final ACK created it.
+/// Child socket pointer -> its birth and id, until accept() and its leaving ESTABLISHED
+/// have both been seen (see `transition::child_leaves`).
 #[map(name = "CHILD_BORN")]
-static CHILD_BORN: LruHashMap<u64, u64> = LruHashMap::with_max_entries(limits::REQ_ENTRIES, 0);
+static CHILD_BORN: LruHashMap<u64, ChildEntry> =
+    LruHashMap::with_max_entries(limits::REQ_ENTRIES, 0);
 
 /// Conntrack entry pointer -> when it was allocated.
 #[map(name = "CT_BORN")]

@@ -20,8 +20,7 @@ use netwatch_common::{
 };
 
 use crate::{
-    bump, conntrack, emit, filters, offsets, read, transition, twins::Twin, CACHES, CHILD_BORN,
-    TW_STATE,
+    bump, conntrack, emit, filters, offsets, read, transition, twins::Twin, CACHES, TW_STATE,
 };
 
 enum Cache {
@@ -159,16 +158,10 @@ fn request_record(req: &read::Copied, record_kind: u16, child: u64) {
     let off = offsets();
     let syn_ns = request_born(req);
     let (child_ns, sock_id) = if child != 0 {
-        let born = unsafe { CHILD_BORN.get(child) }.copied().unwrap_or(0);
-        if read::at::<u8>(child as *const u8, off.skc_state) == state::SYN_RECV {
-            // accept() took the child off its queue before the final ACK's processing made
-            // it ESTABLISHED (the child is queued first): that change is still to come and
-            // this record covers it. A 0 birth tells `set_state` so.
-            let _ = CHILD_BORN.insert(child, 0, 0);
-        } else {
-            let _ = CHILD_BORN.remove(child);
-        }
-        (born, transition::child_id(child as *const u8, off))
+        (
+            transition::child_accepted(child as *const u8, off),
+            transition::child_id(child as *const u8, off),
+        )
     } else {
         (0, 0)
     };

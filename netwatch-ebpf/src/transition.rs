@@ -7,8 +7,8 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use netwatch_common::{
-    counter, offsets::KernelOffsets, state, KnownCaches, PointerEntry, TimewaitEntry, AF_INET,
-    AF_INET6, DWELL_UNKNOWN,
+    counter, offsets::KernelOffsets, state, ChildEntry, KnownCaches, PointerEntry, TimewaitEntry,
+    AF_INET, AF_INET6, DWELL_UNKNOWN,
 };
 
 use crate::{bump, emit, offsets, read, twins::Twin, CACHES, CHILD_BORN, SOCK_PTR, TW_STATE};
@@ -155,11 +155,15 @@ pub fn try_set_state<K: SocketIds>(ctx: &BtfTracePointContext, twin: Twin) {
     let found = K::find(sk, off);
     let id = found.id;
     let since = found.since;
-    let dwell_ns = match since {
+    let mut dwell_ns = match since {
         Some(t) => now.wrapping_sub(t),
-        None if old == state::ESTABLISHED => unaccepted_child_dwell(sk, now),
         None => DWELL_UNKNOWN,
     };
+    if old == state::ESTABLISHED || (old == state::SYN_RECV && new == state::CLOSE) {
+        if let (Some(born), None) = (child_leaves(sk, id), since) {
+            dwell_ns = now.wrapping_sub(born);
+        }
+    }
     let mut shown_new = new;
     if new == state::CLOSE {
         K::forget(&found, sk);
@@ -184,7 +188,13 @@ pub fn try_set_state<K: SocketIds>(ctx: &BtfTracePointContext, twin: Twin) {
         if old == state::LISTEN && new == state::SYN_RECV {
             // A child cloned from its listener as the final ACK arrived. Its SYN_RECV life
             // is the request socket's, reported when that is freed; remember the birth.
-            let _ = CHILD_BORN.insert(sk as u64, now, 0);
+            let entry = ChildEntry {
+                born_ns: now,
+                sock_id: found.id,
+                accepted: 0,
+                _pad: [0; 7],
+            };
+            let _ = CHILD_BORN.insert(sk as u64, entry, 0);
             K::remember(&found, sk, now);
             return;
         }
@@ -192,15 +202,13 @@ pub fn try_set_state<K: SocketIds>(ctx: &BtfTracePointContext, twin: Twin) {
         if new == state::LISTEN {
             learn_caches(sk, family, off);
         }
-        if old == state::SYN_RECV && new == state::ESTABLISHED {
-            if let Some(&born) = unsafe { CHILD_BORN.get(sk as u64) } {
-                // The child's µs-long SYN_RECV: the request socket's record covers it,
-                // made already where the birth reads 0 (see `request_record`).
-                if born == 0 {
-                    let _ = CHILD_BORN.remove(sk as u64);
-                }
-                return;
-            }
+        if old == state::SYN_RECV
+            && new == state::ESTABLISHED
+            && unsafe { CHILD_BORN.get(sk as u64) }.is_some()
+        {
+            // The child's µs-long SYN_RECV: the request socket's record covers it, whether
+            // accept() frees that before this change or after.
+            return;
         }
     }
 
@@ -242,15 +250,48 @@ pub fn try_set_state<K: SocketIds>(ctx: &BtfTracePointContext, twin: Twin) {
     });
 }
 
-/// The ESTABLISHED dwell of a child leaving it before accept() took it from its listener's
-/// queue (its client gave up, say): userspace has seen no record of it yet (the request
-/// socket's comes at accept), so the child's birth, kept until then, times it here.
+/// A child socket leaves ESTABLISHED (or dies in SYN_RECV): its birth, which began that
+/// state, if it is a child (None for any other socket).
+///
+/// The kernel times the state itself from the birth: a child leaving ESTABLISHED before
+/// accept() (its client gave up, say) has made no record yet, and one leaving it while
+/// accept() runs on another CPU may send its record before the request socket's. The
+/// entry goes with whichever of the two comes last (see [`child_accepted`]): taken away at
+/// accept(), a concurrent exit missed it and sent no dwell (1 in ~10,000 in the burst
+/// test); taken away here, a later accept() found no birth. A race of the two can leave an
+/// entry behind, which the LRU reclaims; its id keeps it from being read as another's.
 #[inline(always)]
-fn unaccepted_child_dwell(sk: *const u8, now: u64) -> u64 {
-    match unsafe { CHILD_BORN.get(sk as u64) } {
-        Some(&born) if born != 0 => now.wrapping_sub(born),
-        _ => DWELL_UNKNOWN,
+fn child_leaves(sk: *const u8, id: u64) -> Option<u64> {
+    let e = unsafe { CHILD_BORN.get(sk as u64) }.copied()?;
+    if e.sock_id != id {
+        return None;
     }
+    if e.accepted != 0 {
+        let _ = CHILD_BORN.remove(sk as u64);
+    }
+    Some(e.born_ns)
+}
+
+/// accept() frees the child's request socket: the child's birth for its record (0 when
+/// unknown), the entry marked read, and taken away where the child has already left
+/// ESTABLISHED (its `set_state` run is over once its new state shows).
+#[inline(always)]
+pub fn child_accepted(child: *const u8, off: &KernelOffsets) -> u64 {
+    let Some(e) = CHILD_BORN.get_ptr_mut(child as u64) else {
+        return 0;
+    };
+    // SAFETY: a map value pointer, valid for this program run.
+    let born = unsafe {
+        (*e).accepted = 1;
+        (*e).born_ns
+    };
+    if !matches!(
+        read::at::<u8>(child, off.skc_state),
+        state::SYN_RECV | state::ESTABLISHED
+    ) {
+        let _ = CHILD_BORN.remove(child as u64);
+    }
+    born
 }
 
 /// Whether this transition's record must carry the socket's cgroup: a socket's cgroup is
