@@ -15,7 +15,7 @@
 //! or packet it is about), and the nested one handles every event it finds unclaimed,
 //! releasing the claims it finds. An event is handled once whichever way the two interleave.
 
-use aya_ebpf::{macros::map, maps::PerCpuArray};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::PerCpuArray};
 use netwatch_common::counter;
 
 use crate::bump;
@@ -29,13 +29,28 @@ const HOOKS: u32 = 4;
 
 /// Outstanding claims per hook: one while the first program's run is followed by its twin's
 /// for the same event, one more per interrupt nested between them, and any whose twin run
-/// was itself skipped (left until replaced).
+/// was itself skipped (stale: nothing will release them).
 const SLOTS: usize = 8;
 
+/// A claim this old has lost its twin run: the twin follows its first program within the
+/// same tracepoint call, delayed at most by the interrupts nested between them (166 µs
+/// seen). Stale claims are taken over before any live one is; replacing slots in turn
+/// alone, a live claim was once replaced in CI after stale ones had filled every slot, and
+/// its event was handled twice.
+const STALE_NS: u64 = 10_000_000;
+
 /// Per CPU and hook: keys of the events the first program took whose nested run has not yet
-/// come (0: free), then the next slot to replace when all are taken.
+/// come (0: free), when each was claimed, then the next slot to replace when all are taken
+/// by live claims.
+#[repr(C)]
+pub struct Claims {
+    keys: [u64; SLOTS],
+    at: [u64; SLOTS],
+    next: u64,
+}
+
 #[map(name = "CLAIMS")]
-static CLAIMS: PerCpuArray<[u64; SLOTS + 1]> = PerCpuArray::with_max_entries(HOOKS, 0);
+static CLAIMS: PerCpuArray<Claims> = PerCpuArray::with_max_entries(HOOKS, 0);
 
 /// Which of its hook's two programs is running.
 #[derive(Clone, Copy)]
@@ -67,32 +82,46 @@ impl Twin {
 
 #[inline(always)]
 fn claim(hook: u32, key: u64) {
-    let Some(slots) = CLAIMS.get_ptr_mut(hook) else {
+    let Some(c) = CLAIMS.get_ptr_mut(hook) else {
         return;
     };
     // SAFETY: per-CPU value; programs on this CPU run one at a time or nested, and each
     // slot is written by one store.
-    let slots = unsafe { &mut *slots };
-    for slot in slots[..SLOTS].iter_mut() {
-        if *slot == 0 {
-            *slot = key;
-            return;
+    let c = unsafe { &mut *c };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut pick = SLOTS;
+    for i in 0..SLOTS {
+        if c.keys[i] == 0 {
+            pick = i;
+            break;
         }
     }
-    // Every slot holds a claim whose twin run the kernel skipped: replace them in turn.
-    let next = slots[SLOTS];
-    slots[next as usize % SLOTS] = key;
-    slots[SLOTS] = next.wrapping_add(1);
+    if pick == SLOTS {
+        for i in 0..SLOTS {
+            if now.wrapping_sub(c.at[i]) > STALE_NS {
+                pick = i;
+                break;
+            }
+        }
+    }
+    if pick == SLOTS {
+        pick = (c.next % SLOTS as u64) as usize;
+        c.next = c.next.wrapping_add(1);
+    }
+    if pick < SLOTS {
+        c.keys[pick] = key;
+        c.at[pick] = now;
+    }
 }
 
 #[inline(always)]
 fn release(hook: u32, key: u64) -> bool {
-    let Some(slots) = CLAIMS.get_ptr_mut(hook) else {
+    let Some(c) = CLAIMS.get_ptr_mut(hook) else {
         return false;
     };
     // SAFETY: as in `claim`.
-    let slots = unsafe { &mut *slots };
-    for slot in slots[..SLOTS].iter_mut() {
+    let c = unsafe { &mut *c };
+    for slot in c.keys.iter_mut() {
         if *slot == key {
             *slot = 0;
             return true;
