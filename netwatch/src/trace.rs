@@ -12,7 +12,6 @@ use anyhow::{Context, Result};
 use crate::census;
 use crate::config::{TraceConfig, View};
 use crate::core::conntrack::{ConntrackEnv, ConntrackTracker};
-use crate::core::fasthash::IdMap;
 use crate::environment::{kernel_hz, EnvSource};
 use crate::trace_size::{self, SizeWatch};
 
@@ -535,47 +534,46 @@ fn take_census(
     let now = mono_now_ns();
     // Processes are seen from this namespace's /proc, which lists all of them.
     let by_inode: HashMap<u64, census::Owner> = census::socket_owners();
+    // Socket -> the cgroup of its process and the process. The engine keeps both for the
+    // socket's later records, which may not carry them.
+    let mut owner = |s: &census::CensusSocket| -> Option<(u64, Owner)> {
+        let o = by_inode.get(&s.inode).filter(|_| s.inode != 0)?;
+        let (cgroup, container) = cgroups.of_process(o.pid);
+        Some((
+            cgroup,
+            Owner {
+                pid: o.pid,
+                comm: o.comm.as_str().into(),
+                container,
+            },
+        ))
+    };
     for ns in spaces {
-        match census::dump_tcp(ns) {
-            Ok(socks) => {
-                let socks: Vec<_> = socks
-                    .into_iter()
-                    .filter(|s| census_wanted(cfg, s))
-                    .collect();
-                // Socket -> the cgroup of its process and the process. The engine keeps
-                // both for the socket's later records, which may not carry them.
-                let mut owners: IdMap<u64, (u64, Owner)> = IdMap::default();
-                for s in socks.iter().filter(|s| s.inode != 0) {
-                    if let Some(o) = by_inode.get(&s.inode) {
-                        let (cgroup, container) = cgroups.of_process(o.pid);
-                        let owner = Owner {
-                            pid: o.pid,
-                            comm: o.comm.as_str().into(),
-                            container,
-                        };
-                        owners.insert(s.cookie, (cgroup, owner));
-                    }
+        // Listeners first (they decide the other sockets' service ports), then the rest as
+        // the kernel lists them, straight into the engine: a million TIME_WAIT sockets are
+        // never held twice.
+        let seeded = census::dump_listeners(ns).and_then(|listeners| {
+            let mut seed = |s: census::CensusSocket| {
+                if !census_wanted(cfg, &s) {
+                    return;
                 }
-                let owner = |s: &census::CensusSocket| owners.get(&s.cookie).cloned();
-                agg.seed(
-                    now,
-                    socks.iter().map(|s| {
-                        let (cgroup, owner) = owner(s).unzip();
-                        existing(s, owner, cgroup.unwrap_or(0))
-                    }),
-                );
+                let (cgroup, o) = owner(&s).unzip();
+                agg.seed_one(now, existing(&s, o.clone(), cgroup.unwrap_or(0)));
                 if keep_sockets {
-                    found.extend(socks.into_iter().map(|s| {
-                        let o = owner(&s).map(|(_, o)| o);
-                        (s, o)
-                    }));
+                    found.push((s, o));
                 }
-            }
-            Err(e) => warnings.push(format!(
+            };
+            listeners.into_iter().for_each(&mut seed);
+            census::each_tcp_but_listeners(ns, seed)
+        });
+        if let Err(e) = seeded {
+            warnings.push(format!(
                 "census of existing sockets failed ({e:#}); counts start from zero"
-            )),
+            ));
         }
     }
+    // A socket the dump met twice is written once, as last seen.
+    let found = census::dedup_by_cookie(found, |(s, _)| s.cookie);
     Census {
         warnings,
         mono_ns: now,

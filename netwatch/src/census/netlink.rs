@@ -328,17 +328,19 @@ impl DiagSocket {
         Ok(&self.buf[..n])
     }
 
-    /// Every TCP socket of `family` in this socket's namespace in `states`, appended to `out`.
+    /// Every TCP socket of `family` in this socket's namespace in `states`, handed to `each`
+    /// one datagram's worth at a time.
     fn dump_family(
         &mut self,
         family: u8,
         seq: u32,
         netns: u32,
         states: u32,
-        out: &mut Vec<CensusSocket>,
+        each: &mut impl FnMut(CensusSocket),
     ) -> Result<()> {
         self.send(&dump_request(family, seq, states))
             .context("cannot send the sock_diag dump request to the kernel")?;
+        let mut batch = Vec::new();
         loop {
             let datagram = self.recv().map_err(|e| {
                 if e.kind() == io::ErrorKind::WouldBlock {
@@ -347,25 +349,50 @@ impl DiagSocket {
                     anyhow::Error::new(e).context("cannot read the sock_diag reply")
                 }
             })?;
-            if parse_datagram(datagram, seq, netns, out)? == Progress::Done {
+            let progress = parse_datagram(datagram, seq, netns, &mut batch)?;
+            batch.drain(..).for_each(&mut *each);
+            if progress == Progress::Done {
                 return Ok(());
             }
         }
     }
 }
 
-/// Every TCP socket, IPv4 then IPv6, in the calling thread's network namespace, whose inode
-/// is `netns`.
-pub(super) fn dump_here(netns: u32, states: u32) -> Result<Vec<CensusSocket>> {
-    let mut sock = DiagSocket::open().context(
-        "cannot open a NETLINK_SOCK_DIAG socket; the kernel needs CONFIG_INET_DIAG and \
-         CONFIG_INET_TCP_DIAG (module tcp_diag: `modprobe tcp_diag`)",
-    )?;
-    let mut out = Vec::new();
-    for (seq, family) in [(1, libc::AF_INET as u8), (2, libc::AF_INET6 as u8)] {
-        sock.dump_family(family, seq, netns, states, &mut out)?;
+/// A sock_diag socket of one network namespace, with that namespace's inode: opened by a
+/// thread in the namespace, it keeps answering for it from any thread.
+pub(crate) struct Dumper {
+    sock: DiagSocket,
+    netns: u32,
+}
+
+impl Dumper {
+    /// Opens one in the calling thread's network namespace, whose inode is `netns`.
+    pub(super) fn open_here(netns: u32) -> Result<Self> {
+        let sock = DiagSocket::open().context(
+            "cannot open a NETLINK_SOCK_DIAG socket; the kernel needs CONFIG_INET_DIAG and \
+             CONFIG_INET_TCP_DIAG (module tcp_diag: `modprobe tcp_diag`)",
+        )?;
+        Ok(Self { sock, netns })
     }
-    Ok(dedup_by_cookie(out))
+
+    /// Every TCP socket in `states`, IPv4 then IPv6, handed to `each` as the kernel lists
+    /// them. A socket met twice (see [`dedup_by_cookie`]) is handed twice, the later
+    /// sighting last.
+    pub(super) fn each(&mut self, states: u32, mut each: impl FnMut(CensusSocket)) -> Result<()> {
+        for (seq, family) in [(1, libc::AF_INET as u8), (2, libc::AF_INET6 as u8)] {
+            self.sock
+                .dump_family(family, seq, self.netns, states, &mut each)?;
+        }
+        Ok(())
+    }
+}
+
+/// Every TCP socket, IPv4 then IPv6, in the calling thread's network namespace, whose inode
+/// is `netns`, each once.
+pub(super) fn dump_here(netns: u32, states: u32) -> Result<Vec<CensusSocket>> {
+    let mut out = Vec::new();
+    Dumper::open_here(netns)?.each(states, |s| out.push(s))?;
+    Ok(dedup_by_cookie(out, |s| s.cookie))
 }
 
 /// A dump is not a snapshot: it walks the hash in chunks, so a socket that turns into its
@@ -373,13 +400,13 @@ pub(super) fn dump_here(netns: u32, states: u32) -> Result<Vec<CensusSocket>> {
 /// cookie into the timewait socket). Keeps the later sighting, in the place of the first.
 /// In place: a second vector of a full TIME_WAIT table's sockets was 11 MB of netwatch's
 /// peak RSS, which the start-up census sets.
-pub(super) fn dedup_by_cookie(mut sockets: Vec<CensusSocket>) -> Vec<CensusSocket> {
+pub(crate) fn dedup_by_cookie<T>(mut sockets: Vec<T>, cookie: impl Fn(&T) -> u64) -> Vec<T> {
     let mut at: IdMap<u64, usize> = IdMap::default();
     at.reserve(sockets.len());
     // [0, kept) holds the sockets kept so far, [kept, i) the sightings dropped.
     let mut kept = 0;
     for i in 0..sockets.len() {
-        let cookie = sockets[i].cookie;
+        let cookie = cookie(&sockets[i]);
         match at.get(&cookie) {
             Some(&first) if cookie != 0 => sockets.swap(first, i),
             _ => {

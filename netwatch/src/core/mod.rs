@@ -17,6 +17,7 @@ pub mod plain;
 pub mod record;
 pub mod replay;
 pub mod requests;
+pub mod sharded;
 pub mod signals;
 pub mod snapshot;
 pub mod text;
