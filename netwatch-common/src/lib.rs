@@ -265,7 +265,8 @@ pub struct ChildEntry {
     pub born_ns: u64,
     /// The id its records carry: a stale entry left at a reused address is not its.
     pub sock_id: u64,
-    /// Non-zero once accept() has read `born_ns` for the request socket's record.
+    /// Non-zero once the request socket was freed (by the accept() that took the child, or
+    /// as its listener closed) and its record has read `born_ns`.
     pub accepted: u8,
     pub _pad: [u8; 7],
 }

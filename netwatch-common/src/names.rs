@@ -73,8 +73,8 @@ pub mod global {
 /// Bounds of the kernel maps, shared so userspace can report fill levels against them.
 pub mod limits {
     /// Sockets whose id and state-entry time are tracked at once by address, on kernels
-    /// without the cookie helper (LRU beyond this).
-    pub const SOCK_STATE_ENTRIES: u32 = 1 << 18;
+    /// without the cookie helper (LRU beyond this); kernels with it keep no entry per socket.
+    pub const SOCK_PTR_ENTRIES: u32 = 1 << 18;
     /// Ring buffer size: ~80k records of ~104 B, about 160 ms of the highest churn measured
     /// here (~500k records/s). Userspace empties it every 5 ms on a thread that does nothing
     /// else and runs at a raised priority (netwatch's ring_reader and record_priority), so
@@ -87,9 +87,11 @@ pub mod limits {
     /// Timewait sockets tracked at once; the default `tcp_max_tw_buckets` is 262144 on
     /// large machines.
     pub const TW_ENTRIES: u32 = 1 << 18;
-    /// Children tracked at once from their birth until they leave ESTABLISHED (LRU: the
-    /// oldest go first, long-lived connections whose request socket's record has long
-    /// told userspace their birth; floods of completed handshakes beyond this lose theirs).
+    /// Children tracked at once from their birth until both accept() and their leaving
+    /// ESTABLISHED were seen. Beyond this the LRU lets roughly the least recently used go:
+    /// mostly long-lived connections, whose request socket's record has long told userspace
+    /// their birth. A child let go before accept() makes its own SYN_RECV -> ESTABLISHED
+    /// record, and its request socket's record says the handshake completed, untimed.
     pub const REQ_ENTRIES: u32 = 1 << 16;
     /// Conntrack entries whose allocation time is kept (the default nf_conntrack_max is
     /// 262144 on this class of machine; beyond, lifetimes of the oldest are unknown).

@@ -38,7 +38,7 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(limits::EVENTS_BYTES, 0);
 /// `set_state` runs instead (keyed by cookie, it keeps no per-socket entry).
 #[map(name = "SOCK_PTR")]
 static SOCK_PTR: LruHashMap<u64, PointerEntry> =
-    LruHashMap::with_max_entries(limits::SOCK_STATE_ENTRIES, 0);
+    LruHashMap::with_max_entries(limits::SOCK_PTR_ENTRIES, 0);
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);

@@ -15,8 +15,8 @@ use crate::{bump, emit, offsets, read, twins::Twin, CACHES, CHILD_BORN, SOCK_PTR
 
 const IPPROTO_TCP: u16 = 6;
 
-/// A socket's entry in the per-socket state map, found once per transition and then
-/// rewritten in place.
+/// A socket's id, and where this kernel side keeps an entry per socket (by address, on 5.10),
+/// that entry, found once per transition and then rewritten in place.
 pub struct Found {
     /// The id its records carry.
     pub id: u64,
@@ -150,8 +150,9 @@ pub fn try_set_state<K: SocketIds>(ctx: &BtfTracePointContext, twin: Twin) {
     }
     let now = unsafe { bpf_ktime_get_ns() };
 
-    // Keep the entry map right for every socket, filtered or not: the filters look at ports,
-    // and a socket's local port is still 0 when it enters SYN_SENT.
+    // Where sockets have entries (by address), keep them right for every socket, filtered
+    // or not: the filters look at ports, and a socket's local port is still 0 when it
+    // enters SYN_SENT.
     let found = K::find(sk, off);
     let id = found.id;
     let since = found.since;
@@ -204,7 +205,7 @@ pub fn try_set_state<K: SocketIds>(ctx: &BtfTracePointContext, twin: Twin) {
         }
         if old == state::SYN_RECV
             && new == state::ESTABLISHED
-            && unsafe { CHILD_BORN.get(sk as u64) }.is_some()
+            && unsafe { CHILD_BORN.get(sk as u64) }.is_some_and(|e| e.sock_id == id)
         {
             // The child's µs-long SYN_RECV: the request socket's record covers it, whether
             // accept() frees that before this change or after.
@@ -258,8 +259,10 @@ pub fn try_set_state<K: SocketIds>(ctx: &BtfTracePointContext, twin: Twin) {
 /// accept() runs on another CPU may send its record before the request socket's. The
 /// entry goes with whichever of the two comes last (see [`child_accepted`]): taken away at
 /// accept(), a concurrent exit missed it and sent no dwell (1 in ~10,000 in the burst
-/// test); taken away here, a later accept() found no birth. A race of the two can leave an
-/// entry behind, which the LRU reclaims; its id keeps it from being read as another's.
+/// test); taken away here, a later accept() found no birth. A race of the two, or a child
+/// that dies before it is queued, can leave an entry behind, which the LRU reclaims; its
+/// id keeps it from being read as another socket's at that address (where ids are
+/// cookies; on 5.10 a cookie-less child's id is its address).
 #[inline(always)]
 fn child_leaves(sk: *const u8, id: u64) -> Option<u64> {
     let e = unsafe { CHILD_BORN.get(sk as u64) }.copied()?;

@@ -122,6 +122,10 @@ impl Drop for RingReader {
     }
 }
 
+/// Room for a full chunk: it is sent once it reaches [`CHUNK_BYTES`], so it holds at most
+/// one record more.
+const FULL_CHUNK: usize = CHUNK_BYTES + CHUNK_BYTES / 4;
+
 fn copy_out(
     mut ring: RingBuf<MapData>,
     tx: &mpsc::Sender<Vec<u8>>,
@@ -137,6 +141,7 @@ fn copy_out(
         // Read once more after being told to stop: records sent before then count.
         let last = stop.load(Ordering::Relaxed);
         let mut chunk = Vec::with_capacity(expect);
+        let mut full = false;
         let send = |chunk: Vec<u8>| {
             queued.fetch_add(chunk.len(), Ordering::Relaxed);
             tx.send(chunk).is_ok()
@@ -146,11 +151,17 @@ fn copy_out(
             chunk.extend_from_slice(&(item.len() as u32).to_le_bytes());
             chunk.extend_from_slice(&item);
             drop(item);
-            if chunk.len() >= CHUNK_BYTES && !send(std::mem::take(&mut chunk)) {
-                return;
+            if chunk.len() >= CHUNK_BYTES {
+                // A full chunk: the read goes on in another of full size, as the next read
+                // will start.
+                full = true;
+                let next = Vec::with_capacity(FULL_CHUNK);
+                if !send(std::mem::replace(&mut chunk, next)) {
+                    return;
+                }
             }
         }
-        expect = chunk.len().min(CHUNK_BYTES + CHUNK_BYTES / 4);
+        expect = if full { FULL_CHUNK } else { chunk.len() };
         if !chunk.is_empty() && !send(chunk) {
             return;
         }

@@ -442,9 +442,10 @@ impl Aggregator {
     ///   keeps no entry per socket (a hash-map update on every transition), and the mirror
     ///   holds what it would have held: when the socket entered the state it leaves, as the
     ///   record of that change stamped it. So the dwell is the same difference of the
-    ///   kernel's own timestamps. Left unknown where the mirror did not see that change
-    ///   (the socket predates the trace, or the record was filtered or lost), as the kernel
-    ///   would have; a request socket's end carries its own.
+    ///   kernel's own timestamps. Left unknown where the mirror did not see that change:
+    ///   the socket predates the trace, or the record was lost, or filtered out (a filter
+    ///   on a client's own port misses its SYN_SENT record, made before the port is
+    ///   chosen); a request socket's end carries its own.
     /// - Its process and cgroup, where the record carries none: records made in softirq
     ///   context name no process, and timewait sockets carry no cgroup. The mirror has them
     ///   from the socket's earlier records or the census; a map of its own for them held
@@ -496,10 +497,21 @@ impl Aggregator {
         // the child may have moved on since. Only the newest news updates the mirror, but
         // the owner it names is news (accept() is the first the process touches it).
         if let Some(c) = cur.filter(|c| c.since.is_some_and(|s| s.get() > t.mono_ns)) {
-            if let (Some(o), NO_PROCESS) = (&t.owner, c.process) {
-                let process = self.processes.id(Some(o));
-                self.insert(t.sock_id, Live { process, ..c });
-            }
+            self.adopt_owner(t, c);
+            return;
+        }
+        // A child whose birth the kernel's map had let go (more children alive than it
+        // holds) made its own SYN_RECV -> ESTABLISHED record, which is otherwise held back:
+        // its request socket's record adds the handshake and the acceptor, not a second
+        // entry into ESTABLISHED.
+        if let Some(c) = cur.filter(|c| {
+            t.synack_retransmits.is_some()
+                && t.new == state::ESTABLISHED
+                && c.state == state::ESTABLISHED
+        }) {
+            self.entered[state::SYN_RECV as usize] += 1;
+            self.handshakes.completed += 1;
+            self.adopt_owner(t, c);
             return;
         }
         if (t.new as usize) < state::COUNT && t.new != state::CLOSE {
@@ -568,6 +580,15 @@ impl Aggregator {
         }
         self.count_in(&live);
         self.live.insert(t.sock_id, live);
+    }
+
+    /// The owner a request socket's record names, for a socket the mirror knows without
+    /// one: accept() is the first the process touches it.
+    fn adopt_owner(&mut self, t: &Transition, c: Live) {
+        if let (Some(o), NO_PROCESS) = (&t.owner, c.process) {
+            let process = self.processes.id(Some(o));
+            self.insert(t.sock_id, Live { process, ..c });
+        }
     }
 
     /// Sockets in `s` now.
@@ -1087,6 +1108,30 @@ mod tests {
         let snap = a.snapshot(7 * S, 0);
         assert_eq!(a.count(CLOSE_WAIT), 1);
         assert_eq!(snap.top_processes[CLOSE_WAIT as usize][0].count, 1);
+    }
+
+    /// Past the kernel's map of births, a child makes its own SYN_RECV -> ESTABLISHED
+    /// record, and its request socket's record (at accept, untimed) follows: one socket
+    /// ESTABLISHED, entered once, one handshake completed, the acceptor its owner.
+    #[test]
+    fn child_told_twice_is_counted_once() {
+        let mut a = Aggregator::new();
+        a.apply(&t(7, 2 * S, SYN_RECV, ESTABLISHED, None));
+        let mut req = t(7, 3 * S, SYN_RECV, ESTABLISHED, None);
+        req.synack_retransmits = Some(0);
+        req.owner = Some(owner(42, "nginx"));
+        a.apply(&req);
+        let snap = a.snapshot(4 * S, 0);
+        assert_eq!(a.count(ESTABLISHED), 1);
+        assert_eq!(snap.state(ESTABLISHED).entered, 1);
+        assert_eq!(snap.state(SYN_RECV).entered, 1);
+        assert_eq!(snap.handshakes.completed, 1);
+        assert_eq!(snap.handshakes.failed, 0);
+        assert_eq!(snap.top_processes[ESTABLISHED as usize][0].count, 1);
+        // Its ESTABLISHED is timed from its own record, not from accept().
+        let mut close = t(7, 5 * S, ESTABLISHED, FIN_WAIT1, None);
+        a.complete(&mut close);
+        assert_eq!(close.dwell_ns, Some(3 * S));
     }
 
     #[test]

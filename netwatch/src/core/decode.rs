@@ -209,14 +209,21 @@ fn family(raw: u16) -> Family {
 
 /// A request socket's end, told as the transition it stands for: SYN_RECV -> ESTABLISHED
 /// at the moment the child was created, or SYN_RECV -> CLOSE when no child came of it.
+///
+/// A child is there whenever the record names one (`sock_id`), even when its birth is
+/// unknown (`child_ns` 0: the kernel's map of births was full, and its LRU let this one
+/// go). Then the handshake is told as completed when the request socket was freed, with no
+/// dwell: read as failed, it counted a handshake that completed as failed and took a live
+/// socket out of the gauges.
 fn request_end(raw: &RequestEnd) -> Transition {
     let family = family(raw.family);
     let freed = raw.header.mono_ns;
-    let (at, new) = if raw.child_ns != 0 {
-        (raw.child_ns, state::ESTABLISHED)
-    } else {
-        (freed, state::CLOSE)
+    let (at, new) = match (raw.child_ns, raw.sock_id) {
+        (0, 0) => (freed, state::CLOSE),
+        (0, _) => (freed, state::ESTABLISHED),
+        (born, _) => (born, state::ESTABLISHED),
     };
+    let timed = new == state::CLOSE || raw.child_ns != 0;
     Transition {
         mono_ns: at,
         sock_id: raw.sock_id,
@@ -227,7 +234,7 @@ fn request_end(raw: &RequestEnd) -> Transition {
         dport: raw.dport,
         old: state::SYN_RECV,
         new,
-        dwell_ns: (raw.syn_ns != 0 && raw.syn_ns <= at).then(|| at - raw.syn_ns),
+        dwell_ns: (timed && raw.syn_ns != 0 && raw.syn_ns <= at).then(|| at - raw.syn_ns),
         netns: raw.netns,
         timewait: false,
         synack_retransmits: Some(raw.synack_retransmits),
@@ -387,6 +394,21 @@ pub(crate) mod tests {
         assert_eq!(t.new_name(), "CLOSE");
         assert_eq!(t.dwell_ns, Some(4_000_000_000));
         assert_eq!(t.accept_wait_ns, None);
+
+        // A child whose birth the kernel no longer held: completed, when freed, untimed.
+        let unborn = RequestEnd { child_ns: 0, ..raw };
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&unborn as *const RequestEnd).cast::<u8>(),
+                RequestEnd::SIZE,
+            )
+        };
+        let Ok(Event::Transition(t)) = decode(bytes) else {
+            panic!()
+        };
+        assert_eq!((t.new_name(), t.sock_id), ("ESTABLISHED", 9));
+        assert_eq!(t.mono_ns, 5_000_000_000);
+        assert_eq!((t.dwell_ns, t.accept_wait_ns), (None, None));
     }
 
     #[test]
