@@ -13,6 +13,7 @@ mod config;
 mod core;
 mod environment;
 mod features;
+mod heap;
 mod loader;
 mod netns_spec;
 mod offsets;
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
     // Before anything that takes time: a signal during start-up is never a silent death.
     stop_signals::install();
     writer::ignore_file_size_signal();
+    heap::return_large_buffers();
     let cli = Cli::parse();
     let args = match cli.command {
         Command::Trace(args) => args,

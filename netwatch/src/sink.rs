@@ -330,6 +330,14 @@ impl Sinks {
         }
     }
 
+    /// Lets the trace file's writer catch up to `bytes` queued, for up to `grace`: for the
+    /// census, which can wait (see [`crate::writer::background::Background::pace`]).
+    pub fn pace(&self, bytes: usize, grace: std::time::Duration) {
+        if let Some(JsonDest::File { writer, .. }) = &self.json {
+            writer.pace(bytes, grace);
+        }
+    }
+
     /// Writes out what the last drain produced to stdout, and the trace file when its flush
     /// interval has passed.
     pub fn flush(&mut self) -> Result<(), SinkError> {

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
@@ -40,8 +40,18 @@ use crate::stop_signals;
 use crate::ui;
 use crate::writer::queue;
 
-/// Census records handed to the trace file's writer at a time (~2.5 MB of JSON).
-const CENSUS_BATCH: usize = 8192;
+/// Census records handed to the trace file's writer at a time (~0.7 MB of JSON: the batch
+/// buffers grow to it, and the writer's keeps that size).
+const CENSUS_BATCH: usize = 2048;
+
+/// Census JSON the writer may have queued before the next batch is formatted: one batch
+/// and change, so formatting and writing overlap.
+const CENSUS_QUEUED: usize = 1 << 20;
+
+/// The longest the census waits for the file in all: past it (a FIFO nobody reads, a
+/// stalled disk), it queues as the records do, and the queue's bound drops what does not
+/// fit, counted. Meanwhile the kernel's records wait in the ring and its reader's queue.
+const CENSUS_PACING: Duration = Duration::from_secs(3);
 
 /// How often the records the ring buffer's reader copied out are processed. The kernel
 /// side never wakes us, so this bounds the latency of the live view; the ring itself is
@@ -510,7 +520,7 @@ fn name_container(cgroups: &mut crate::cgroup::Resolver, t: &mut Transition) {
 struct Census {
     warnings: Vec<String>,
     mono_ns: u64,
-    sockets: Vec<(census::CensusSocket, Option<Owner>)>,
+    sockets: census::KeptCensus,
 }
 
 /// Seeds the engine with the sockets that exist now, in the traced namespaces (or this
@@ -523,7 +533,7 @@ fn take_census(
     cgroups: &mut crate::cgroup::Resolver,
 ) -> Census {
     let mut warnings = Vec::new();
-    let mut found = Vec::new();
+    let mut found = census::KeptCensus::default();
     let spaces: Vec<Option<&std::path::Path>> = spaces.iter().map(|(_, p)| p.as_deref()).collect();
     if !cfg.netns.is_empty() && cfg.netns_paths.len() < cfg.netns.len() {
         warnings.push(
@@ -558,10 +568,11 @@ fn take_census(
                     return;
                 }
                 let (cgroup, o) = owner(&s).unzip();
-                agg.seed_one(now, existing(&s, o.clone(), cgroup.unwrap_or(0)));
+                let e = existing(&s, o.clone(), cgroup.unwrap_or(0));
                 if keep_sockets {
-                    found.push((s, o));
+                    found.push(&s, e.age_ns, o.as_ref());
                 }
+                agg.seed_one(now, e);
             };
             listeners.into_iter().for_each(&mut seed);
             census::each_tcp_but_listeners(ns, seed)
@@ -573,7 +584,7 @@ fn take_census(
         }
     }
     // A socket the dump met twice is written once, as last seen.
-    let found = census::dedup_by_cookie(found, |(s, _)| s.cookie);
+    found.merge_twice_met();
     Census {
         warnings,
         mono_ns: now,
@@ -582,7 +593,7 @@ fn take_census(
 }
 
 fn census_json<'a>(
-    s: &'a census::CensusSocket,
+    s: &census::Kept,
     owner: Option<&'a Owner>,
     mono_ns: u64,
     clock: WallClock,
@@ -591,18 +602,13 @@ fn census_json<'a>(
         ts: clock.rfc3339(mono_ns),
         mono_ns,
         sock_id: s.cookie,
-        family: if s.family == netwatch_common::AF_INET6 {
-            "ipv6"
-        } else {
-            "ipv4"
-        }
-        .into(),
-        saddr: s.saddr,
+        family: if s.is_v6() { "ipv6" } else { "ipv4" }.into(),
+        saddr: s.saddr(),
         sport: s.sport,
-        daddr: s.daddr,
+        daddr: s.daddr(),
         dport: s.dport,
         state: state::name(s.state).into(),
-        age_ns: existing(s, None, 0).age_ns,
+        age_ns: s.age_ns(),
         netns: s.netns,
         pid: owner.map(|o| o.pid),
         comm: owner.map(|o| (&*o.comm).into()),
@@ -869,16 +875,20 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         cfg.output.take(),
         header,
     )?;
+    let census_paced_until = Instant::now() + CENSUS_PACING;
     for (i, (s, owner)) in found.sockets.iter().enumerate() {
-        sinks.census(census_json(s, owner.as_ref(), start_mono, clock));
-        // Handed to the writer as it goes: formatted whole, a full TIME_WAIT table's census
-        // was ~40 MB of JSON in memory at once, the peak RSS of a trace to a file.
+        sinks.census(census_json(s, owner, start_mono, clock));
+        // Handed to the writer as it goes, and no faster than the file takes it: formatted
+        // whole, or queued as fast as it is formatted, a full TIME_WAIT table's census was
+        // ~40 MB of JSON in memory at once, the peak RSS of a trace to a file.
         if i % CENSUS_BATCH == CENSUS_BATCH - 1 {
             match sinks.flush() {
                 // A closed stdout ends the trace at its first drain, as it would have here.
                 Ok(()) | Err(SinkError::ClosedPipe) => {}
                 Err(SinkError::Io(e)) => return Err(e.context("writing the census")),
             }
+            let left = census_paced_until.saturating_duration_since(Instant::now());
+            sinks.pace(CENSUS_QUEUED, left);
         }
     }
     drop(found);

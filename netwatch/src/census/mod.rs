@@ -17,6 +17,7 @@
 //! sockets in SYN_RECV (timer 1). IPv6 sockets carrying IPv4 traffic keep family AF_INET6 and
 //! v4-mapped addresses, as `ss` shows them.
 
+mod kept;
 mod netlink;
 pub(crate) mod netns;
 mod owners;
@@ -29,7 +30,7 @@ use netwatch_common::state;
 
 use crate::core::requests::{self, ListenerQueue, Queues, Waiting};
 
-pub(crate) use netlink::dedup_by_cookie;
+pub use kept::{Kept, KeptCensus};
 pub use netlink::DiagError;
 pub use owners::{socket_owners, Owner};
 
@@ -486,7 +487,7 @@ mod tests {
         later.state = state::TIME_WAIT;
         later.inode = 0;
         let other = v6_time_wait();
-        let got = dedup_by_cookie(vec![first, other.clone(), later.clone()], |s| s.cookie);
+        let got = dedup_by_cookie(vec![first, other.clone(), later.clone()]);
         assert_eq!(got, vec![later, other]);
     }
 

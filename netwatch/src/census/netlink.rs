@@ -392,7 +392,7 @@ impl Dumper {
 pub(super) fn dump_here(netns: u32, states: u32) -> Result<Vec<CensusSocket>> {
     let mut out = Vec::new();
     Dumper::open_here(netns)?.each(states, |s| out.push(s))?;
-    Ok(dedup_by_cookie(out, |s| s.cookie))
+    Ok(dedup_by_cookie(out))
 }
 
 /// A dump is not a snapshot: it walks the hash in chunks, so a socket that turns into its
@@ -400,13 +400,13 @@ pub(super) fn dump_here(netns: u32, states: u32) -> Result<Vec<CensusSocket>> {
 /// cookie into the timewait socket). Keeps the later sighting, in the place of the first.
 /// In place: a second vector of a full TIME_WAIT table's sockets was 11 MB of netwatch's
 /// peak RSS, which the start-up census sets.
-pub(crate) fn dedup_by_cookie<T>(mut sockets: Vec<T>, cookie: impl Fn(&T) -> u64) -> Vec<T> {
+pub(super) fn dedup_by_cookie(mut sockets: Vec<CensusSocket>) -> Vec<CensusSocket> {
     let mut at: IdMap<u64, usize> = IdMap::default();
     at.reserve(sockets.len());
     // [0, kept) holds the sockets kept so far, [kept, i) the sightings dropped.
     let mut kept = 0;
     for i in 0..sockets.len() {
-        let cookie = cookie(&sockets[i]);
+        let cookie = sockets[i].cookie;
         match at.get(&cookie) {
             Some(&first) if cookie != 0 => sockets.swap(first, i),
             _ => {

@@ -116,6 +116,12 @@ impl Background {
         self.queue.dropped()
     }
 
+    /// Waits up to `grace` for the writer to take all but `bytes` of what it was given, for a
+    /// producer that can wait (the census), so that it does not queue far ahead of the file.
+    pub fn pace(&self, bytes: usize, grace: Duration) {
+        self.queue.wait_at_most(bytes, grace);
+    }
+
     /// Gives the writer up to `grace` to take every queued record, then drops (and counts)
     /// what it has not: after this, what was sent less [`Background::dropped`] is what the
     /// trace holds.

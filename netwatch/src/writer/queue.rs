@@ -144,9 +144,15 @@ impl Queue {
 
     /// Waits up to `grace` for the writer to take every queued batch; true when it did.
     pub fn wait_taken(&self, grace: Duration) -> bool {
+        self.wait_at_most(0, grace)
+    }
+
+    /// Waits up to `grace` for the writer to take all but `bytes` of what is queued; true
+    /// when it did.
+    pub fn wait_at_most(&self, bytes: usize, grace: Duration) -> bool {
         let deadline = Instant::now() + grace;
         let mut s = self.lock();
-        while !s.batches.is_empty() {
+        while s.bytes > bytes {
             let now = Instant::now();
             if now >= deadline {
                 return false;
@@ -242,6 +248,17 @@ mod tests {
         assert_eq!(q.dropped().transition, 2);
         assert!(matches!(q.take(Duration::ZERO), Next::Last(l) if l == b"summary"));
         assert!(matches!(q.take(Duration::ZERO), Next::Idle));
+    }
+
+    #[test]
+    fn waiting_for_the_writer_to_catch_up_to_some_bytes() {
+        let q = Queue::new(1000);
+        q.push(batch(10, 1));
+        q.push(batch(10, 1));
+        assert!(!q.wait_at_most(10, Duration::from_millis(20)));
+        assert!(matches!(q.take(Duration::ZERO), Next::Records(_)));
+        assert!(q.wait_at_most(10, Duration::ZERO));
+        assert!(!q.wait_at_most(9, Duration::ZERO));
     }
 
     #[test]
