@@ -14,7 +14,7 @@ use std::{
     io,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
-        mpsc::{self, Receiver},
+        mpsc::{self, Receiver, Sender},
         Arc,
     },
     thread::{self, JoinHandle},
@@ -36,9 +36,15 @@ const CHUNK_BYTES: usize = 1 << 20;
 const SYNC_LIMIT: Duration = Duration::from_secs(1);
 /// Each record in a chunk is preceded by its length, as a little-endian u32.
 const LEN_BYTES: usize = 4;
+/// Emptied chunks the thread keeps for reuse, at most: fresh ones cost their pages' faults
+/// and zeroing on every read (~4 % of a live view's CPU under load); more than a couple
+/// would keep a past backlog's memory.
+const SPARE_CHUNKS: usize = 2;
 
 pub struct RingReader {
     chunks: Receiver<Vec<u8>>,
+    /// Emptied chunks, back to the thread for reuse.
+    spent: Sender<Vec<u8>>,
     /// The chunk being handed out, and where its next record starts.
     chunk: Vec<u8>,
     pos: usize,
@@ -52,15 +58,17 @@ pub struct RingReader {
 impl RingReader {
     pub fn spawn(ring: RingBuf<MapData>) -> io::Result<Self> {
         let (tx, chunks) = mpsc::channel();
+        let (spent, spare) = mpsc::channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let reads = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (q, r, s) = (Arc::clone(&queued), Arc::clone(&reads), Arc::clone(&stop));
         let thread = thread::Builder::new()
             .name("netwatch-ring".into())
-            .spawn(move || copy_out(ring, &tx, &q, &r, &s))?;
+            .spawn(move || copy_out(ring, &tx, &spare, &q, &r, &s))?;
         Ok(Self {
             chunks,
+            spent,
             chunk: Vec::new(),
             pos: 0,
             queued,
@@ -73,8 +81,13 @@ impl RingReader {
     /// The next record copied so far, without waiting.
     pub fn next(&mut self) -> Option<&[u8]> {
         while self.pos >= self.chunk.len() {
-            let done = std::mem::take(&mut self.chunk);
+            let mut done = std::mem::take(&mut self.chunk);
             self.queued.fetch_sub(done.len(), Ordering::Relaxed);
+            if done.capacity() > 0 {
+                done.clear();
+                // Gone only when the thread is: then nobody reuses it.
+                let _ = self.spent.send(done);
+            }
             self.pos = 0;
             self.chunk = self.chunks.try_recv().ok()?;
         }
@@ -129,6 +142,7 @@ const FULL_CHUNK: usize = CHUNK_BYTES + CHUNK_BYTES / 4;
 fn copy_out(
     mut ring: RingBuf<MapData>,
     tx: &mpsc::Sender<Vec<u8>>,
+    spare: &Receiver<Vec<u8>>,
     queued: &AtomicUsize,
     reads: &AtomicU64,
     stop: &AtomicBool,
@@ -137,10 +151,20 @@ fn copy_out(
     // Each chunk starts at the size the last read filled, so a read does not grow it by
     // doubling (reallocations and their copies were ~2 % of a live view's CPU).
     let mut expect = 0;
+    let mut pool: Vec<Vec<u8>> = Vec::with_capacity(SPARE_CHUNKS);
+    // A spare if there is one (it keeps the capacity it grew to), else a new chunk.
+    let fresh = |pool: &mut Vec<Vec<u8>>, capacity: usize| {
+        for c in spare.try_iter() {
+            if pool.len() < SPARE_CHUNKS {
+                pool.push(c);
+            }
+        }
+        pool.pop().unwrap_or_else(|| Vec::with_capacity(capacity))
+    };
     loop {
         // Read once more after being told to stop: records sent before then count.
         let last = stop.load(Ordering::Relaxed);
-        let mut chunk = Vec::with_capacity(expect);
+        let mut chunk = fresh(&mut pool, expect);
         let mut full = false;
         let send = |chunk: Vec<u8>| {
             queued.fetch_add(chunk.len(), Ordering::Relaxed);
@@ -155,14 +179,18 @@ fn copy_out(
                 // A full chunk: the read goes on in another of full size, as the next read
                 // will start.
                 full = true;
-                let next = Vec::with_capacity(FULL_CHUNK);
+                let next = fresh(&mut pool, FULL_CHUNK);
                 if !send(std::mem::replace(&mut chunk, next)) {
                     return;
                 }
             }
         }
         expect = if full { FULL_CHUNK } else { chunk.len() };
-        if !chunk.is_empty() && !send(chunk) {
+        if chunk.is_empty() {
+            if chunk.capacity() > 0 && pool.len() < SPARE_CHUNKS {
+                pool.push(chunk);
+            }
+        } else if !send(chunk) {
             return;
         }
         reads.fetch_add(1, Ordering::Release);
@@ -187,6 +215,7 @@ mod tests {
         }
         RingReader {
             chunks: rx,
+            spent: mpsc::channel().0,
             chunk: Vec::new(),
             pos: 0,
             queued,
@@ -194,6 +223,23 @@ mod tests {
             stop: Arc::new(AtomicBool::new(false)),
             thread: None,
         }
+    }
+
+    #[test]
+    fn emptied_chunks_go_back_for_reuse() {
+        let mut r = fed(Vec::new());
+        let (spent, back) = mpsc::channel();
+        r.spent = spent;
+        let (tx, rx) = mpsc::channel();
+        r.chunks = rx;
+        let chunk = framed(&[b"ab"]);
+        r.queued.fetch_add(chunk.len(), Ordering::Relaxed);
+        tx.send(chunk).unwrap();
+        assert_eq!(r.next(), Some(&b"ab"[..]));
+        assert_eq!(r.next(), None);
+        let reused = back.try_recv().expect("the emptied chunk comes back");
+        assert!(reused.is_empty() && reused.capacity() > 0);
+        assert_eq!(r.queued.load(Ordering::Relaxed), 0);
     }
 
     fn framed(records: &[&[u8]]) -> Vec<u8> {

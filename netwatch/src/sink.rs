@@ -230,6 +230,12 @@ impl Sinks {
         }
     }
 
+    /// Whether any output shows records one by one (the trace file, the event lines), and
+    /// so needs each completed with its process and container.
+    pub fn shows_records(&self) -> bool {
+        self.json.is_some() || self.lines.is_some()
+    }
+
     pub fn push(&mut self, event: &Event) {
         match event {
             Event::Transition(t) => self.transition(t),

@@ -191,6 +191,7 @@ impl Tracer {
 
     fn drain(&mut self) -> Result<(), SinkError> {
         let mut now = Vec::new();
+        let shown = self.sinks.shows_records();
         loop {
             let decoded = {
                 let Some(item) = self.probes.events.next() else {
@@ -208,8 +209,11 @@ impl Tracer {
             match &mut ev {
                 Event::Transition(t) => {
                     // Before anything reads it: the sinks write the record as completed.
-                    self.agg.complete(t);
-                    name_container(&mut self.cgroups, t);
+                    let whole = shown || Signals::reads_owner(t);
+                    self.agg.complete(t, whole);
+                    if whole {
+                        name_container(&mut self.cgroups, t);
+                    }
                     self.agg.apply(t);
                 }
                 Event::ConntrackEnd(c) => self.conntrack.apply(c),

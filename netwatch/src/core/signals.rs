@@ -566,6 +566,12 @@ impl Signals {
         }
     }
 
+    /// Whether [`Signals::observe`] reads `t`'s process: only a connect() that found no
+    /// local port is named by it (the live views skip completing the others').
+    pub fn reads_owner(t: &Transition) -> bool {
+        t.old == state::SYN_SENT && t.new == state::CLOSE && !t.timewait && t.sport == 0
+    }
+
     fn transition(&mut self, t: &Transition) {
         if t.new != state::CLOSE || t.timewait {
             return;
