@@ -210,11 +210,11 @@ impl Tracer {
                 Event::Transition(t) => {
                     // Before anything reads it: the sinks write the record as completed.
                     let whole = shown || Signals::reads_owner(t);
-                    self.agg.complete(t, whole);
+                    let found = self.agg.complete(t, whole);
                     if whole {
                         name_container(&mut self.cgroups, t);
                     }
-                    self.agg.apply(t);
+                    self.agg.apply_found(t, found);
                 }
                 Event::ConntrackEnd(c) => self.conntrack.apply(c),
                 Event::TimewaitReset(r) => self.agg.timewait_reset(r),

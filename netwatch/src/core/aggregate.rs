@@ -69,6 +69,55 @@ struct Live {
     group: u32,
 }
 
+/// Counts per state of small dense keys (ports, process indexes), in tables made only for
+/// the states that have sockets.
+struct DenseCounts {
+    keys: usize,
+    tables: Vec<Vec<u32>>,
+}
+
+impl DenseCounts {
+    fn per_state(keys: usize) -> Self {
+        Self {
+            keys,
+            tables: vec![Vec::new(); state::COUNT],
+        }
+    }
+
+    fn add(&mut self, state: usize, key: usize) {
+        let keys = self.keys;
+        let Some(t) = self.tables.get_mut(state) else {
+            return;
+        };
+        if t.is_empty() {
+            t.resize(keys, 0);
+        }
+        if let Some(n) = t.get_mut(key) {
+            *n += 1;
+        }
+    }
+
+    fn top<K: Ord + Copy>(&self, state: usize, key: impl Fn(usize) -> K) -> Vec<Talker<K>> {
+        let Some(t) = self.tables.get(state) else {
+            return Vec::new();
+        };
+        top_of(
+            t.iter()
+                .enumerate()
+                .filter(|(_, &n)| n > 0)
+                .map(|(k, &n)| Talker {
+                    key: key(k),
+                    count: u64::from(n),
+                })
+                .collect(),
+        )
+    }
+}
+
+/// A socket's entry in the mirror as one lookup found it (see [`Aggregator::complete`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Found(Option<Live>);
+
 /// What `Live::process` holds for a socket whose owner is unknown.
 const NO_PROCESS: u32 = u32::MAX;
 
@@ -156,11 +205,14 @@ fn percentiles(h: &Histogram<u64>) -> Percentiles {
     if h.is_empty() {
         return Percentiles::default();
     }
+    // One pass over the counts for the three (each pass reads all 40k of them, and a
+    // snapshot does this for every state's dwell and age).
+    let mut q = h.value_at_quantiles([0.50, 0.90, 0.99]);
     Percentiles {
         count: h.len(),
-        p50: h.value_at_quantile(0.50),
-        p90: h.value_at_quantile(0.90),
-        p99: h.value_at_quantile(0.99),
+        p50: q.next().unwrap_or(0),
+        p90: q.next().unwrap_or(0),
+        p99: q.next().unwrap_or(0),
         max: h.max(),
     }
 }
@@ -454,17 +506,20 @@ impl Aggregator {
     /// `whole`: all of it; else only the dwell, for a caller that reads nothing else of the
     /// record (the live views: an owner copied onto every record, then dropped, was ~8 % of
     /// their CPU).
-    pub fn complete(&self, t: &mut Transition, whole: bool) {
+    ///
+    /// Returns the entry it read, for [`Aggregator::apply_found`]: one lookup a record.
+    pub fn complete(&self, t: &mut Transition, whole: bool) -> Found {
         let Some(c) = self.live.get(&t.sock_id) else {
-            return;
+            return Found(None);
         };
+        let found = Found(Some(*c));
         if t.dwell_ns.is_none() && t.synack_retransmits.is_none() && c.timed && c.state == t.old {
             if let Some(since) = c.since {
                 t.dwell_ns = t.mono_ns.checked_sub(since.get());
             }
         }
         if !whole {
-            return;
+            return found;
         }
         if t.cgroup == 0 {
             t.cgroup = self.groups.get(c.group).cgroup;
@@ -472,9 +527,17 @@ impl Aggregator {
         if t.owner.is_none() {
             t.owner = self.processes.get(c.process).cloned();
         }
+        found
     }
 
     pub fn apply(&mut self, t: &Transition) {
+        let found = Found(self.live.get(&t.sock_id).copied());
+        self.apply_found(t, found);
+    }
+
+    /// [`Aggregator::apply`] with the socket's entry as [`Aggregator::complete`] just read
+    /// it (nothing changed the mirror in between).
+    pub fn apply_found(&mut self, t: &Transition, found: Found) {
         self.transitions += 1;
         self.early_ends.transition(t);
         if let Some(n) = self
@@ -489,8 +552,7 @@ impl Aggregator {
                 self.dwell[t.old as usize].saturating_record(d.min(MAX_TRACKABLE_NS));
             }
         }
-        // One lookup for everything below: this runs for every record.
-        let cur = self.live.get(&t.sock_id).copied();
+        let cur = found.0;
         if t.synack_retransmits.is_some() {
             self.unaccepted.remove(&t.sock_id);
         } else if cur.is_none()
@@ -586,7 +648,12 @@ impl Aggregator {
             self.count_out(old);
         }
         self.count_in(&live);
-        self.live.insert(t.sock_id, live);
+        // Rewritten in place where it is there: an insert probes for it again.
+        if let Some(slot) = cur.and_then(|_| self.live.get_mut(&t.sock_id)) {
+            *slot = live;
+        } else {
+            self.live.insert(t.sock_id, live);
+        }
     }
 
     /// The owner a request socket's record names, for a socket the mirror knows without
@@ -717,34 +784,47 @@ impl Aggregator {
         snap.accept_queued = self.accept_queued;
         snap.handshakes = self.handshakes;
 
-        let mut ages: Vec<Histogram<u64>> = (0..state::COUNT).map(|_| new_histogram()).collect();
-        // Rebuilt from every live socket at each snapshot (131k at a full TIME_WAIT table),
-        // so with the cheap hasher: SipHash made this pass most of an interval's CPU.
-        let mut by_port: Vec<IdMap<u16, u64>> = vec![IdMap::default(); state::COUNT];
-        let mut by_local: Vec<IdMap<u16, u64>> = vec![IdMap::default(); state::COUNT];
+        // Made only for the states that have sockets: each is 320 kB to zero.
+        let mut ages: Vec<Option<Histogram<u64>>> = vec![None; state::COUNT];
+        // Rebuilt from every live socket at each snapshot (131k at a full TIME_WAIT table):
+        // ports, processes and groups are counted in dense tables, not hash maps (17 ms a
+        // snapshot at a full table, most of a live view's interval work), the remotes with
+        // the cheap hasher.
+        let mut by_port = DenseCounts::per_state(1 << 16);
+        let mut by_local = DenseCounts::per_state(1 << 16);
+        let mut by_process = DenseCounts::per_state(self.processes.list.len());
+        let mut by_group = vec![[0u64; state::COUNT]; self.groups.list.len()];
         let mut by_remote: Vec<IdMap<IpAddr, u64>> = vec![IdMap::default(); state::COUNT];
-        let mut by_process: Vec<IdMap<u32, u64>> = vec![IdMap::default(); state::COUNT];
         for l in self.live.values() {
             let i = l.state as usize;
-            let netns = self.groups.get(l.group).netns;
-            snap.per_netns.entry(netns).or_insert([0; state::COUNT])[i] += 1;
-            if let Some(since) = l.since {
-                ages[i].saturating_record(
+            if let Some(g) = by_group.get_mut(l.group as usize) {
+                g[i] += 1;
+            }
+            if let (Some(since), Some(h)) = (l.since, ages.get_mut(i)) {
+                h.get_or_insert_with(new_histogram).saturating_record(
                     now_ns
                         .saturating_sub(since.get())
                         .clamp(1, MAX_TRACKABLE_NS),
                 );
             }
-            *by_port[i].entry(l.service_port).or_default() += 1;
+            by_port.add(i, l.service_port.into());
             // A connect() enters SYN_SENT before its port is chosen: 0 is no port.
             if l.local_port != 0 {
-                *by_local[i].entry(l.local_port).or_default() += 1;
+                by_local.add(i, l.local_port.into());
             }
             if l.state != state::LISTEN {
                 *by_remote[i].entry(l.remote).or_default() += 1;
             }
             if l.process != NO_PROCESS {
-                *by_process[i].entry(l.process).or_default() += 1;
+                by_process.add(i, l.process as usize);
+            }
+        }
+        for (g, counts) in self.groups.list.iter().zip(&by_group) {
+            if counts.iter().any(|&n| n > 0) {
+                let ns = snap.per_netns.entry(g.netns).or_insert([0; state::COUNT]);
+                for (sum, n) in ns.iter_mut().zip(counts) {
+                    *sum += n;
+                }
             }
         }
         for i in 0..state::COUNT {
@@ -771,22 +851,26 @@ impl Aggregator {
                 peak: self.peaks[i].with(now, now_ns),
                 entered: self.entered[i],
                 dwell: percentiles(&self.dwell[i]),
-                age: requests.map_or_else(|| percentiles(&ages[i]), |r| r.age_at(now_ns)),
+                age: requests.map_or_else(
+                    || ages[i].as_ref().map(percentiles).unwrap_or_default(),
+                    |r| r.age_at(now_ns),
+                ),
                 buckets: buckets(&self.dwell[i]),
             };
             snap.top_service_ports[i] = match requests {
                 Some(r) => r.by_port.clone(),
-                None => top(std::mem::take(&mut by_port[i])),
+                None => by_port.top(i, |k| k as u16),
             };
             snap.top_local_ports[i] = match requests {
                 Some(r) => r.by_port.clone(),
-                None => top(std::mem::take(&mut by_local[i])),
+                None => by_local.top(i, |k| k as u16),
             };
             snap.top_remotes[i] = match requests {
                 Some(r) => r.by_remote.clone(),
                 None => top(std::mem::take(&mut by_remote[i])),
             };
-            snap.top_processes[i] = top(std::mem::take(&mut by_process[i]))
+            snap.top_processes[i] = by_process
+                .top(i, |k| k as u32)
                 .into_iter()
                 .filter_map(|t| {
                     let key = self.processes.get(t.key)?.clone();
@@ -819,10 +903,16 @@ impl super::signals::SocketView for Aggregator {
 /// The `TOP_N` largest counts, largest first (ties by key). Selects before sorting: a
 /// state's local ports number in the tens of thousands under client churn.
 fn top<K: Ord + Copy, S>(counts: HashMap<K, u64, S>) -> Vec<Talker<K>> {
-    let mut v: Vec<Talker<K>> = counts
-        .into_iter()
-        .map(|(key, count)| Talker { key, count })
-        .collect();
+    top_of(
+        counts
+            .into_iter()
+            .map(|(key, count)| Talker { key, count })
+            .collect(),
+    )
+}
+
+/// The [`TOP_N`] largest counts, largest first, ties by key.
+fn top_of<K: Ord + Copy>(mut v: Vec<Talker<K>>) -> Vec<Talker<K>> {
     let order = |a: &Talker<K>, b: &Talker<K>| b.count.cmp(&a.count).then(a.key.cmp(&b.key));
     if v.len() > TOP_N {
         v.select_nth_unstable_by(TOP_N, order);
@@ -1139,6 +1229,35 @@ mod tests {
         let mut close = t(7, 5 * S, ESTABLISHED, FIN_WAIT1, None);
         a.complete(&mut close, true);
         assert_eq!(close.dwell_ns, Some(3 * S));
+    }
+
+    #[test]
+    fn dense_counts_rank_as_the_maps_did() {
+        let mut d = DenseCounts::per_state(1 << 16);
+        for (port, n) in [
+            (443u16, 3),
+            (80, 3),
+            (22, 1),
+            (8080, 2),
+            (9, 1),
+            (10, 1),
+            (11, 1),
+        ] {
+            for _ in 0..n {
+                d.add(TIME_WAIT as usize, port.into());
+            }
+        }
+        let top: Vec<(u16, u64)> = d
+            .top(TIME_WAIT as usize, |k| k as u16)
+            .into_iter()
+            .map(|t| (t.key, t.count))
+            .collect();
+        assert_eq!(top, [(80, 3), (443, 3), (8080, 2), (9, 1), (10, 1)]);
+        assert!(d.top(ESTABLISHED as usize, |k| k as u16).is_empty());
+        // A key past the table (a process index from after it was sized) is not counted.
+        let mut small = DenseCounts::per_state(2);
+        small.add(0, 5);
+        assert!(small.top(0, |k| k).is_empty());
     }
 
     #[test]

@@ -39,6 +39,11 @@ impl<V> ShardedMap<V> {
         self.shards[self.shard(*id)].get(id)
     }
 
+    pub fn get_mut(&mut self, id: &u64) -> Option<&mut V> {
+        let s = self.shard(*id);
+        self.shards[s].get_mut(id)
+    }
+
     pub fn insert(&mut self, id: u64, v: V) -> Option<V> {
         let s = self.shard(id);
         self.shards[s].insert(id, v)
