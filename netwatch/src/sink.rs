@@ -369,7 +369,7 @@ impl Sinks {
         else {
             return Ok(());
         };
-        let bytes = std::mem::replace(batch, Vec::with_capacity(1 << 16));
+        let bytes = std::mem::replace(batch, writer.buffer());
         self.output_bytes += bytes.len() as u64;
         writer.send(Batch {
             bytes,

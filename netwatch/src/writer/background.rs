@@ -116,6 +116,11 @@ impl Background {
         self.queue.dropped()
     }
 
+    /// A buffer for the next batch (one the writer is done with, where there is one).
+    pub fn buffer(&self) -> Vec<u8> {
+        self.queue.buffer()
+    }
+
     /// Waits up to `grace` for the writer to take all but `bytes` of what it was given, for a
     /// producer that can wait (the census), so that it does not queue far ahead of the file.
     pub fn pace(&self, bytes: usize, grace: Duration) {
@@ -160,7 +165,10 @@ fn write_until_last<S: Storage>(
     };
     loop {
         match queue.take(IDLE_WAKE) {
-            Next::Records(b) => w.push_with(|buf| buf.extend_from_slice(&b.bytes)),
+            Next::Records(b) => {
+                w.push_with(|buf| buf.extend_from_slice(&b.bytes));
+                queue.give_back(b.bytes);
+            }
             Next::Last(last) => {
                 let finished = w.finish(&last)?;
                 let warnings = std::mem::take(&mut w.warnings);

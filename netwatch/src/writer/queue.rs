@@ -49,7 +49,17 @@ struct State {
     bytes: usize,
     last: Option<Vec<u8>>,
     dropped: RecordCounts,
+    /// Buffers of batches the writer has written, for the next batches.
+    spare: Vec<Vec<u8>>,
 }
+
+/// Written batches' buffers kept for reuse, at most: a fresh buffer for every batch, grown
+/// by doubling past glibc's mapping threshold (see `crate::heap`), cost page faults and
+/// zeroing for every byte of JSON (JSON mode's CPU 14.0 -> 17.5 % of a core).
+const SPARE_BUFFERS: usize = 3;
+
+/// What a new batch buffer starts with.
+const BUFFER_START: usize = 1 << 16;
 
 pub struct Queue {
     state: Mutex<State>,
@@ -113,6 +123,23 @@ impl Queue {
         drop(s);
         self.changed.notify_all();
         true
+    }
+
+    /// A buffer for the next batch: a written one where there is one.
+    pub fn buffer(&self) -> Vec<u8> {
+        self.lock()
+            .spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(BUFFER_START))
+    }
+
+    /// The writer is done with a batch's buffer: kept for a later batch (a few at most).
+    pub fn give_back(&self, mut bytes: Vec<u8>) {
+        bytes.clear();
+        let mut s = self.lock();
+        if s.spare.len() < SPARE_BUFFERS && bytes.capacity() > 0 {
+            s.spare.push(bytes);
+        }
     }
 
     /// The writer's side: the next batch, else the last record once every batch is taken,
@@ -248,6 +275,24 @@ mod tests {
         assert_eq!(q.dropped().transition, 2);
         assert!(matches!(q.take(Duration::ZERO), Next::Last(l) if l == b"summary"));
         assert!(matches!(q.take(Duration::ZERO), Next::Idle));
+    }
+
+    #[test]
+    fn written_buffers_are_reused_a_few_at_a_time() {
+        let q = Queue::new(1000);
+        let mut big = Vec::with_capacity(1 << 20);
+        big.extend_from_slice(b"records");
+        q.give_back(big);
+        for _ in 0..5 {
+            q.give_back(Vec::with_capacity(10));
+        }
+        let reused = q.buffer();
+        assert!(reused.is_empty());
+        let kept: Vec<usize> = (0..SPARE_BUFFERS).map(|_| q.buffer().capacity()).collect();
+        assert!(kept.iter().all(|&c| c > 0));
+        // Past the spares, a fresh one.
+        assert_eq!(q.buffer().capacity(), BUFFER_START);
+        assert!(reused.capacity() >= 1 << 20 || kept.contains(&(1 << 20)));
     }
 
     #[test]
