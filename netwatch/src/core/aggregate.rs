@@ -3,6 +3,7 @@
 //! [`Snapshot`]s. Pure and synchronous: `trace` and `report` feed it the same way.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hash};
 use std::net::IpAddr;
 use std::num::NonZeroU64;
 
@@ -11,7 +12,7 @@ use netwatch_common::state;
 
 use super::early_ends::{Classifier, EarlyEnds};
 use super::event::{Owner, TimewaitReset, Transition};
-use super::fasthash::IdMap;
+use super::fasthash::{IdHasher, IdMap};
 use super::requests::{ListenerQueue, Queues};
 use super::sharded::ShardedMap;
 use super::signals::Lingering;
@@ -121,63 +122,52 @@ pub struct Found(Option<Live>);
 /// What `Live::process` holds for a socket whose owner is unknown.
 const NO_PROCESS: u32 = u32::MAX;
 
-/// The processes seen owning sockets, each stored once, so that every live socket names its
-/// owner in four bytes and the mirror stays `Copy` at 131k TIME_WAIT sockets. Grows with
-/// the distinct (pid, command) pairs of the trace, which is far fewer than sockets.
-#[derive(Default)]
-struct Processes {
-    list: Vec<Owner>,
-    index: HashMap<Owner, u32>,
+/// Values each stored once and named by their index: every live socket names its process
+/// and its (namespace, cgroup) in four bytes each, so the mirror stays `Copy` and small (at
+/// a million TIME_WAIT sockets its size sets netwatch's peak memory; held inline, the pair
+/// alone was 12 of an entry's 56 bytes). Grows with the distinct processes and containers of
+/// the trace, far fewer than sockets.
+struct Interned<T, S = std::collections::hash_map::RandomState> {
+    list: Vec<T>,
+    index: HashMap<T, u32, S>,
 }
 
-impl Processes {
-    fn id(&mut self, owner: Option<&Owner>) -> u32 {
-        let Some(o) = owner else { return NO_PROCESS };
-        if let Some(&i) = self.index.get(o) {
+impl<T, S: Default> Default for Interned<T, S> {
+    fn default() -> Self {
+        Self {
+            list: Vec::new(),
+            index: HashMap::default(),
+        }
+    }
+}
+
+impl<T: Hash + Eq + Clone, S: BuildHasher> Interned<T, S> {
+    fn id(&mut self, v: &T) -> u32 {
+        if let Some(&i) = self.index.get(v) {
             return i;
         }
         let i = self.list.len() as u32;
-        self.list.push(o.clone());
-        self.index.insert(o.clone(), i);
+        self.list.push(v.clone());
+        self.index.insert(v.clone(), i);
         i
     }
 
-    fn get(&self, id: u32) -> Option<&Owner> {
+    fn get(&self, id: u32) -> Option<&T> {
         self.list.get(id as usize)
     }
 }
+
+/// Processes, with SipHash: command names are the traced machine's users' to choose.
+type Processes = Interned<Owner>;
+
+/// (namespace, cgroup) pairs: kernel ids, so the cheap hasher.
+type Groups = Interned<Group, BuildHasherDefault<IdHasher>>;
 
 /// A socket's network namespace inode and cgroup id (0: unknown).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 struct Group {
     netns: u32,
     cgroup: u64,
-}
-
-/// The (namespace, cgroup) pairs seen, each stored once, as [`Processes`] stores owners:
-/// held inline they were 12 of each mirror entry's 56 bytes, and at a million TIME_WAIT
-/// sockets the table's size sets netwatch's peak memory. Grows with the containers seen,
-/// far fewer than sockets.
-#[derive(Default)]
-struct Groups {
-    list: Vec<Group>,
-    index: IdMap<Group, u32>,
-}
-
-impl Groups {
-    fn id(&mut self, g: Group) -> u32 {
-        if let Some(&i) = self.index.get(&g) {
-            return i;
-        }
-        let i = self.list.len() as u32;
-        self.list.push(g);
-        self.index.insert(g, i);
-        i
-    }
-
-    fn get(&self, id: u32) -> Group {
-        self.list.get(id as usize).copied().unwrap_or_default()
-    }
 }
 
 /// A socket that existed when tracing began, from the census.
@@ -478,8 +468,11 @@ impl Aggregator {
             service_port: self.service_port(s.state, s.sport, s.dport, false),
             local_port: s.sport,
             remote: s.daddr,
-            process: self.processes.id(s.owner.as_ref()),
-            group: self.groups.id(Group {
+            process: s
+                .owner
+                .as_ref()
+                .map_or(NO_PROCESS, |o| self.processes.id(o)),
+            group: self.groups.id(&Group {
                 netns: s.netns,
                 cgroup: s.cgroup,
             }),
@@ -522,7 +515,7 @@ impl Aggregator {
             return found;
         }
         if t.cgroup == 0 {
-            t.cgroup = self.groups.get(c.group).cgroup;
+            t.cgroup = self.group(c.group).cgroup;
         }
         if t.owner.is_none() {
             t.owner = self.processes.get(c.process).cloned();
@@ -610,24 +603,22 @@ impl Aggregator {
         // SipHash were ~3 % of a live view's CPU).
         let process = match (&t.owner, cur) {
             (Some(o), Some(c)) if self.processes.get(c.process) == Some(o) => c.process,
-            (Some(o), _) => self.processes.id(Some(o)),
+            (Some(o), _) => self.processes.id(o),
             (None, _) => cur.map_or(NO_PROCESS, |c| c.process),
         };
         // Timewait sockets carry no cgroup: the socket keeps the one its full socket had.
-        let group = match (t.cgroup, cur) {
-            (0, Some(c)) => Group {
-                netns: t.netns,
-                cgroup: self.groups.get(c.group).cgroup,
-            },
-            (cgroup, _) => Group {
-                netns: t.netns,
-                cgroup,
+        let had = cur.map(|c| (c.group, self.group(c.group)));
+        let group = Group {
+            netns: t.netns,
+            cgroup: match (t.cgroup, had) {
+                (0, Some((_, g))) => g.cgroup,
+                (cgroup, _) => cgroup,
             },
         };
         // Most records name the group the socket already has: compared, not hashed.
-        let group = match cur {
-            Some(c) if self.groups.get(c.group) == group => c.group,
-            _ => self.groups.id(group),
+        let group = match had {
+            Some((id, g)) if g == group => id,
+            _ => self.groups.id(&group),
         };
         let live = Live {
             state: t.new,
@@ -656,11 +647,16 @@ impl Aggregator {
         }
     }
 
+    /// The (namespace, cgroup) a mirror entry names.
+    fn group(&self, id: u32) -> Group {
+        self.groups.get(id).copied().unwrap_or_default()
+    }
+
     /// The owner a request socket's record names, for a socket the mirror knows without
     /// one: accept() is the first the process touches it.
     fn adopt_owner(&mut self, t: &Transition, c: Live) {
         if let (Some(o), NO_PROCESS) = (&t.owner, c.process) {
-            let process = self.processes.id(Some(o));
+            let process = self.processes.id(o);
             self.insert(t.sock_id, Live { process, ..c });
         }
     }
@@ -701,7 +697,7 @@ impl Aggregator {
     pub fn groups(&self) -> GroupCounts {
         let mut out = GroupCounts::default();
         for l in self.live.values() {
-            let g = self.groups.get(l.group);
+            let g = self.group(l.group);
             out.entry((g.netns, g.cgroup)).or_insert([0; state::COUNT])[l.state as usize] += 1;
         }
         out
@@ -720,7 +716,7 @@ impl Aggregator {
             if age < min_age_ns {
                 continue;
             }
-            let e = by_ns.entry(self.groups.get(l.group).netns).or_default();
+            let e = by_ns.entry(self.group(l.group).netns).or_default();
             e.0 += 1;
             e.1 = e.1.max(age);
             if l.process != NO_PROCESS {
@@ -749,7 +745,7 @@ impl Aggregator {
         self.live
             .values()
             .filter(|l| {
-                self.groups.get(l.group).netns == netns
+                self.group(l.group).netns == netns
                     && l.remote == daddr
                     && l.service_port == dport
                     && l.local_port != 0

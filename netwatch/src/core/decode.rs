@@ -326,13 +326,11 @@ pub(crate) mod tests {
         }
     }
 
-    pub fn bytes_of(raw: &RawTransition) -> Vec<u8> {
-        // SAFETY: reading the bytes of a plain-data struct.
+    /// The bytes of a plain-data kernel record, as the ring buffer hands them over.
+    pub fn bytes_of<T: Copy>(raw: &T) -> Vec<u8> {
+        // SAFETY: reading the bytes of a plain-data struct, for its whole size.
         unsafe {
-            std::slice::from_raw_parts(
-                (raw as *const RawTransition).cast::<u8>(),
-                RawTransition::SIZE,
-            )
+            std::slice::from_raw_parts((raw as *const T).cast::<u8>(), std::mem::size_of::<T>())
         }
         .to_vec()
     }
@@ -411,9 +409,7 @@ pub(crate) mod tests {
             synack_retransmits: 2,
             ..Default::default()
         };
-        let bytes = unsafe {
-            std::slice::from_raw_parts((&raw as *const RequestEnd).cast::<u8>(), RequestEnd::SIZE)
-        };
+        let bytes = &bytes_of(&raw);
         let Ok(Event::Transition(t)) = decode(bytes) else {
             panic!()
         };
@@ -428,12 +424,7 @@ pub(crate) mod tests {
             sock_id: 0,
             ..raw
         };
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                (&dropped as *const RequestEnd).cast::<u8>(),
-                RequestEnd::SIZE,
-            )
-        };
+        let bytes = &bytes_of(&dropped);
         let Ok(Event::Transition(t)) = decode(bytes) else {
             panic!()
         };
@@ -443,12 +434,7 @@ pub(crate) mod tests {
 
         // A child whose birth the kernel no longer held: completed, when freed, untimed.
         let unborn = RequestEnd { child_ns: 0, ..raw };
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                (&unborn as *const RequestEnd).cast::<u8>(),
-                RequestEnd::SIZE,
-            )
-        };
+        let bytes = &bytes_of(&unborn);
         let Ok(Event::Transition(t)) = decode(bytes) else {
             panic!()
         };
@@ -507,9 +493,7 @@ pub(crate) mod tests {
         raw.tcp[12] = 10 << 4;
         raw.tcp[13] = 0x02;
         raw.tcp[20..30].copy_from_slice(&[8, 10, 0, 0, 0x03, 0xe8, 0, 0, 0, 0]);
-        let bytes = unsafe {
-            std::slice::from_raw_parts((&raw as *const DropRecord).cast::<u8>(), DropRecord::SIZE)
-        };
+        let bytes = &bytes_of(&raw);
         let mut d = Decoder::new(vec![(38, DropReason::TwPaws)]);
         let Ok(Event::Drop(drop)) = d.decode(bytes) else {
             panic!("not a drop")
@@ -530,9 +514,7 @@ pub(crate) mod tests {
         // The same layout as a RST that met a timewait socket: the tuple is the socket's.
         raw.header.kind = kind::TIMEWAIT_RESET;
         raw.tcp[13] = 0x04;
-        let bytes = unsafe {
-            std::slice::from_raw_parts((&raw as *const DropRecord).cast::<u8>(), DropRecord::SIZE)
-        };
+        let bytes = &bytes_of(&raw);
         let Ok(Event::TimewaitReset(r)) = Decoder::default().decode(bytes) else {
             panic!("not a timewait reset")
         };
@@ -566,12 +548,7 @@ pub(crate) mod tests {
             tcp_state: 7,
             ..Default::default()
         };
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                (&raw as *const RawConntrackEnd).cast::<u8>(),
-                RawConntrackEnd::SIZE,
-            )
-        };
+        let bytes = &bytes_of(&raw);
         let Ok(Event::ConntrackEnd(ct)) = decode(bytes) else {
             panic!()
         };
