@@ -239,6 +239,21 @@ pub struct KnownCaches {
     /// The `nf_conntrack` cache, learned from the first allocation made from inside
     /// `__nf_conntrack_alloc` (see `Filters::ct_alloc_lo`).
     pub conntrack: u64,
+    /// Which of these caches' deaths the destructor hooks report (bits of [`destructor`]),
+    /// so the slab hook passes over them: written by userspace once those hooks are
+    /// attached, which is only known after the programs are loaded.
+    pub destructors: u64,
+}
+
+/// Bits of [`KnownCaches::destructors`].
+pub mod destructor {
+    /// `tcp_twsk_destructor` (timewait sockets of both families).
+    pub const TIMEWAIT: u64 = 1;
+    /// `tcp_v4_reqsk_destructor`.
+    pub const REQUEST_V4: u64 = 2;
+    /// `tcp_v6_reqsk_destructor`.
+    pub const REQUEST_V6: u64 = 4;
+    pub const ALL: u64 = TIMEWAIT | REQUEST_V4 | REQUEST_V6;
 }
 
 /// What a timewait socket is known by while it lives (keyed by its address in `TW_STATE`,
@@ -325,6 +340,7 @@ pub struct Filters {
 mod pod {
     // SAFETY: plain `#[repr(C)]` data with explicit padding and no invalid bit patterns.
     unsafe impl aya::Pod for super::Filters {}
+    unsafe impl aya::Pod for super::KnownCaches {}
     unsafe impl aya::Pod for super::offsets::KernelOffsets {}
 }
 

@@ -40,9 +40,17 @@ pub mod program {
     pub const TW_SEGMENT_FEXIT: &str = "tw_segment_fexit";
     /// tp_btf on `tcp_retransmit_synack`.
     pub const SYNACK_RETRANSMIT: &str = "synack_retransmit";
+    /// fentry on `tcp_twsk_destructor`: deaths of TCP timewait sockets (both families), one
+    /// run per death where the slab hook runs ~22 times a connection for other caches.
+    /// Kernels that refuse fentry (lockdown, no direct-call trampolines) use the slab hook.
+    pub const TW_DESTRUCTOR: &str = "tw_destructor";
+    /// fentry on `tcp_v4_reqsk_destructor`: deaths of IPv4 request sockets.
+    pub const REQ_DESTRUCTOR: &str = "req_destructor";
+    /// fentry on `tcp_v6_reqsk_destructor`: deaths of IPv6 request sockets.
+    pub const REQ6_DESTRUCTOR: &str = "req6_destructor";
     /// The second program of a hook, which handles the events the kernel kept from the
     /// first because they arrived nested in it on one CPU: (first, second).
-    pub const NESTED: [(&str, &str); 7] = [
+    pub const NESTED: [(&str, &str); 10] = [
         (SET_STATE, "set_state_nested"),
         (SET_STATE_PTR, "set_state_ptr_nested"),
         (SLAB_ALLOC, "slab_alloc_nested"),
@@ -50,6 +58,9 @@ pub mod program {
         (SLAB_FREE_FENTRY, "slab_free_fentry_nested"),
         (DROPS, "drops_nested"),
         (DROPS_NO_RX_SK, "drops_no_rx_sk_nested"),
+        (TW_DESTRUCTOR, "tw_destructor_nested"),
+        (REQ_DESTRUCTOR, "req_destructor_nested"),
+        (REQ6_DESTRUCTOR, "req6_destructor_nested"),
     ];
 }
 
@@ -63,6 +74,12 @@ pub mod hook {
     /// Kernel functions for fentry/fexit variants (tried where tracepoints fall short).
     pub const FN_SLAB_FREE: &str = "kmem_cache_free";
     pub const FN_TW_SEGMENT: &str = "tcp_timewait_state_process";
+    /// The destructors the slab frees of timewait and request sockets call just before
+    /// (`inet_twsk_free`, `__reqsk_free`), through the protocol's ops: real functions on
+    /// every kernel, present in the BTF of Debian's 5.10 to 7.3.
+    pub const FN_TW_DESTRUCTOR: &str = "tcp_twsk_destructor";
+    pub const FN_REQ_DESTRUCTOR: &str = "tcp_v4_reqsk_destructor";
+    pub const FN_REQ6_DESTRUCTOR: &str = "tcp_v6_reqsk_destructor";
 }
 
 pub mod global {

@@ -209,6 +209,38 @@ twins!(
     }
 );
 
+twins!(
+    /// Entry of `tcp_twsk_destructor(sk)`, called by `inet_twsk_free` just before the slab
+    /// free (kernels that allow fentry).
+    #[fentry(function = "tcp_twsk_destructor")]
+    tw_destructor,
+    tw_destructor_nested,
+    twins::TW_DESTRUCTOR,
+    FEntryContext,
+    |ctx: &FEntryContext, twin| slab::timewait_destroyed(twin, arg_copy(ctx, 0))
+);
+
+twins!(
+    /// Entry of `tcp_v4_reqsk_destructor(req)`, called by `__reqsk_free` just before the
+    /// slab free.
+    #[fentry(function = "tcp_v4_reqsk_destructor")]
+    req_destructor,
+    req_destructor_nested,
+    twins::REQ_DESTRUCTOR,
+    FEntryContext,
+    |ctx: &FEntryContext, twin| slab::request_destroyed(twin, arg_copy(ctx, 0))
+);
+
+twins!(
+    /// Entry of `tcp_v6_reqsk_destructor(req)`.
+    #[fentry(function = "tcp_v6_reqsk_destructor")]
+    req6_destructor,
+    req6_destructor_nested,
+    twins::REQ_DESTRUCTOR,
+    FEntryContext,
+    |ctx: &FEntryContext, twin| slab::request_destroyed(twin, arg_copy(ctx, 0))
+);
+
 /// After a timewait socket handled a segment: an orphan's FIN_WAIT2 may have turned
 /// TIME_WAIT (kernels whose `kfree_skb` does not name the socket).
 #[fexit(function = "tcp_timewait_state_process")]

@@ -3,6 +3,10 @@
 //! entries. These hooks fire for every slab object in the kernel, so each starts with a
 //! pointer compare against the learned caches and leaves at once for anything else.
 //!
+//! Where the kernel allows fentry, the sockets' destructors report their deaths instead
+//! (`timewait_destroyed`, `request_destroyed`): one run per death, not ~22 runs a
+//! connection, and the slab hook waits for conntrack as the allocation hook does.
+//!
 //! Timewait and request sockets need no allocation hook: a timewait socket is found in the
 //! established table when its full socket closes (transition.rs), and a request socket
 //! carries its birth (the first SYN-ACK's time). So the allocation hook, which runs ~32
@@ -16,7 +20,7 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::BtfTracePointContext};
 use netwatch_common::{
-    counter, flag, kind, state, KnownCaches, RecordHeader, RequestEnd, DWELL_UNKNOWN,
+    counter, destructor, flag, kind, state, KnownCaches, RecordHeader, RequestEnd, DWELL_UNKNOWN,
 };
 
 use crate::{
@@ -36,9 +40,22 @@ fn classify(cache: u64) -> Cache {
         return Cache::Other;
     };
     let c: &KnownCaches = c;
+    // A cache whose deaths a destructor hook reports is passed over (read only on a match:
+    // other caches, nearly every run, pay nothing for it).
     if cache == c.timewait[0] || cache == c.timewait[1] {
+        if c.destructors & destructor::TIMEWAIT != 0 {
+            return Cache::Other;
+        }
         Cache::Timewait
     } else if cache == c.request[0] || cache == c.request[1] {
+        let by = if cache == c.request[0] {
+            destructor::REQUEST_V4
+        } else {
+            destructor::REQUEST_V6
+        };
+        if c.destructors & by != 0 {
+            return Cache::Other;
+        }
         Cache::Request
     } else if cache == c.conntrack && cache != 0 {
         Cache::Conntrack
@@ -90,6 +107,23 @@ pub fn free(twin: Twin, cache: u64, obj: impl FnOnce() -> u64) {
         Cache::Request => request_died(obj),
         Cache::Conntrack => conntrack::died(obj),
         Cache::Other => {}
+    }
+}
+
+/// Entry of `tcp_twsk_destructor(tw)`: the timewait socket is freed right after.
+#[inline(always)]
+pub fn timewait_destroyed(twin: Twin, tw: u64) {
+    if tw != 0 && twin.takes(tw) {
+        timewait_died(tw as *const u8);
+    }
+}
+
+/// Entry of `tcp_v4_reqsk_destructor(req)` / `tcp_v6_reqsk_destructor(req)`: the request
+/// socket is freed right after.
+#[inline(always)]
+pub fn request_destroyed(twin: Twin, req: u64) {
+    if req != 0 && twin.takes(req) {
+        request_died(req as *const u8);
     }
 }
 

@@ -25,7 +25,10 @@ pub const SET_STATE: u32 = 0;
 pub const SLAB_ALLOC: u32 = 1;
 pub const SLAB_FREE: u32 = 2;
 pub const DROPS: u32 = 3;
-const HOOKS: u32 = 4;
+pub const TW_DESTRUCTOR: u32 = 4;
+/// Both families' request destructors: their claims' keys (the sockets) never collide.
+pub const REQ_DESTRUCTOR: u32 = 5;
+const HOOKS: u32 = 6;
 
 /// Outstanding claims per hook: one while the first program's run is followed by its twin's
 /// for the same event, one more per interrupt nested between them, and any whose twin run

@@ -3,14 +3,14 @@
 
 use anyhow::{anyhow, Context, Result};
 use aya::{
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, FEntry, FExit, ProgramError},
     Ebpf, EbpfLoader,
 };
 use netwatch_common::{
     counter,
     names::{global, map, program},
-    Filters, DROP_REASON_SLOTS,
+    Filters, KnownCaches, DROP_REASON_SLOTS,
 };
 
 use crate::{
@@ -29,10 +29,12 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ne
 /// Attached programs and the maps userspace reads; dropping it detaches everything.
 pub struct Probes {
     ebpf: Ebpf,
-    /// The allocation hook (and whether its twin loaded), loaded and verified but not yet
-    /// attached: it serves conntrack's births only, and runs for every slab allocation of
-    /// the kernel, so it is attached once conntrack is in use ([`Probes::conntrack_in_use`]).
-    conntrack_births: Option<(Variant, bool)>,
+    /// The slab hooks (and whether their twins loaded) loaded and verified but not yet
+    /// attached: the allocation hook serves conntrack's births only, and the free hook,
+    /// where destructor hooks report every socket death, conntrack's deaths only. Each runs
+    /// for every slab object of the kernel, so they are attached once conntrack is in use
+    /// ([`Probes::conntrack_in_use`]).
+    conntrack_hooks: Vec<(Variant, bool)>,
     /// The ring buffer's records, copied out by a thread of their own.
     pub events: RingReader,
     /// Things worth telling the user about how this kernel limited the trace.
@@ -234,14 +236,31 @@ impl Probes {
         }
         drop(aya_btf);
         before_attach();
-        let mut deferred = None;
+        let mut deferred = Vec::new();
+        let conntrack_births = outcomes
+            .iter()
+            .any(|o| o.hook == Hook::SlabAlloc && o.loaded.is_some());
+        // Told before anything attaches, so no death is reported by both kinds of hook; told
+        // again below if an attach fails.
+        let loaded_cover = plan::covered(&outcomes);
+        tell_destructors(&mut ebpf, loaded_cover)
+            .context("could not tell the slab hook which deaths the destructor hooks report")?;
+        // The plan puts the destructor hooks before the slab free hook.
+        let mut covered = 0;
         for outcome in &mut outcomes {
             let Some((v, twin)) = outcome.loaded else {
                 continue;
             };
             if outcome.hook == Hook::SlabAlloc {
                 // Runs ~32 times a connection for other caches; waits for conntrack.
-                deferred = Some((v, twin));
+                deferred.push((v, twin));
+                continue;
+            }
+            if outcome.hook == Hook::SlabFree && plan::slab_free_waits(covered) {
+                // Every socket death has its destructor hook: conntrack's are left.
+                if conntrack_births {
+                    deferred.push((v, twin));
+                }
                 continue;
             }
             let first = attach_loaded(&mut ebpf, v.program, v.attach);
@@ -262,6 +281,11 @@ impl Probes {
                     outcome.loaded = Some((v, false));
                 }
             }
+            covered |= plan::destructor_bit(outcome.hook);
+        }
+        if covered != loaded_cover {
+            tell_destructors(&mut ebpf, covered)
+                .context("could not tell the slab hook which deaths the destructor hooks report")?;
         }
         let features = plan::features(&plan, &outcomes);
         let own_sockets = teach_caches().unwrap_or_else(|e| {
@@ -279,7 +303,7 @@ impl Probes {
         .context("could not start the thread that reads the ring buffer")?;
         Ok(Self {
             ebpf,
-            conntrack_births: deferred,
+            conntrack_hooks: deferred,
             events,
             warnings,
             reasons,
@@ -294,14 +318,13 @@ impl Probes {
     /// before end with an unknown one, as entries older than the trace do. Err (once) if
     /// the kernel refused the attach, for the user to be told.
     pub fn conntrack_in_use(&mut self) -> Result<()> {
-        let Some((v, twin)) = self.conntrack_births.take() else {
-            return Ok(());
-        };
-        attach_loaded(&mut self.ebpf, v.program, v.attach)
-            .context("conntrack lifetimes are not followed")?;
-        if let (true, Some(second)) = (twin, v.nested()) {
-            // Without its twin, an allocation nested in another counts as a skipped run.
-            let _ = attach_loaded(&mut self.ebpf, second, v.attach);
+        for (v, twin) in std::mem::take(&mut self.conntrack_hooks) {
+            attach_loaded(&mut self.ebpf, v.program, v.attach)
+                .context("conntrack lifetimes are not followed")?;
+            if let (true, Some(second)) = (twin, v.nested()) {
+                // Without its twin, an event nested in another counts as a skipped run.
+                let _ = attach_loaded(&mut self.ebpf, second, v.attach);
+            }
         }
         Ok(())
     }
@@ -360,6 +383,21 @@ impl Probes {
             covered_by_twin: sum(counter::COVERED_BY_TWIN)?,
         })
     }
+}
+
+/// Tells the slab free hook which deaths the destructor hooks report, so it passes over
+/// those caches. The kernel side writes the caches into the same entry as it learns them;
+/// one it learned between this read and write is learned again from the next listener
+/// (`teach_caches` opens some right after).
+fn tell_destructors(ebpf: &mut Ebpf, covered: u64) -> Result<()> {
+    let mut caches: Array<_, KnownCaches> = Array::try_from(
+        ebpf.map_mut(map::CACHES)
+            .ok_or_else(|| anyhow!("object lacks map {}", map::CACHES))?,
+    )?;
+    let mut known = caches.get(&0, 0)?;
+    known.destructors = covered;
+    caches.set(0, known, 0)?;
+    Ok(())
 }
 
 /// The text range of a kernel function: its address up to the next symbol's. Addresses
@@ -575,6 +613,9 @@ mod tests {
             program::DROPS_NO_RX_SK,
             program::TW_SEGMENT_FEXIT,
             program::SYNACK_RETRANSMIT,
+            program::TW_DESTRUCTOR,
+            program::REQ_DESTRUCTOR,
+            program::REQ6_DESTRUCTOR,
         ]
         .into_iter()
         .chain(program::NESTED.iter().map(|(_, second)| *second))

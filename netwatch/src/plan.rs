@@ -17,7 +17,10 @@
 
 use std::collections::BTreeMap;
 
-use netwatch_common::names::{hook as tp, program};
+use netwatch_common::{
+    destructor,
+    names::{hook as tp, program},
+};
 
 use crate::{
     btf::{ArgKind, Btf},
@@ -61,7 +64,13 @@ impl KernelFacts {
     /// Reads the facts the plan needs from the kernel's BTF; the rest comes from the loader.
     pub fn from_btf(btf: &Btf) -> Self {
         let mut functions = BTreeMap::new();
-        for f in [tp::FN_SLAB_FREE, tp::FN_TW_SEGMENT] {
+        for f in [
+            tp::FN_SLAB_FREE,
+            tp::FN_TW_SEGMENT,
+            tp::FN_TW_DESTRUCTOR,
+            tp::FN_REQ_DESTRUCTOR,
+            tp::FN_REQ6_DESTRUCTOR,
+        ] {
             if let Some(args) = btf.function_args(f) {
                 functions.insert(f, args);
             }
@@ -139,6 +148,50 @@ pub enum Hook {
     Drops,
     TwSegment,
     SynackRetransmit,
+    /// Timewait sockets' deaths through their destructor (fentry), where allowed.
+    TwDestructor,
+    /// IPv4 and IPv6 request sockets' deaths through theirs.
+    ReqDestructor,
+    Req6Destructor,
+}
+
+/// The destructor hooks: which deaths each reports (a bit of
+/// `netwatch_common::destructor`), its program, its function and that function's first
+/// argument.
+const DESTRUCTORS: [(Hook, u64, &str, &str, &str); 3] = [
+    (
+        Hook::TwDestructor,
+        destructor::TIMEWAIT,
+        program::TW_DESTRUCTOR,
+        tp::FN_TW_DESTRUCTOR,
+        "sock",
+    ),
+    (
+        Hook::ReqDestructor,
+        destructor::REQUEST_V4,
+        program::REQ_DESTRUCTOR,
+        tp::FN_REQ_DESTRUCTOR,
+        "request_sock",
+    ),
+    (
+        Hook::Req6Destructor,
+        destructor::REQUEST_V6,
+        program::REQ6_DESTRUCTOR,
+        tp::FN_REQ6_DESTRUCTOR,
+        "request_sock",
+    ),
+];
+
+/// The deaths `hook` reports, if it is a destructor hook.
+pub fn destructor_bit(hook: Hook) -> u64 {
+    DESTRUCTORS.iter().find(|d| d.0 == hook).map_or(0, |d| d.1)
+}
+
+/// Whether the slab free hook waits for conntrack (attached with the allocation hook),
+/// given the deaths the attached destructor hooks report: it runs ~22 times a connection
+/// for other caches, so it runs only for what nothing else reports.
+pub fn slab_free_waits(covered: u64) -> bool {
+    covered & destructor::ALL == destructor::ALL
 }
 
 /// One hook with the variants to try on it, best first.
@@ -242,6 +295,24 @@ pub fn plan(facts: &KernelFacts) -> Result<AttachPlan, String> {
     if let Some(why) = &facts.cgroup_blocked {
         unavailable.push((Feature::Containers, why.clone()));
     }
+    // Tried before the slab hook, which then runs only for the deaths they do not report.
+    let destructors: Vec<Step> = DESTRUCTORS
+        .iter()
+        .filter(|(_, _, _, f, arg)| {
+            facts
+                .functions
+                .get(f)
+                .is_some_and(|a| a.len() == 1 && is_struct(a.first(), arg))
+        })
+        .map(|&(hook, _, program, f, _)| Step {
+            hook,
+            required: false,
+            variants: vec![Variant {
+                program,
+                attach: Attach::FEntry(f),
+            }],
+        })
+        .collect();
     if let Some(why) = &facts.sockets_blocked {
         for f in [
             Feature::TimeWait,
@@ -250,7 +321,7 @@ pub fn plan(facts: &KernelFacts) -> Result<AttachPlan, String> {
         ] {
             unavailable.push((f, why.clone()));
         }
-    } else if free.is_empty() {
+    } else if free.is_empty() && destructors.is_empty() {
         let why = "this kernel's kmem_cache_free tracepoint carries no slab cache (6.0+) \
                    and its BTF has no kmem_cache_free function for fentry";
         for f in [
@@ -261,8 +332,16 @@ pub fn plan(facts: &KernelFacts) -> Result<AttachPlan, String> {
             unavailable.push((f, why.to_owned()));
         }
     } else {
+        steps.extend(destructors);
         if let Some(why) = &facts.conntrack_blocked {
             unavailable.push((Feature::ConntrackLifetimes, why.clone()));
+        } else if free.is_empty() {
+            unavailable.push((
+                Feature::ConntrackLifetimes,
+                "this kernel's kmem_cache_free tracepoint carries no slab cache (6.0+) and its \
+                 BTF has no kmem_cache_free function for fentry"
+                    .to_owned(),
+            ));
         } else if alloc.is_empty() {
             unavailable.push((
                 Feature::ConntrackLifetimes,
@@ -278,11 +357,13 @@ pub fn plan(facts: &KernelFacts) -> Result<AttachPlan, String> {
                 variants: alloc,
             });
         }
-        steps.push(Step {
-            hook: Hook::SlabFree,
-            required: false,
-            variants: free,
-        });
+        if !free.is_empty() {
+            steps.push(Step {
+                hook: Hook::SlabFree,
+                required: false,
+                variants: free,
+            });
+        }
     }
 
     // Drops with a reason, and the segments timewait sockets handle.
@@ -400,6 +481,15 @@ pub struct StepOutcome {
     pub refused: Vec<(&'static str, String)>,
 }
 
+/// The deaths the destructor hooks attached so far report (bits of
+/// `netwatch_common::destructor`).
+pub fn covered(outcomes: &[StepOutcome]) -> u64 {
+    outcomes
+        .iter()
+        .filter(|o| o.loaded.is_some())
+        .fold(0, |bits, o| bits | destructor_bit(o.hook))
+}
+
 /// What the trace can see, from the plan and what the kernel accepted of it.
 pub fn features(plan: &AttachPlan, outcomes: &[StepOutcome]) -> KernelFeatures {
     let loaded = |h: Hook| outcomes.iter().find(|o| o.hook == h).and_then(|o| o.loaded);
@@ -457,17 +547,35 @@ pub fn features(plan: &AttachPlan, outcomes: &[StepOutcome]) -> KernelFeatures {
         },
     );
     let free = loaded(Hook::SlabFree).map(|(f, _)| f);
-    let free_via = free
-        .map(|f| via(&[f]))
-        .ok_or_else(|| why_not(Hook::SlabFree));
-    put(Feature::TimeWait, free_via.clone());
-    put(Feature::SynRecv, free_via);
+    // Each kind of death by its destructor where that loaded, else by the slab hook.
+    let deaths = |hooks: &[Hook]| -> Result<String, String> {
+        let mut by = Vec::new();
+        for &h in hooks {
+            match (loaded(h), free) {
+                (Some((v, _)), _) => by.push(v),
+                (None, Some(f)) => by.push(f),
+                (None, None) => return Err(why_not(Hook::SlabFree)),
+            }
+        }
+        by.dedup();
+        Ok(via(&by))
+    };
+    put(Feature::TimeWait, deaths(&[Hook::TwDestructor]));
+    put(
+        Feature::SynRecv,
+        deaths(&[Hook::ReqDestructor, Hook::Req6Destructor]),
+    );
     put(
         Feature::ConntrackLifetimes,
         match (loaded(Hook::SlabAlloc), free) {
             (Some((a, _)), Some(f)) => Ok(format!(
-                "{} (the allocations attached once conntrack is in use)",
-                via(&[a, f])
+                "{} ({} attached once conntrack is in use)",
+                via(&[a, f]),
+                if slab_free_waits(covered(outcomes)) {
+                    "both"
+                } else {
+                    "the allocations"
+                }
             )),
             (None, _) => Err(why_not(Hook::SlabAlloc)),
             (_, None) => Err(why_not(Hook::SlabFree)),

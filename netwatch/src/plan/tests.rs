@@ -45,6 +45,12 @@ fn facts(k: K) -> KernelFacts {
         tp::FN_TW_SEGMENT,
         vec![s("inet_timewait_sock"), s("sk_buff"), s("tcphdr")],
     );
+    // In the BTF of all six (read from each kernel image).
+    f.functions.insert(tp::FN_TW_DESTRUCTOR, vec![s("sock")]);
+    f.functions
+        .insert(tp::FN_REQ_DESTRUCTOR, vec![s("request_sock")]);
+    f.functions
+        .insert(tp::FN_REQ6_DESTRUCTOR, vec![s("request_sock")]);
     f.cookie_helper = k != K::V5_10;
     f.ringbuf = true;
     f.not_specified_reason = k != K::V5_10;
@@ -58,6 +64,27 @@ fn programs(p: &AttachPlan, hook: Hook) -> Vec<&'static str> {
         .find(|s| s.hook == hook)
         .map(|s| s.variants.iter().map(|v| v.program).collect())
         .unwrap_or_default()
+}
+
+/// The kernel refuses fentry, as the development machines do (EPERM before verifying).
+fn refuse_fentry(p: &AttachPlan, out: &mut [StepOutcome]) {
+    for o in out.iter_mut() {
+        let step = p.steps.iter().find(|s| s.hook == o.hook).unwrap();
+        let Some(v) = step
+            .variants
+            .iter()
+            .find(|v| !matches!(v.attach, Attach::FEntry(_) | Attach::FExit(_)))
+        else {
+            o.loaded = None;
+            o.refused = vec![(step.variants[0].program, "Operation not permitted".into())];
+            continue;
+        };
+        o.loaded = Some((*v, true));
+    }
+}
+
+fn detail(f: &KernelFeatures, feature: Feature) -> &str {
+    &f.0.iter().find(|s| s.feature == feature).unwrap().detail
 }
 
 /// The kernel accepts every variant's first choice.
@@ -172,9 +199,82 @@ fn five_ten_keys_by_address_and_watches_the_allocator_by_fentry() {
 }
 
 #[test]
+fn stock_kernels_report_socket_deaths_by_their_destructors() {
+    for k in [K::V5_10, K::V6_1, K::V6_12, K::V6_16, K::V7_3] {
+        let p = plan(&facts(k)).unwrap();
+        let at = |h: Hook| p.steps.iter().position(|s| s.hook == h);
+        let free = at(Hook::SlabFree).unwrap();
+        for h in [
+            Hook::TwDestructor,
+            Hook::ReqDestructor,
+            Hook::Req6Destructor,
+        ] {
+            // The loader decides the slab hook's part from the destructors attached before.
+            assert!(at(h).unwrap() < free, "{h:?} after the slab hook");
+        }
+        let out = all_first(&p);
+        assert!(slab_free_waits(covered(&out)));
+        let f = features(&p, &out);
+        assert_eq!(detail(&f, Feature::TimeWait), "fentry/tcp_twsk_destructor");
+        assert_eq!(
+            detail(&f, Feature::SynRecv),
+            "fentry/tcp_v4_reqsk_destructor + fentry/tcp_v6_reqsk_destructor"
+        );
+        if k != K::V5_10 {
+            assert!(
+                detail(&f, Feature::ConntrackLifetimes).contains("(both attached once"),
+                "{f:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn without_fentry_the_slab_hook_reports_every_death() {
+    let p = plan(&facts(K::V6_12)).unwrap();
+    let mut out = all_first(&p);
+    refuse_fentry(&p, &mut out);
+    assert_eq!(covered(&out), 0);
+    assert!(!slab_free_waits(covered(&out)));
+    let f = features(&p, &out);
+    assert_eq!(detail(&f, Feature::TimeWait), "tp_btf/kmem_cache_free");
+    assert_eq!(detail(&f, Feature::SynRecv), "tp_btf/kmem_cache_free");
+    assert!(detail(&f, Feature::ConntrackLifetimes).contains("(the allocations attached"));
+    assert_eq!(lost(&f), [Feature::PawsEvidence]);
+}
+
+#[test]
+fn one_refused_destructor_leaves_its_deaths_to_the_slab_hook() {
+    let p = plan(&facts(K::V6_16)).unwrap();
+    let mut out = all_first(&p);
+    let v6 = out
+        .iter_mut()
+        .find(|o| o.hook == Hook::Req6Destructor)
+        .unwrap();
+    v6.loaded = None;
+    v6.refused = vec![(program::REQ6_DESTRUCTOR, "Invalid argument".into())];
+    assert_eq!(covered(&out), destructor::TIMEWAIT | destructor::REQUEST_V4);
+    assert!(!slab_free_waits(covered(&out)));
+    let f = features(&p, &out);
+    assert_eq!(
+        detail(&f, Feature::SynRecv),
+        "fentry/tcp_v4_reqsk_destructor + tp_btf/kmem_cache_free"
+    );
+    // Without the slab hook too, the loss names the slab hook's refusal.
+    let free = out.iter_mut().find(|o| o.hook == Hook::SlabFree).unwrap();
+    free.loaded = None;
+    free.refused = vec![(program::SLAB_FREE, "invalid bpf_context access".into())];
+    let f = features(&p, &out);
+    assert!(f.has(Feature::TimeWait));
+    assert!(!f.has(Feature::SynRecv));
+    assert!(!f.has(Feature::ConntrackLifetimes));
+}
+
+#[test]
 fn a_refused_slab_variant_falls_back_and_a_lost_one_says_why() {
     let p = plan(&facts(K::V6_1)).unwrap();
     let mut out = all_first(&p);
+    refuse_fentry(&p, &mut out);
     for o in out
         .iter_mut()
         .filter(|o| matches!(o.hook, Hook::SlabAlloc | Hook::SlabFree))

@@ -57,9 +57,20 @@ impl Row {
         }
         let guest_log = text("guest.log").unwrap_or_default();
         for line in guest_log.lines() {
-            if line.starts_with("error") || line.starts_with("warning") {
+            if line.starts_with("error")
+                || line.starts_with("warning")
+                || line.starts_with("overhead")
+            {
                 notes.push(format!("guest: {line}"));
             }
+        }
+        if let Some(note) = guest_log
+            .lines()
+            .find(|l| l.starts_with("overhead:"))
+            .and_then(check::slab_hooks_ran)
+        {
+            broken = true;
+            notes.push(note);
         }
         let stderr = text("netwatch.stderr").unwrap_or_default();
         let rejected = rejected_programs(&stderr);

@@ -24,6 +24,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 mod netfilter;
+mod overhead;
 
 use netwatch_tests::{
     sock::{connect_bound, listen_backlog},
@@ -138,6 +139,10 @@ fn run(log: &mut Log) -> Result<Option<i32>> {
     // One more interval for its alerts (the orphan's death is already past).
     thread::sleep(Duration::from_millis(1200));
     let code = stop(&mut netwatch, log)?;
+    match overhead::measure() {
+        Ok(line) => log.say(line),
+        Err(e) => log.say(format!("warning: overhead: {e:#}")),
+    }
     let after = netstat()?;
     let delta = |k: &str| {
         let get = |m: &[(String, i64)]| m.iter().find(|(n, _)| n == k).map_or(0, |(_, v)| *v);
