@@ -566,11 +566,13 @@ fn take_census(
         // Listeners first (they decide the other sockets' service ports), then the rest as
         // the kernel lists them, straight into the engine: a million TIME_WAIT sockets are
         // never held twice.
+        let mut counted = 0u64;
         let seeded = census::dump_listeners(ns).and_then(|listeners| {
             let mut seed = |s: census::CensusSocket| {
                 if !census_wanted(cfg, &s) {
                     return;
                 }
+                counted += 1;
                 let (cgroup, o) = owner(&s).unzip();
                 let e = existing(&s, o.clone(), cgroup.unwrap_or(0));
                 if keep_sockets {
@@ -582,9 +584,7 @@ fn take_census(
             census::each_tcp_but_listeners(ns, seed)
         });
         if let Err(e) = seeded {
-            warnings.push(format!(
-                "census of existing sockets failed ({e:#}); counts start from zero"
-            ));
+            warnings.push(census_failed(&format!("{e:#}"), counted));
         }
     }
     // A socket the dump met twice is written once, as last seen.
@@ -593,6 +593,19 @@ fn take_census(
         warnings,
         mono_ns: now,
         sockets: found,
+    }
+}
+
+/// What a census that failed part of the way means for the counts: the sockets it listed
+/// before failing are counted (a dump fails after its listeners as well as before them).
+fn census_failed(error: &str, counted: u64) -> String {
+    if counted == 0 {
+        format!("census of existing sockets failed ({error}); counts start from zero")
+    } else {
+        format!(
+            "census of existing sockets stopped after {counted} sockets ({error}); the ones \
+             it did not list are counted from their first state change"
+        )
     }
 }
 
@@ -1017,6 +1030,15 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
 mod tests {
     use super::*;
     use crate::core::coverage::tests::debian_6_1;
+
+    #[test]
+    fn a_census_failing_part_way_says_what_was_counted() {
+        let none = census_failed("Connection reset by peer", 0);
+        assert!(none.ends_with("counts start from zero"), "{none}");
+        let some = census_failed("Connection reset by peer", 4096);
+        assert!(some.contains("stopped after 4096 sockets (Connection reset by peer)"));
+        assert!(!some.contains("from zero"), "{some}");
+    }
 
     fn refused() -> Vec<VerifierLog> {
         vec![VerifierLog {
