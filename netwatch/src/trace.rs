@@ -892,6 +892,11 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         cfg.output.take(),
         header,
     )?;
+    // The trace exists once its header is out: a signal from now on ends it with its
+    // summary, and a failure while writing the census (a full disk, a file size limit met
+    // by a big socket table) keeps what was written instead of removing it as a failed
+    // start would.
+    stop_signals::tracing();
     let census_paced_until = Instant::now() + CENSUS_PACING;
     for (i, (s, owner)) in found.sockets.iter().enumerate() {
         sinks.census(census_json(s, owner, start_mono, clock));
@@ -909,8 +914,6 @@ pub fn run(mut cfg: TraceConfig) -> Result<Outcome> {
         }
     }
     drop(found);
-    // The trace exists: a signal from now on ends it with its summary.
-    stop_signals::tracing();
     let duration = cfg.duration;
     eprintln!(
         "netwatch: attached to {}; tracing{} (Ctrl-C to stop)",
