@@ -169,7 +169,9 @@ pub const LISTEN_OVERFLOW: AlertKind = AlertKind {
              faster (more workers), or raise the backlog it passes to listen(). \
              net.core.somaxconn only caps that backlog: raise it too only where the evidence \
              names it as the limit. (net.ipv4.tcp_max_syn_backlog sizes the SYN queue, not \
-             this one.)",
+             this one.) SYN cookies sent at a full SYN queue drop nothing, but say the same: \
+             a SYN flood, or a backlog too small for the load (the SYN queue is as long as the \
+             backlog); with net.ipv4.tcp_syncookies=0 those SYNs would have been dropped.",
     evidence: &[
         ("netns", "namespace inode"),
         ("ports", "listener ports whose final ACKs were dropped"),
@@ -184,7 +186,11 @@ pub const LISTEN_OVERFLOW: AlertKind = AlertKind {
         ("listen_overflows", "ListenOverflows increase"),
         ("listen_drops", "ListenDrops increase"),
         ("req_queue_full_drops", "TCPReqQFullDrop increase"),
-        ("knobs", "net.core.somaxconn, net.ipv4.tcp_max_syn_backlog"),
+        ("req_queue_full_cookies", "TCPReqQFullDoCookies increase"),
+        (
+            "knobs",
+            "net.core.somaxconn, net.ipv4.tcp_max_syn_backlog, net.ipv4.tcp_syncookies",
+        ),
     ],
     counted: &[
         (
@@ -203,12 +209,17 @@ pub const LISTEN_OVERFLOW: AlertKind = AlertKind {
             "req_queue_full_drops",
             "SYNs dropped at a full SYN queue (TCPReqQFullDrop)",
         ),
+        (
+            "req_queue_full_cookies",
+            "SYNs answered with SYN cookies at a full SYN queue (TCPReqQFullDoCookies)",
+        ),
     ],
     // The namespace, whose counters these are: by the ports of dropped final ACKs, which
     // some intervals have and others not, one listener's overflows folded into two rows.
     subject: &[],
     doc: "Raised at the end of an interval in which a listener's accept queue or SYN queue \
-          was full: SYNs or final ACKs were dropped, clients retry or time out.",
+          was full: SYNs or final ACKs were dropped, clients retry or time out; or SYNs were \
+          answered with SYN cookies because the SYN queue was full.",
 };
 
 pub const TIMEWAIT_OVERFLOW: AlertKind = AlertKind {
