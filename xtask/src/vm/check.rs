@@ -328,6 +328,19 @@ pub fn lost_features(o: &Observed) -> Vec<String> {
         .collect()
 }
 
+/// The runs of netwatch's programs the kernel skipped and no twin covered, as the trace's
+/// summary says (0 without a summary). netwatch says so itself; a check that then fails may
+/// have lost its evidence to the kernel rather than to netwatch.
+pub fn skipped_runs(trace: &str) -> u64 {
+    trace
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|r| r["type"] == "summary")
+        .and_then(|r| r["skipped_runs"].as_u64())
+        .unwrap_or(0)
+}
+
 /// The slab hooks' runs per connection in the guest's overhead line (`overhead: ...`), where
 /// any ran: with conntrack idle and fentry allowed (every stock kernel), the destructor hooks
 /// report socket deaths and the slab hooks, which run for every slab object of the kernel,
@@ -356,6 +369,14 @@ pub fn slab_hooks_ran(overhead: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn skipped_runs_come_from_the_summary() {
+        let trace = "{\"type\":\"header\"}\n{\"type\":\"summary\",\"skipped_runs\":62}\n";
+        assert_eq!(super::skipped_runs(trace), 62);
+        assert_eq!(super::skipped_runs("{\"type\":\"header\"}\n"), 0);
+        assert_eq!(super::skipped_runs("not json"), 0);
+    }
+
     #[test]
     fn slab_hooks_running_with_conntrack_idle_are_reported() {
         let idle = "overhead: 300 connections in 0.2 s in a namespace whose conntrack is \
