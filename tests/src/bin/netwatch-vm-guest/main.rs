@@ -71,7 +71,7 @@ fn main() {
 }
 
 /// The guest's own log: on the console for a human, and sent to the host.
-struct Log(Vec<String>);
+pub(crate) struct Log(Vec<String>);
 
 impl Log {
     fn say(&mut self, line: String) {
@@ -139,7 +139,7 @@ fn run(log: &mut Log) -> Result<Option<i32>> {
     // One more interval for its alerts (the orphan's death is already past).
     thread::sleep(Duration::from_millis(1200));
     let code = stop(&mut netwatch, log)?;
-    match overhead::measure() {
+    match overhead::measure(log) {
         Ok(line) => log.say(line),
         Err(e) => log.say(format!("warning: overhead: {e:#}")),
     }
@@ -291,7 +291,7 @@ fn wait_attached(netwatch: &mut Child) -> Result<bool> {
 }
 
 /// SIGINT (a clean stop: last snapshot and summary), SIGKILL if it does not end in 30 s.
-fn stop(netwatch: &mut Child, log: &mut Log) -> Result<Option<i32>> {
+pub(crate) fn stop(netwatch: &mut Child, log: &mut Log) -> Result<Option<i32>> {
     let pid = i32::try_from(netwatch.id())?;
     // SAFETY: signalling our own child.
     unsafe { libc::kill(pid, libc::SIGINT) };

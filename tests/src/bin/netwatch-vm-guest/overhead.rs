@@ -24,6 +24,7 @@ use aya::{
     sys::{enable_stats, Stats},
 };
 
+use crate::{stop, Log};
 use netwatch_tests::{
     sock::listen_backlog,
     tcp::{accept_timeout, connect_timeout, read_to_eof},
@@ -40,7 +41,7 @@ const STDERR: &str = "/overhead.stderr";
 type Runs = BTreeMap<String, (u64, Duration)>;
 
 /// The line for the guest's log: `overhead: ...`.
-pub fn measure() -> Result<String> {
+pub fn measure(log: &mut Log) -> Result<String> {
     let _stats = enable_stats(Stats::RunTime).context("BPF_ENABLE_STATS")?;
     let (to_churn, go) = mpsc::channel::<()>();
     let (ns_tx, ns_rx) = mpsc::channel::<Result<String>>();
@@ -101,14 +102,7 @@ pub fn measure() -> Result<String> {
         let after = runs(pid)?;
         Ok(line(&before, &after, took))
     })();
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(netwatch.id() as i32, libc::SIGINT) };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while netwatch.try_wait()?.is_none() && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(50));
-    }
-    let _ = netwatch.kill();
-    let _ = netwatch.wait();
+    stop(&mut netwatch, log)?;
     result
 }
 
